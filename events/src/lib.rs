@@ -1,0 +1,24 @@
+//! The taskledger event contract.
+//!
+//! Every change to a task is recorded as one of the [`TaskEvent`] facts below, wrapped in an
+//! [`EventEnvelope`] that says who caused it, when, and where it sits in the ledger. The same
+//! envelope is served by `GET /v1/events` and published on the Kafka stream, so downstream
+//! consumers can depend on this crate alone to decode what they read.
+//!
+//! # Stability
+//!
+//! * An event's `event_type` name never changes once published.
+//! * A payload change that old readers could misread gets a new `event_version`; stored events
+//!   keep the version they were written with and are upcast on decode ([`TaskEvent::decode`]),
+//!   so the ledger itself is never rewritten.
+//! * Consumers must ignore envelope fields they do not know; new fields may be added.
+
+mod envelope;
+mod event;
+
+pub use envelope::{canonical_json, Actor, EventEnvelope, Scope, UnknownScope, GENESIS_HASH};
+pub use event::{
+    AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,
+    TaskCompleted, TaskCreated, TaskErrored, TaskEvent, TaskMetadataSet, TaskTagsAdded,
+    TaskTagsRemoved, TaskTagsReplaced, TaskUniqueIdCleared, TaskUniqueIdSet, UniqueIdClearReason,
+};

@@ -1,0 +1,175 @@
+//! The `taskledger` command line.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use taskledger_events::Scope;
+
+use crate::config::{DatabaseSettings, ServeSettings};
+use crate::startup::{redact, Application};
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskledger",
+    version,
+    about = "An event-sourced ledger of data-labeling tasks"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DatabaseSettings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (migrates the database first).
+    Serve(ServeSettings),
+    /// Bring the database schema up to date.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Rebuild every projection from the events.
+    Replay {
+        /// Only compare the rebuilt projections with the stored ones; exit 1 on a difference.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Recompute every event hash chain; exit 1 naming the first broken event.
+    Verify,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key (and its account if new); the key is printed alone on the last line.
+    Create {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value = "customer", value_parser = ["customer", "contributor"])]
+        scope: String,
+    },
+    /// List keys (never the keys themselves).
+    List,
+    /// Revoke a key by its id.
+    Revoke { key_id: String },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let db = &cli.db;
+    match cli.command {
+        Command::Serve(serve) => {
+            let app = Application::build(db, &serve).await?;
+            app.run_until_stopped().await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            open(db).await?;
+            eprintln!("migrated {}", redact(&db.database_url));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Keys(keys) => {
+            let store = open(db).await?;
+            run_keys(&store, keys).await
+        }
+        Command::Replay { check } => {
+            let store = open(db).await?;
+            let total = store.count_events().await?;
+            let bar = progress_bar(total, if check { "checking" } else { "replaying" });
+            let report = store.replay(check, |n| bar.set_position(n)).await?;
+            bar.finish_and_clear();
+            println!(
+                "{} {} events into {} tasks",
+                if check { "checked" } else { "replayed" },
+                report.events,
+                report.tasks
+            );
+            if report.mismatches.is_empty() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            for task in &report.mismatches {
+                println!("differs: {task}");
+            }
+            Ok(ExitCode::FAILURE)
+        }
+        Command::Verify => {
+            let store = open(db).await?;
+            let total = store.count_events().await?;
+            let bar = progress_bar(total, "verifying");
+            let report = store.verify(|n| bar.set_position(n)).await?;
+            bar.finish_and_clear();
+            match report.first_failure {
+                None => {
+                    println!(
+                        "ok: {} events in {} tasks verified",
+                        report.events, report.tasks
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Some(failure) => {
+                    println!("BROKEN: {failure}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+    }
+}
+
+async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        KeysCommand::Create { account, scope } => {
+            let scope = Scope::parse(&scope)?;
+            let (key, secret) = store.create_key(&account, scope).await?;
+            eprintln!(
+                "created {} key {} for account {}; it is shown only once:",
+                key.scope.as_str(),
+                key.key_id,
+                key.account_name
+            );
+            println!("{secret}");
+        }
+        KeysCommand::List => {
+            for key in store.list_keys().await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    key.key_id,
+                    key.account_name,
+                    key.scope.as_str(),
+                    if key.revoked { "revoked" } else { "active" }
+                );
+            }
+        }
+        KeysCommand::Revoke { key_id } => {
+            if !store.revoke_key(&key_id).await? {
+                eprintln!("no active key {key_id}");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("revoked {key_id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open(db: &DatabaseSettings) -> anyhow::Result<Store> {
+    Store::open(&db.database_url, db.db_connections.min(4))
+        .await
+        .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))
+}
+
+/// A bar on a terminal; hidden when stderr is not one (CI logs, pipes).
+fn progress_bar(total: u64, what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("a valid template"),
+    );
+    bar.set_message(what);
+    bar
+}

@@ -1,0 +1,37 @@
+//! Settings shared by every subcommand, from flags or the environment.
+
+use clap::Args;
+
+/// Where the ledger lives when nothing is configured: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://taskledger.db";
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseSettings {
+    /// postgres://user@host/db, or sqlite://path (the embedded default).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
+    pub database_url: String,
+
+    /// Connections in the database pool.
+    #[arg(
+        long,
+        env = "TASKLEDGER_DB_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_connections: u32,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeSettings {
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "TASKLEDGER_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Kafka bootstrap servers for the event relay; the relay is off without them.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+
+    /// The most commands one append transaction may carry (group commit).
+    #[arg(long, env = "TASKLEDGER_MAX_BATCH", default_value_t = 256)]
+    pub max_batch: usize,
+}

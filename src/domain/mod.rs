@@ -1,0 +1,33 @@
+//! The task aggregate: every rule of what may happen to a task lives in [`Task::handle`].
+
+mod command;
+mod id;
+mod task;
+pub mod validate;
+
+pub use command::{CreateTask, TaskAction, TaskCommand};
+pub use id::TaskId;
+pub use task::{LedgerEvent, Task};
+
+/// Why the aggregate refused a command. Each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// 400: the command breaks a rule; the message names the field or the state.
+    #[error("{0}")]
+    Invalid(String),
+    /// 404: no such task in this account.
+    #[error("Task with that ID not found.")]
+    NotFound,
+    /// 403: the key's scope may not do this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// 409: a create for a task id that exists.
+    #[error("a task with this id already exists")]
+    AlreadyExists,
+}
+
+impl TaskError {
+    pub fn invalid(message: impl Into<String>) -> TaskError {
+        TaskError::Invalid(message.into())
+    }
+}

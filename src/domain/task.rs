@@ -1,0 +1,378 @@
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::{Aggregate, DomainEvent};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use taskledger_events::*;
+use taskledger_projections::TaskStatus;
+
+use super::{validate, CreateTask, TaskAction, TaskCommand, TaskError};
+
+/// The cqrs-es event type: the contract's [`TaskEvent`] (a foreign type, hence the wrapper).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LedgerEvent(pub TaskEvent);
+
+impl DomainEvent for LedgerEvent {
+    fn event_type(&self) -> String {
+        self.0.event_type().to_string()
+    }
+
+    fn event_version(&self) -> String {
+        self.0.event_version().to_string()
+    }
+}
+
+impl From<TaskEvent> for LedgerEvent {
+    fn from(event: TaskEvent) -> Self {
+        LedgerEvent(event)
+    }
+}
+
+/// What the rules need to know about a task; rebuilt from its events before every command.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    status: Option<TaskStatus>,
+    metadata: Value,
+    unique_id: Option<String>,
+    tags: Vec<String>,
+    clear_unique_id_on_error: bool,
+}
+
+impl Aggregate for Task {
+    const TYPE: &'static str = "task";
+    type Command = TaskCommand;
+    type Event = LedgerEvent;
+    type Error = TaskError;
+    type Services = ();
+
+    async fn handle(
+        &mut self,
+        command: TaskCommand,
+        _services: &(),
+        sink: &EventSink<Self>,
+    ) -> Result<(), TaskError> {
+        let events = self.decide(command)?;
+        for event in events {
+            sink.write(LedgerEvent(event), self).await;
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, event: LedgerEvent) {
+        match event.0 {
+            TaskEvent::TaskCreated(e) => {
+                self.status = Some(TaskStatus::Pending);
+                self.metadata = e.metadata;
+                self.unique_id = e.unique_id;
+                self.tags = e.tags;
+                self.clear_unique_id_on_error = e.clear_unique_id_on_error;
+            }
+            TaskEvent::TaskCanceled(_) => self.status = Some(TaskStatus::Canceled),
+            TaskEvent::TaskMetadataSet(e) => self.metadata = e.metadata,
+            TaskEvent::TaskUniqueIdSet(e) => self.unique_id = Some(e.unique_id),
+            TaskEvent::TaskUniqueIdCleared(_) => self.unique_id = None,
+            TaskEvent::TaskTagsAdded(e) => self.tags.extend(e.tags),
+            TaskEvent::TaskTagsReplaced(e) => self.tags = e.tags,
+            TaskEvent::TaskTagsRemoved(e) => self.tags.retain(|t| !e.tags.contains(t)),
+            TaskEvent::TaskCompleted(_) => self.status = Some(TaskStatus::Completed),
+            TaskEvent::TaskErrored(_) => self.status = Some(TaskStatus::Error),
+            TaskEvent::TaskAudited(_)
+            | TaskEvent::CallbackDelivered(_)
+            | TaskEvent::CallbackFailed(_) => {}
+        }
+    }
+}
+
+impl Task {
+    /// Rebuilds the state from a task's history.
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a TaskEvent>) -> Task {
+        let mut task = Task::default();
+        for event in events {
+            task.apply(LedgerEvent(event.clone()));
+        }
+        task
+    }
+
+    pub fn exists(&self) -> bool {
+        self.status.is_some()
+    }
+
+    /// Decides the events of a command without touching `self` (the sink applies them), so
+    /// the handler can run it synchronously too.
+    fn decide(&self, command: TaskCommand) -> Result<Vec<TaskEvent>, TaskError> {
+        let TaskCommand { scope, action } = command;
+        if let TaskAction::Create(create) = action {
+            require_scope(scope, Scope::Customer, "create tasks")?;
+            if self.exists() {
+                return Err(TaskError::AlreadyExists);
+            }
+            return Ok(vec![created(create)?]);
+        }
+        let Some(status) = self.status else {
+            return Err(TaskError::NotFound);
+        };
+        match action {
+            TaskAction::Create(_) => unreachable!("handled above"),
+            TaskAction::Cancel { clear_unique_id } => {
+                require_scope(scope, Scope::Customer, "cancel tasks")?;
+                let mut events = Vec::new();
+                match status {
+                    TaskStatus::Pending => events.push(TaskEvent::TaskCanceled(TaskCanceled {})),
+                    TaskStatus::Canceled => {}
+                    other => {
+                        return Err(TaskError::invalid(format!(
+                            "Task is {} and cannot be canceled; only pending tasks can be",
+                            other.as_str()
+                        )))
+                    }
+                }
+                if clear_unique_id {
+                    events.extend(self.clear_unique_id(UniqueIdClearReason::Canceled));
+                }
+                Ok(events)
+            }
+            TaskAction::SetMetadata { metadata } => {
+                require_scope(scope, Scope::Customer, "set metadata")?;
+                validate::metadata(&metadata)?;
+                if metadata == self.metadata {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::TaskMetadataSet(TaskMetadataSet {
+                    metadata,
+                })])
+            }
+            TaskAction::SetUniqueId { unique_id } => {
+                require_scope(scope, Scope::Customer, "set unique_id")?;
+                validate::unique_id(&unique_id)?;
+                if self.unique_id.as_deref() == Some(unique_id.as_str()) {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
+                    unique_id,
+                    previous: self.unique_id.clone(),
+                })])
+            }
+            TaskAction::ClearUniqueId => {
+                require_scope(scope, Scope::Customer, "clear unique_id")?;
+                Ok(self
+                    .clear_unique_id(UniqueIdClearReason::Requested)
+                    .into_iter()
+                    .collect())
+            }
+            TaskAction::AddTags { tags } => {
+                require_scope(scope, Scope::Customer, "change tags")?;
+                let new: Vec<String> = validate::tags(&tags)?
+                    .into_iter()
+                    .filter(|t| !self.tags.contains(t))
+                    .collect();
+                if new.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::TaskTagsAdded(TaskTagsAdded { tags: new })])
+            }
+            TaskAction::SetTags { tags } => {
+                require_scope(scope, Scope::Customer, "change tags")?;
+                let tags = validate::tags(&tags)?;
+                if tags == self.tags {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::TaskTagsReplaced(TaskTagsReplaced { tags })])
+            }
+            TaskAction::RemoveTags { tags } => {
+                require_scope(scope, Scope::Customer, "change tags")?;
+                let gone: Vec<String> = validate::tags(&tags)?
+                    .into_iter()
+                    .filter(|t| self.tags.contains(t))
+                    .collect();
+                if gone.is_empty() {
+                    return Ok(vec![]);
+                }
+                Ok(vec![TaskEvent::TaskTagsRemoved(TaskTagsRemoved {
+                    tags: gone,
+                })])
+            }
+            TaskAction::Complete { response } => {
+                require_scope(scope, Scope::Contributor, "complete tasks")?;
+                require_pending(status, "completed")?;
+                if !response.is_object() {
+                    return Err(TaskError::invalid("response must be a JSON object"));
+                }
+                Ok(vec![TaskEvent::TaskCompleted(TaskCompleted { response })])
+            }
+            TaskAction::Error { error } => {
+                require_scope(scope, Scope::Contributor, "error tasks")?;
+                require_pending(status, "errored")?;
+                let error = match error {
+                    Value::Object(map) if !map.is_empty() => Value::Object(map),
+                    Value::String(s) if !s.trim().is_empty() => json!({ "error": s }),
+                    _ => {
+                        return Err(TaskError::invalid(
+                            "error must be a non-empty string or object",
+                        ))
+                    }
+                };
+                let mut events = vec![TaskEvent::TaskErrored(TaskErrored { error })];
+                if self.clear_unique_id_on_error {
+                    events.extend(self.clear_unique_id(UniqueIdClearReason::Errored));
+                }
+                Ok(events)
+            }
+            TaskAction::CustomerAudit {
+                audited_by,
+                accepted,
+                comments,
+            } => {
+                require_scope(scope, Scope::Customer, "submit customer audits")?;
+                require_completed(status)?;
+                Ok(vec![TaskEvent::TaskAudited(TaskAudited {
+                    audited_by,
+                    audit_source: AuditSource::Customer,
+                    audit_result: if accepted { "accepted" } else { "rejected" }.into(),
+                    audit_time_secs: None,
+                    comments,
+                    response: None,
+                })])
+            }
+            TaskAction::ContributorAudit {
+                audited_by,
+                audit_result,
+                audit_time_secs,
+                response,
+            } => {
+                require_scope(scope, Scope::Contributor, "submit workforce audits")?;
+                require_completed(status)?;
+                match (audit_result.as_str(), &response) {
+                    ("fixed", Some(Value::Object(_))) => {}
+                    ("fixed", _) => {
+                        return Err(TaskError::invalid(
+                            "response (an object) is required when audit_result is fixed",
+                        ))
+                    }
+                    ("accepted" | "rejected", None) => {}
+                    ("accepted" | "rejected", Some(_)) => {
+                        return Err(TaskError::invalid(
+                            "response is only accepted when audit_result is fixed",
+                        ))
+                    }
+                    (other, _) => {
+                        return Err(TaskError::invalid(format!(
+                            "audit_result {other:?} must be accepted, fixed or rejected"
+                        )))
+                    }
+                }
+                Ok(vec![TaskEvent::TaskAudited(TaskAudited {
+                    audited_by,
+                    audit_source: AuditSource::Refonte,
+                    audit_result,
+                    audit_time_secs,
+                    comments: None,
+                    response,
+                })])
+            }
+            TaskAction::RecordCallbackDelivered {
+                delivery_id,
+                for_sequence,
+                attempts,
+                status_code,
+            } => {
+                require_scope(scope, Scope::System, "record callbacks")?;
+                Ok(vec![TaskEvent::CallbackDelivered(CallbackDelivered {
+                    delivery_id,
+                    for_sequence,
+                    attempts,
+                    status_code,
+                })])
+            }
+            TaskAction::RecordCallbackFailed {
+                delivery_id,
+                for_sequence,
+                attempts,
+                last_error,
+            } => {
+                require_scope(scope, Scope::System, "record callbacks")?;
+                Ok(vec![TaskEvent::CallbackFailed(CallbackFailed {
+                    delivery_id,
+                    for_sequence,
+                    attempts,
+                    last_error,
+                })])
+            }
+        }
+    }
+
+    fn clear_unique_id(&self, reason: UniqueIdClearReason) -> Option<TaskEvent> {
+        self.unique_id.clone().map(|unique_id| {
+            TaskEvent::TaskUniqueIdCleared(TaskUniqueIdCleared { unique_id, reason })
+        })
+    }
+}
+
+fn created(create: CreateTask) -> Result<TaskEvent, TaskError> {
+    if !validate::TASK_TYPES.contains(&create.task_type.as_str()) {
+        return Err(TaskError::invalid(format!(
+            "Unknown task type {:?}; expected one of {}",
+            create.task_type,
+            validate::TASK_TYPES.join(", ")
+        )));
+    }
+    if let Some(url) = &create.callback_url {
+        validate::callback_url(url)?;
+    }
+    if let Some(unique_id) = &create.unique_id {
+        validate::unique_id(unique_id)?;
+    }
+    let metadata = create.metadata.unwrap_or_else(|| json!({}));
+    validate::metadata(&metadata)?;
+    let tags = validate::tags(create.tags.as_deref().unwrap_or_default())?;
+    validate::params(&create.task_type, &create.params)?;
+    Ok(TaskEvent::TaskCreated(TaskCreated {
+        task_type: create.task_type,
+        instruction: create.instruction,
+        callback_url: create.callback_url,
+        project: create.project,
+        batch: create.batch,
+        params: Value::Object(create.params),
+        metadata,
+        tags,
+        unique_id: create.unique_id,
+        clear_unique_id_on_error: create.clear_unique_id_on_error,
+    }))
+}
+
+fn require_scope(actual: Scope, needed: Scope, what: &str) -> Result<(), TaskError> {
+    if actual == needed {
+        Ok(())
+    } else {
+        Err(TaskError::Forbidden(format!(
+            "Only {} keys may {what}; this key's scope is {}",
+            needed.as_str(),
+            actual.as_str()
+        )))
+    }
+}
+
+fn require_pending(status: TaskStatus, becoming: &str) -> Result<(), TaskError> {
+    if status == TaskStatus::Pending {
+        Ok(())
+    } else {
+        Err(TaskError::invalid(format!(
+            "Task is {} and cannot be {becoming}; only pending tasks can be",
+            status.as_str()
+        )))
+    }
+}
+
+fn require_completed(status: TaskStatus) -> Result<(), TaskError> {
+    if status == TaskStatus::Completed {
+        Ok(())
+    } else {
+        Err(TaskError::invalid(format!(
+            "Task is {}; only completed tasks can be audited",
+            status.as_str()
+        )))
+    }
+}
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

@@ -1,0 +1,272 @@
+//! The command path: load a task's history, let the aggregate decide, record the decision.
+//!
+//! Recording goes through one committer task per process that drains every decided command
+//! waiting at that moment into a single transaction (group commit): under load one commit
+//! carries many commands, so throughput is not capped at one fsync per command. A command
+//! that lost a race on its task is decided again on fresh state, a bounded number of times.
+
+use chrono::{DateTime, Utc};
+use cqrs_es::event_sink::EventSink;
+use cqrs_es::Aggregate;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use taskledger_events::{Actor, EventEnvelope, TaskEvent, GENESIS_HASH};
+use taskledger_projections::{fold_all, TaskView};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use crate::domain::{CreateTask, Task, TaskAction, TaskCommand, TaskError, TaskId};
+use crate::store::{CommandWrite, Committed, IdempotencyWrite, Store, StoreError, WriteError};
+
+/// How often a command is decided again after losing a race on its task.
+const MAX_ATTEMPTS: usize = 16;
+
+/// Commands on one task are decided one at a time within a process (striped locks), so
+/// group commit never batches two decisions made on the same version; races with other
+/// processes remain, and are retried.
+const TASK_LOCK_STRIPES: usize = 1024;
+
+/// Who asked, for the envelope of every event the command records.
+#[derive(Debug, Clone)]
+pub struct CommandContext {
+    pub actor: Actor,
+    pub request_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Rejected(#[from] TaskError),
+    #[error("The unique_id (\"{unique_id}\") is already used for a different task ({task_id}).")]
+    UniqueIdTaken { unique_id: String, task_id: String },
+    #[error("the task is being changed by too many concurrent requests; retry")]
+    Contended,
+    #[error("the ledger store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for LedgerError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
+            ) => LedgerError::Unavailable(e.to_string()),
+            _ => LedgerError::Internal(e.to_string()),
+        }
+    }
+}
+
+enum CommitFailure {
+    Refused(WriteError),
+    Store(LedgerError),
+}
+
+struct Job {
+    write: CommandWrite,
+    reply: oneshot::Sender<Result<Committed, CommitFailure>>,
+}
+
+#[derive(Clone)]
+pub struct Ledger {
+    store: Store,
+    committer: mpsc::Sender<Job>,
+    task_locks: Arc<Vec<Mutex<()>>>,
+}
+
+impl Ledger {
+    /// Starts the committer; it stops when the last `Ledger` clone is dropped.
+    pub fn start(store: Store, max_batch: usize) -> Ledger {
+        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+        tokio::spawn(run_committer(store.clone(), rx, max_batch.max(1)));
+        Ledger {
+            store,
+            committer: tx,
+            task_locks: Arc::new((0..TASK_LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Creates a task with a fresh id.
+    pub async fn create(
+        &self,
+        ctx: &CommandContext,
+        create: CreateTask,
+        idempotency: Option<IdempotencyWrite>,
+    ) -> Result<Committed, LedgerError> {
+        let command = TaskCommand::new(ctx.actor.scope, TaskAction::Create(create));
+        for _ in 0..MAX_ATTEMPTS {
+            // A new id on every attempt: the only conflict a create can meet is an id clash.
+            let task_id = TaskId::generate();
+            match self
+                .attempt(ctx, &task_id, command.clone(), idempotency.clone())
+                .await?
+            {
+                Some(done) => return Ok(done),
+                None => continue,
+            }
+        }
+        Err(LedgerError::Contended)
+    }
+
+    /// Runs a command against an existing task of the caller's account.
+    pub async fn execute(
+        &self,
+        ctx: &CommandContext,
+        task_id: &TaskId,
+        command: TaskCommand,
+        idempotency: Option<IdempotencyWrite>,
+    ) -> Result<Committed, LedgerError> {
+        let stripe = {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            task_id.hash(&mut hasher);
+            hasher.finish() as usize % TASK_LOCK_STRIPES
+        };
+        let _serialized = self.task_locks[stripe].lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            if let Some(done) = self
+                .attempt(ctx, task_id, command.clone(), idempotency.clone())
+                .await?
+            {
+                return Ok(done);
+            }
+            // Another process won the race; back off a little, with jitter, before re-deciding.
+            let ceiling = 1u64 << attempt.min(6);
+            let pause = rand::random_range(0..=ceiling);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
+        Err(LedgerError::Contended)
+    }
+
+    /// One decide-and-record round; `None` when the task moved on meanwhile.
+    async fn attempt(
+        &self,
+        ctx: &CommandContext,
+        task_id: &TaskId,
+        command: TaskCommand,
+        idempotency: Option<IdempotencyWrite>,
+    ) -> Result<Option<Committed>, LedgerError> {
+        let history = if command.is_create() {
+            Vec::new()
+        } else {
+            self.store
+                .task_events(&ctx.actor.account_id, task_id.as_str(), None)
+                .await?
+        };
+        let events = decode_all(&history)?;
+        let mut task = Task::from_events(&events);
+        let sink = EventSink::default();
+        task.handle(command, &(), &sink).await?;
+        let decided: Vec<TaskEvent> = sink.collect().await.into_iter().map(|e| e.0).collect();
+        let prior_view = fold_all(
+            task_id.as_str(),
+            history.iter().map(|e| e.recorded_at).zip(events.iter()),
+        )
+        .map_err(|e| LedgerError::Internal(format!("task {task_id} does not fold: {e}")))?;
+        let write = CommandWrite {
+            account_id: ctx.actor.account_id.clone(),
+            task_id: task_id.to_string(),
+            actor: ctx.actor.clone(),
+            request_id: ctx.request_id.clone(),
+            expected_sequence: history.last().map_or(0, |e| e.sequence),
+            prev_hash: history
+                .last()
+                .map_or_else(|| GENESIS_HASH.to_string(), |e| e.hash.clone()),
+            prior_view,
+            events: decided,
+            idempotency,
+        };
+        match self.submit(write).await {
+            Ok(committed) => Ok(Some(committed)),
+            Err(CommitFailure::Refused(WriteError::Conflict)) => Ok(None),
+            Err(CommitFailure::Refused(WriteError::UniqueIdTaken { unique_id, task_id })) => {
+                Err(LedgerError::UniqueIdTaken { unique_id, task_id })
+            }
+            Err(CommitFailure::Refused(WriteError::Projection(e))) => {
+                Err(LedgerError::Internal(e.to_string()))
+            }
+            Err(CommitFailure::Store(e)) => Err(e),
+        }
+    }
+
+    async fn submit(&self, write: CommandWrite) -> Result<Committed, CommitFailure> {
+        let (reply, answer) = oneshot::channel();
+        let stopped =
+            || CommitFailure::Store(LedgerError::Unavailable("the committer stopped".into()));
+        self.committer
+            .send(Job { write, reply })
+            .await
+            .map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// The task as it stood at `as_of`, rebuilt from its events; `None` if it did not exist.
+    pub async fn task_as_of(
+        &self,
+        account_id: &str,
+        task_id: &TaskId,
+        as_of: DateTime<Utc>,
+    ) -> Result<Option<TaskView>, LedgerError> {
+        let history = self
+            .store
+            .task_events(account_id, task_id.as_str(), Some(as_of.timestamp_micros()))
+            .await?;
+        let events = decode_all(&history)?;
+        fold_all(
+            task_id.as_str(),
+            history.iter().map(|e| e.recorded_at).zip(events.iter()),
+        )
+        .map_err(|e| LedgerError::Internal(format!("task {task_id} does not fold: {e}")))
+    }
+}
+
+fn decode_all(history: &[EventEnvelope]) -> Result<Vec<TaskEvent>, LedgerError> {
+    history
+        .iter()
+        .map(|e| {
+            e.event().map_err(|err| {
+                LedgerError::Internal(format!("event {} does not decode: {err}", e.event_id))
+            })
+        })
+        .collect()
+}
+
+async fn run_committer(store: Store, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while jobs.recv_many(&mut batch, max_batch).await > 0 {
+        let writes: Vec<CommandWrite> = batch.iter().map(|j| j.write.clone()).collect();
+        match store.commit_batch(writes).await {
+            Ok(results) => {
+                for (job, result) in batch.drain(..).zip(results) {
+                    let _ = job.reply.send(result.map_err(CommitFailure::Refused));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                tracing::error!(error = %e, "append transaction failed");
+                let job = batch.pop().expect("one job");
+                let _ = job.reply.send(Err(CommitFailure::Store(e.into())));
+            }
+            Err(e) => {
+                // One command may have broken the shared transaction: commit each alone so
+                // only the guilty one fails.
+                tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
+                for job in batch.drain(..) {
+                    let result = match store.commit_batch(vec![job.write.clone()]).await {
+                        Ok(mut results) => results
+                            .pop()
+                            .expect("one result")
+                            .map_err(CommitFailure::Refused),
+                        Err(e) => {
+                            tracing::error!(error = %e, "append transaction failed");
+                            Err(CommitFailure::Store(e.into()))
+                        }
+                    };
+                    let _ = job.reply.send(result);
+                }
+            }
+        }
+    }
+}

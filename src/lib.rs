@@ -1,0 +1,13 @@
+//! taskledger: an event-sourced ledger of data-labeling tasks.
+//!
+//! `domain` decides (the cqrs-es aggregate), `store` records (PostgreSQL or SQLite),
+//! `ledger` ties the two together with group commit, `http` serves, `cli` operates.
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod ledger;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

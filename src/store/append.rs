@@ -1,0 +1,505 @@
+//! The append path. One [`AppendTx`] is one database transaction that may carry many
+//! commands (group commit); each command runs inside its own savepoint, so one command's
+//! conflict never takes the others down, and each command's events, task view, list row,
+//! unique_id reservation and idempotency record commit together or not at all.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Any, Row, Transaction};
+use taskledger_events::{canonical_json, Actor, EventEnvelope, TaskEvent};
+use taskledger_projections::{fold, FoldError, ListRow, TaskView, UniqueIdChange};
+use uuid::Uuid;
+
+use super::{event_hash, now_micros, Store, StoreError};
+
+/// One decided command, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct CommandWrite {
+    pub account_id: String,
+    pub task_id: String,
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    /// The sequence of the last event the command was decided on; 0 for a new task.
+    pub expected_sequence: i64,
+    /// The hash of that event ([`taskledger_events::GENESIS_HASH`] for a new task).
+    pub prev_hash: String,
+    /// The view at `expected_sequence`; `None` for a new task.
+    pub prior_view: Option<TaskView>,
+    /// What the aggregate decided; may be empty (a no-op still stores its idempotency record).
+    pub events: Vec<TaskEvent>,
+    pub idempotency: Option<IdempotencyWrite>,
+}
+
+/// The stored answer of a request carrying an `Idempotency-Key`; on success it is the task
+/// object, written in the same transaction as the command's events.
+#[derive(Debug, Clone)]
+pub struct IdempotencyWrite {
+    pub key: String,
+    pub fingerprint: String,
+    pub expires_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub view: TaskView,
+    pub envelopes: Vec<EventEnvelope>,
+}
+
+/// Why one command of a batch was not recorded; the rest of the batch is unaffected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    /// Another command changed the task after this one was decided: decide again.
+    #[error("the task changed concurrently")]
+    Conflict,
+    #[error("The unique_id (\"{unique_id}\") is already used for a different task ({task_id}).")]
+    UniqueIdTaken { unique_id: String, task_id: String },
+    #[error("the events do not fold into a task view: {0}")]
+    Projection(#[from] FoldError),
+}
+
+/// An open append transaction holding the ledger head: every other append waits for it, which
+/// is what makes commit order equal global position order.
+pub struct AppendTx {
+    tx: Transaction<'static, Any>,
+    last_position: i64,
+    last_recorded_us: i64,
+    dirty: bool,
+}
+
+impl Store {
+    pub async fn begin_append(&self) -> Result<AppendTx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Writing the head row first takes its lock (the row lock on PostgreSQL, the write
+        // lock on SQLite) before any other row, so appends cannot deadlock on each other.
+        let row = sqlx::query(
+            "UPDATE ledger_head SET last_position = last_position WHERE id = 1 \
+             RETURNING last_position, last_recorded_us",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(AppendTx {
+            tx,
+            last_position: row.try_get(0)?,
+            last_recorded_us: row.try_get(1)?,
+            dirty: false,
+        })
+    }
+
+    /// Records a batch of commands in one transaction; one result per command, in order.
+    pub async fn commit_batch(
+        &self,
+        writes: Vec<CommandWrite>,
+    ) -> Result<Vec<Result<Committed, WriteError>>, StoreError> {
+        let mut tx = self.begin_append().await?;
+        let mut results = Vec::with_capacity(writes.len());
+        for write in writes {
+            results.push(tx.write(write).await?);
+        }
+        tx.commit().await?;
+        Ok(results)
+    }
+}
+
+impl AppendTx {
+    /// The position the next recorded event will get.
+    pub fn next_position(&self) -> i64 {
+        self.last_position + 1
+    }
+
+    /// Records one command inside a savepoint. `Err` is fatal for the whole transaction;
+    /// `Ok(Err(_))` means only this command was refused.
+    pub async fn write(
+        &mut self,
+        write: CommandWrite,
+    ) -> Result<Result<Committed, WriteError>, StoreError> {
+        sqlx::query("SAVEPOINT command")
+            .execute(&mut *self.tx)
+            .await?;
+        match self.write_in_savepoint(write).await {
+            Ok(Ok(committed)) => {
+                sqlx::query("RELEASE SAVEPOINT command")
+                    .execute(&mut *self.tx)
+                    .await?;
+                if let Some(last) = committed.envelopes.last() {
+                    self.last_position = last.global_position;
+                    self.last_recorded_us = last.recorded_at.timestamp_micros();
+                    self.dirty = true;
+                }
+                Ok(Ok(committed))
+            }
+            Ok(Err(refused)) => {
+                sqlx::query("ROLLBACK TO SAVEPOINT command")
+                    .execute(&mut *self.tx)
+                    .await?;
+                sqlx::query("RELEASE SAVEPOINT command")
+                    .execute(&mut *self.tx)
+                    .await?;
+                Ok(Err(refused))
+            }
+            Err(fatal) => Err(fatal),
+        }
+    }
+
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            sqlx::query(
+                "UPDATE ledger_head SET last_position = $1, last_recorded_us = $2 WHERE id = 1",
+            )
+            .bind(self.last_position)
+            .bind(self.last_recorded_us)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    async fn write_in_savepoint(
+        &mut self,
+        write: CommandWrite,
+    ) -> Result<Result<Committed, WriteError>, StoreError> {
+        if write.events.is_empty() {
+            let Some(view) = write.prior_view else {
+                return Ok(Err(WriteError::Conflict));
+            };
+            if let Some(idem) = &write.idempotency {
+                self.insert_idempotency(idem, &write.account_id, &view)
+                    .await?;
+            }
+            return Ok(Ok(Committed {
+                view,
+                envelopes: Vec::new(),
+            }));
+        }
+
+        // Never earlier than the previous event, so recorded_at follows global order even if
+        // the clock steps back.
+        let recorded_us = now_micros().max(self.last_recorded_us);
+        let recorded_at: DateTime<Utc> =
+            DateTime::from_timestamp_micros(recorded_us).expect("the clock is in range");
+        let mut envelopes = Vec::with_capacity(write.events.len());
+        let mut prev_hash = write.prev_hash.clone();
+        let mut view = write.prior_view.clone();
+        for (i, event) in write.events.iter().enumerate() {
+            let mut envelope = EventEnvelope {
+                event_id: Uuid::now_v7(),
+                event_type: event.event_type().to_string(),
+                event_version: event.event_version(),
+                task_id: write.task_id.clone(),
+                account_id: write.account_id.clone(),
+                sequence: write.expected_sequence + 1 + i as i64,
+                global_position: self.last_position + 1 + i as i64,
+                recorded_at,
+                actor: write.actor.clone(),
+                request_id: write.request_id.clone(),
+                payload: event.payload(),
+                prev_hash: prev_hash.clone(),
+                hash: String::new(),
+            };
+            envelope.hash = event_hash(&envelope);
+            prev_hash = envelope.hash.clone();
+            view = Some(match fold(view, &write.task_id, recorded_at, event) {
+                Ok(v) => v,
+                Err(e) => return Ok(Err(e.into())),
+            });
+            envelopes.push(envelope);
+        }
+        let view = view.expect("at least one event was folded");
+
+        if !self.put_task_row(&write, &view).await? {
+            return Ok(Err(WriteError::Conflict));
+        }
+        let change = UniqueIdChange::between(write.prior_view.as_ref(), &view);
+        if let Err(taken) = self
+            .change_unique_id(&write.account_id, &write.task_id, &change)
+            .await?
+        {
+            return Ok(Err(taken));
+        }
+        let old_tags = write.prior_view.as_ref().map(|v| v.tags.as_slice());
+        if old_tags != Some(view.tags.as_slice()) {
+            self.put_tags(
+                &write.account_id,
+                &write.task_id,
+                &view.tags,
+                old_tags.is_some(),
+            )
+            .await?;
+        }
+        for envelope in &envelopes {
+            if !self.insert_event(envelope).await? {
+                return Ok(Err(WriteError::Conflict));
+            }
+        }
+        if let Some(idem) = &write.idempotency {
+            self.insert_idempotency(idem, &write.account_id, &view)
+                .await?;
+        }
+        Ok(Ok(Committed { view, envelopes }))
+    }
+
+    /// Inserts or version-checks the task row. `false`: the task moved on (or, for a create,
+    /// already exists) since the command was decided.
+    async fn put_task_row(
+        &mut self,
+        write: &CommandWrite,
+        view: &TaskView,
+    ) -> Result<bool, StoreError> {
+        let version = write.expected_sequence + write.events.len() as i64;
+        if write.expected_sequence == 0 {
+            return self.insert_task_row(&write.account_id, view, version).await;
+        }
+        let row = ListRow::of(view);
+        let updated = sqlx::query(
+            "UPDATE tasks SET version = $3, body = $4, status = $5, customer_review_status = $6, \
+             unique_id = $7, updated_at_us = $8, completed_at_us = $9 \
+             WHERE task_id = $1 AND version = $2",
+        )
+        .bind(&row.task_id)
+        .bind(write.expected_sequence)
+        .bind(version)
+        .bind(view.to_json())
+        .bind(row.status)
+        .bind(&row.customer_review_status)
+        .bind(&row.unique_id)
+        .bind(row.updated_at_us)
+        .bind(row.completed_at_us)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    pub(super) fn tx_mut(&mut self) -> &mut Transaction<'static, Any> {
+        &mut self.tx
+    }
+
+    /// Whether the stored view, list row, tags and unique_id reservation of a task are
+    /// exactly what folding its events gives.
+    pub(super) async fn projection_matches(
+        &mut self,
+        account_id: &str,
+        view: &TaskView,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        let expected = ListRow::of(view);
+        let Some(stored) = sqlx::query(
+            "SELECT account_id, version, body, task_type, status, project, batch, \
+             customer_review_status, unique_id, created_at_us, updated_at_us, completed_at_us \
+             FROM tasks WHERE task_id = $1",
+        )
+        .bind(&view.task_id)
+        .fetch_optional(&mut *self.tx)
+        .await?
+        else {
+            return Ok(false);
+        };
+        let row_matches = stored.try_get::<String, _>(0)? == account_id
+            && stored.try_get::<i64, _>(1)? == version
+            && stored.try_get::<String, _>(2)? == view.to_json()
+            && stored.try_get::<String, _>(3)? == expected.task_type
+            && stored.try_get::<String, _>(4)? == expected.status
+            && stored.try_get::<Option<String>, _>(5)? == expected.project
+            && stored.try_get::<Option<String>, _>(6)? == expected.batch
+            && stored.try_get::<Option<String>, _>(7)? == expected.customer_review_status
+            && stored.try_get::<Option<String>, _>(8)? == expected.unique_id
+            && stored.try_get::<i64, _>(9)? == expected.created_at_us
+            && stored.try_get::<i64, _>(10)? == expected.updated_at_us
+            && stored.try_get::<Option<i64>, _>(11)? == expected.completed_at_us;
+        if !row_matches {
+            return Ok(false);
+        }
+        let mut tags: Vec<String> =
+            sqlx::query_scalar("SELECT tag FROM task_tags WHERE task_id = $1 AND account_id = $2")
+                .bind(&view.task_id)
+                .bind(account_id)
+                .fetch_all(&mut *self.tx)
+                .await?;
+        tags.sort();
+        let mut expected_tags = view.tags.clone();
+        expected_tags.sort();
+        let reserved: Vec<String> = sqlx::query_scalar(
+            "SELECT unique_id FROM unique_ids WHERE task_id = $1 AND account_id = $2",
+        )
+        .bind(&view.task_id)
+        .bind(account_id)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(tags == expected_tags && reserved == view.unique_id.iter().cloned().collect::<Vec<_>>())
+    }
+
+    /// Inserts a new task's row; `false` if the task id exists already.
+    pub(super) async fn insert_task_row(
+        &mut self,
+        account_id: &str,
+        view: &TaskView,
+        version: i64,
+    ) -> Result<bool, StoreError> {
+        let row = ListRow::of(view);
+        let inserted = sqlx::query(
+            "INSERT INTO tasks (task_id, account_id, version, body, task_type, status, project, \
+             batch, customer_review_status, unique_id, created_at_us, updated_at_us, completed_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(&row.task_id)
+        .bind(account_id)
+        .bind(version)
+        .bind(view.to_json())
+        .bind(&row.task_type)
+        .bind(row.status)
+        .bind(&row.project)
+        .bind(&row.batch)
+        .bind(&row.customer_review_status)
+        .bind(&row.unique_id)
+        .bind(row.created_at_us)
+        .bind(row.updated_at_us)
+        .bind(row.completed_at_us)
+        .execute(&mut *self.tx)
+        .await;
+        unique_violation_as_false(inserted.map(|_| ()))
+    }
+
+    pub(super) async fn change_unique_id(
+        &mut self,
+        account_id: &str,
+        task_id: &str,
+        change: &UniqueIdChange,
+    ) -> Result<Result<(), WriteError>, StoreError> {
+        if let Some(old) = &change.release {
+            sqlx::query(
+                "DELETE FROM unique_ids WHERE account_id = $1 AND unique_id = $2 AND task_id = $3",
+            )
+            .bind(account_id)
+            .bind(old)
+            .bind(task_id)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        let Some(new) = &change.reserve else {
+            return Ok(Ok(()));
+        };
+        // The primary key decides; a concurrent reservation of the same value waits for the
+        // other transaction and then fails here.
+        let reserved = sqlx::query(
+            "INSERT INTO unique_ids (account_id, unique_id, task_id) VALUES ($1, $2, $3)",
+        )
+        .bind(account_id)
+        .bind(new)
+        .bind(task_id)
+        .execute(&mut *self.tx)
+        .await;
+        if unique_violation_as_false(reserved.map(|_| ()))? {
+            return Ok(Ok(()));
+        }
+        // The statement failed, which on PostgreSQL poisons the transaction until the
+        // savepoint is rolled back; read the holder on a fresh savepoint.
+        sqlx::query("ROLLBACK TO SAVEPOINT command")
+            .execute(&mut *self.tx)
+            .await?;
+        let holder: Option<String> = sqlx::query_scalar(
+            "SELECT task_id FROM unique_ids WHERE account_id = $1 AND unique_id = $2",
+        )
+        .bind(account_id)
+        .bind(new)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(Err(WriteError::UniqueIdTaken {
+            unique_id: new.clone(),
+            task_id: holder.unwrap_or_default(),
+        }))
+    }
+
+    pub(super) async fn put_tags(
+        &mut self,
+        account_id: &str,
+        task_id: &str,
+        tags: &[String],
+        had_tags_row: bool,
+    ) -> Result<(), StoreError> {
+        if had_tags_row {
+            sqlx::query("DELETE FROM task_tags WHERE task_id = $1")
+                .bind(task_id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        if tags.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<String> = (0..tags.len())
+            .map(|i| format!("($1, $2, ${})", i + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO task_tags (task_id, account_id, tag) VALUES {}",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(task_id).bind(account_id);
+        for tag in tags {
+            query = query.bind(tag);
+        }
+        query.execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    /// `false` when the (task, sequence) slot is taken: the backstop for lost updates.
+    async fn insert_event(&mut self, e: &EventEnvelope) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(
+            "INSERT INTO events (global_position, event_id, task_id, account_id, sequence, \
+             event_type, event_version, payload, recorded_at_us, actor_account_id, actor_key_id, \
+             actor_scope, request_id, prev_hash, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(e.global_position)
+        .bind(e.event_id.to_string())
+        .bind(&e.task_id)
+        .bind(&e.account_id)
+        .bind(e.sequence)
+        .bind(&e.event_type)
+        .bind(i64::from(e.event_version))
+        .bind(canonical_json(&e.payload))
+        .bind(e.recorded_at.timestamp_micros())
+        .bind(&e.actor.account_id)
+        .bind(&e.actor.key_id)
+        .bind(e.actor.scope.as_str())
+        .bind(&e.request_id)
+        .bind(&e.prev_hash)
+        .bind(&e.hash)
+        .execute(&mut *self.tx)
+        .await;
+        unique_violation_as_false(inserted.map(|_| ()))
+    }
+
+    async fn insert_idempotency(
+        &mut self,
+        idem: &IdempotencyWrite,
+        account_id: &str,
+        view: &TaskView,
+    ) -> Result<(), StoreError> {
+        // The row may already exist as the in-flight marker of this very request.
+        sqlx::query(
+            "INSERT INTO idempotency_keys (idem_key, account_id, fingerprint, status_code, \
+             response_body, created_at_us, expires_at_us) VALUES ($1, $2, $3, 200, $4, $5, $6) \
+             ON CONFLICT (idem_key) DO UPDATE SET status_code = 200, response_body = $4",
+        )
+        .bind(&idem.key)
+        .bind(account_id)
+        .bind(&idem.fingerprint)
+        .bind(view.to_json())
+        .bind(now_micros())
+        .bind(idem.expires_at_us)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// Unique violations are an expected outcome (`Ok(false)`); anything else is fatal.
+fn unique_violation_as_false(result: Result<(), sqlx::Error>) -> Result<bool, StoreError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}

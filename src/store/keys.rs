@@ -1,0 +1,146 @@
+//! Accounts and API keys. A key is shown once, at creation; only its SHA-256 is stored (the
+//! key is 192 random bits, so a fast hash is enough to make a stolen table useless).
+
+use rand::RngCore;
+use sqlx::Row;
+use taskledger_events::Scope;
+use uuid::Uuid;
+
+use super::{now_micros, sha256_hex, Store, StoreError};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub account_id: String,
+    pub account_name: String,
+    pub key_id: String,
+    pub scope: Scope,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub key_id: String,
+    pub account_name: String,
+    pub scope: Scope,
+    pub created_at_us: i64,
+    pub revoked: bool,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    hex::encode(buf)
+}
+
+impl Store {
+    /// The account's id, creating the account (with a fresh callback secret) if needed.
+    pub async fn ensure_account(&self, name: &str) -> Result<String, StoreError> {
+        sqlx::query(
+            "INSERT INTO accounts (account_id, name, callback_secret, created_at_us) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(Uuid::now_v7().to_string())
+        .bind(name)
+        .bind(random_hex(32))
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(
+            sqlx::query_scalar("SELECT account_id FROM accounts WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Creates a key for the account (created if missing). Returns the key record and the
+    /// secret key itself, which is never stored.
+    pub async fn create_key(
+        &self,
+        account_name: &str,
+        scope: Scope,
+    ) -> Result<(ApiKey, String), StoreError> {
+        let account_id = self.ensure_account(account_name).await?;
+        let secret = format!("tl_{}", random_hex(24));
+        let key_id = format!("key_{}", &Uuid::now_v7().simple().to_string()[..20]);
+        let created_at_us = now_micros();
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, account_id, scope, key_hash, created_at_us) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&key_id)
+        .bind(&account_id)
+        .bind(scope.as_str())
+        .bind(sha256_hex(secret.as_bytes()))
+        .bind(created_at_us)
+        .execute(&self.pool)
+        .await?;
+        Ok((
+            ApiKey {
+                key_id,
+                account_name: account_name.to_string(),
+                scope,
+                created_at_us,
+                revoked: false,
+            },
+            secret,
+        ))
+    }
+
+    pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT k.key_id, a.name, k.scope, k.created_at_us, k.revoked_at_us \
+             FROM api_keys k JOIN accounts a ON a.account_id = k.account_id \
+             ORDER BY a.name, k.created_at_us",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let scope: String = r.try_get(2)?;
+                let revoked: Option<i64> = r.try_get(4)?;
+                Ok(ApiKey {
+                    key_id: r.try_get(0)?,
+                    account_name: r.try_get(1)?,
+                    scope: Scope::parse(&scope).unwrap_or(Scope::Customer),
+                    created_at_us: r.try_get(3)?,
+                    revoked: revoked.is_some(),
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a key; `false` if no such active key.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE api_keys SET revoked_at_us = $2 WHERE key_id = $1 AND revoked_at_us IS NULL",
+        )
+        .bind(key_id)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The principal of an active key, or `None` for an unknown or revoked one.
+    pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
+        let row = sqlx::query(
+            "SELECT k.key_id, k.scope, a.account_id, a.name FROM api_keys k \
+             JOIN accounts a ON a.account_id = k.account_id \
+             WHERE k.key_hash = $1 AND k.revoked_at_us IS NULL",
+        )
+        .bind(sha256_hex(secret.as_bytes()))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            let scope: String = r.try_get(1)?;
+            Ok(Principal {
+                key_id: r.try_get(0)?,
+                scope: Scope::parse(&scope).unwrap_or(Scope::Customer),
+                account_id: r.try_get(2)?,
+                account_name: r.try_get(3)?,
+            })
+        })
+        .transpose()
+    }
+}

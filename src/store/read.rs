@@ -1,0 +1,155 @@
+//! Reads of the ledger: a task's history, the global order, and the stored views.
+
+use chrono::DateTime;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+use taskledger_events::{Actor, EventEnvelope, Scope};
+use uuid::Uuid;
+
+use super::{Store, StoreError};
+
+pub(super) const EVENT_COLUMNS: &str = "global_position, event_id, task_id, account_id, sequence, \
+     event_type, event_version, payload, recorded_at_us, actor_account_id, actor_key_id, \
+     actor_scope, request_id, prev_hash, hash";
+
+/// A task's stored view and the sequence it reflects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredView {
+    pub version: i64,
+    pub body: String,
+}
+
+impl Store {
+    /// A task's events, oldest first, or none if the task is not in this account. With
+    /// `until_us`, only those recorded at or before it (time travel).
+    pub async fn task_events(
+        &self,
+        account_id: &str,
+        task_id: &str,
+        until_us: Option<i64>,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = $1 AND account_id = $2 \
+             AND recorded_at_us <= $3 ORDER BY sequence"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(task_id)
+            .bind(account_id)
+            .bind(until_us.unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(envelope_from_row).collect()
+    }
+
+    /// Events after a global position, in global order. Because appends are serialized on the
+    /// ledger head, every position below a visible one is visible too: nothing is skipped.
+    pub async fn events_after(
+        &self,
+        after: i64,
+        limit: i64,
+        account_id: Option<&str>,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let rows = match account_id {
+            Some(account) => {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE account_id = $1 AND global_position > $2 \
+                     ORDER BY global_position LIMIT $3"
+                );
+                sqlx::query(&sql)
+                    .bind(account)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 \
+                     ORDER BY global_position LIMIT $2"
+                );
+                sqlx::query(&sql)
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(envelope_from_row).collect()
+    }
+
+    /// The last committed global position (0 for an empty ledger).
+    pub async fn head_position(&self) -> Result<i64, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT last_position FROM ledger_head WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    pub async fn task_view(
+        &self,
+        account_id: &str,
+        task_id: &str,
+    ) -> Result<Option<StoredView>, StoreError> {
+        let row =
+            sqlx::query("SELECT version, body FROM tasks WHERE task_id = $1 AND account_id = $2")
+                .bind(task_id)
+                .bind(account_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok(StoredView {
+                version: r.try_get(0)?,
+                body: r.try_get(1)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Which task of the account holds a unique_id.
+    pub async fn unique_id_holder(
+        &self,
+        account_id: &str,
+        unique_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT task_id FROM unique_ids WHERE account_id = $1 AND unique_id = $2",
+        )
+        .bind(account_id)
+        .bind(unique_id)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+}
+
+pub(super) fn envelope_from_row(row: &AnyRow) -> Result<EventEnvelope, StoreError> {
+    let event_id: String = row.try_get("event_id")?;
+    let corrupt = |message: String| StoreError::Corrupt {
+        event_id: event_id.clone(),
+        message,
+    };
+    let payload: String = row.try_get("payload")?;
+    let recorded_us: i64 = row.try_get("recorded_at_us")?;
+    let scope: String = row.try_get("actor_scope")?;
+    let version: i64 = row.try_get("event_version")?;
+    Ok(EventEnvelope {
+        event_id: Uuid::parse_str(&event_id).map_err(|e| corrupt(e.to_string()))?,
+        event_type: row.try_get("event_type")?,
+        event_version: u32::try_from(version).map_err(|e| corrupt(e.to_string()))?,
+        task_id: row.try_get("task_id")?,
+        account_id: row.try_get("account_id")?,
+        sequence: row.try_get("sequence")?,
+        global_position: row.try_get("global_position")?,
+        recorded_at: DateTime::from_timestamp_micros(recorded_us)
+            .ok_or_else(|| corrupt(format!("recorded_at {recorded_us} out of range")))?,
+        actor: Actor {
+            account_id: row.try_get("actor_account_id")?,
+            key_id: row.try_get("actor_key_id")?,
+            scope: Scope::parse(&scope).map_err(|e| corrupt(e.to_string()))?,
+        },
+        request_id: row.try_get("request_id")?,
+        payload: serde_json::from_str(&payload).map_err(|e| corrupt(e.to_string()))?,
+        prev_hash: row.try_get("prev_hash")?,
+        hash: row.try_get("hash")?,
+    })
+}

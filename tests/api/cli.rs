@@ -1,0 +1,191 @@
+//! The `taskledger` binary, run as an operator would.
+
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+use taskledger::domain::TaskAction;
+use taskledger_events::Scope;
+
+use crate::helpers::{on_both_backends, tamper_with_event, Backend, TestLedger};
+
+fn taskledger(database_url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_taskledger"))
+        .args(args)
+        .env("DATABASE_URL", database_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the taskledger binary")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+async fn keys_create_prints_a_working_key_alone_on_the_last_line(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let created = taskledger(
+        &t.db.url,
+        &[
+            "keys",
+            "create",
+            "--account",
+            "initech",
+            "--scope",
+            "contributor",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let out = stdout(&created);
+    let key = out.lines().last().expect("a last line").to_string();
+    assert!(key.starts_with("tl_") && !key.contains(' '), "{out:?}");
+
+    let principal = t
+        .store
+        .authenticate(&key)
+        .await
+        .unwrap()
+        .expect("the key authenticates");
+    assert_eq!(principal.account_name, "initech");
+    assert_eq!(principal.scope, Scope::Contributor);
+    let stored: Vec<String> = sqlx::query_scalar("SELECT key_hash FROM api_keys")
+        .fetch_all(t.store.pool())
+        .await
+        .unwrap();
+    assert!(
+        !stored.iter().any(|h| h.contains(&key)),
+        "only a hash is stored"
+    );
+
+    let listed = stdout(&taskledger(&t.db.url, &["keys", "list"]));
+    assert!(
+        listed.contains(&principal.key_id) && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&key), "list never shows keys");
+
+    let revoked = taskledger(&t.db.url, &["keys", "revoke", &principal.key_id]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    assert!(
+        t.store.authenticate(&key).await.unwrap().is_none(),
+        "a revoked key is refused"
+    );
+    assert!(stdout(&taskledger(&t.db.url, &["keys", "list"])).contains("revoked"));
+    let again = taskledger(&t.db.url, &["keys", "revoke", &principal.key_id]);
+    assert!(!again.status.success());
+}
+
+async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(None).await;
+    t.run(
+        &task,
+        Scope::Customer,
+        TaskAction::SetMetadata {
+            metadata: json!({"x": 1}),
+        },
+    )
+    .await
+    .unwrap();
+    let ok = taskledger(&t.db.url, &["verify"]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(stdout(&ok).contains("2 events"), "{}", stdout(&ok));
+
+    let events = t.store.events_after(0, 10, None).await.unwrap();
+    tamper_with_event(&t.db, &t.store, 2, r#"{"metadata":{"x":2}}"#).await;
+    let broken = taskledger(&t.db.url, &["verify"]);
+    assert_eq!(broken.status.code(), Some(1));
+    let out = stdout(&broken);
+    assert!(out.contains(&events[1].event_id.to_string()), "{out}");
+    assert!(out.contains("global position 2"), "{out}");
+}
+
+async fn replay_rebuilds_the_views_from_the_events(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(Some("u")).await;
+    t.run(
+        &task,
+        Scope::Customer,
+        TaskAction::AddTags {
+            tags: vec!["z".into()],
+        },
+    )
+    .await
+    .unwrap();
+    let live = crate::helpers::projection_snapshot(&t.store).await;
+    sqlx::query("DELETE FROM tasks")
+        .execute(t.store.pool())
+        .await
+        .unwrap();
+    let check = taskledger(&t.db.url, &["replay", "--check"]);
+    assert_eq!(check.status.code(), Some(1), "{check:?}");
+    let replay = taskledger(&t.db.url, &["replay"]);
+    assert!(replay.status.success(), "{replay:?}");
+    assert!(
+        stdout(&replay).contains("replayed 2 events into 1 tasks"),
+        "{}",
+        stdout(&replay)
+    );
+    assert_eq!(crate::helpers::projection_snapshot(&t.store).await, live);
+    assert!(taskledger(&t.db.url, &["replay", "--check"])
+        .status
+        .success());
+}
+
+on_both_backends!(
+    keys_create_prints_a_working_key_alone_on_the_last_line,
+    verify_exits_nonzero_naming_the_tampered_event,
+    replay_rebuilds_the_views_from_the_events,
+);
+
+/// The README's first command: no configuration at all, in an empty directory.
+#[tokio::test]
+async fn serve_with_no_configuration_answers_healthz_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_taskledger"))
+        .arg("serve")
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("KAFKA_BROKERS")
+        .env("TASKLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let mut answered = None;
+    for _ in 0..100 {
+        if let Ok(r) = client.get(&url).send().await {
+            answered = Some(r.status());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(answered.map(|s| s.as_u16()), Some(200));
+    assert!(
+        dir.path().join("taskledger.db").exists(),
+        "the SQLite ledger is created in place"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut exited = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            exited = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    assert!(exited.expect("serve exits after SIGTERM").success());
+}

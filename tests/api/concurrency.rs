@@ -1,0 +1,294 @@
+//! Racing writers and readers: optimistic concurrency, unique_id under contention, and a
+//! global order that no reader can see out of order or with holes.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use taskledger::domain::{TaskAction, TaskCommand};
+use taskledger::ledger::{Ledger, LedgerError};
+use taskledger::store::CommandWrite;
+use taskledger_events::{Scope, TaskEvent};
+
+use crate::helpers::{categorization, on_both_backends, Backend, TestLedger};
+
+async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(None).await;
+    // Two ledgers = two committers, like two server processes on one database.
+    let other = Ledger::start(t.db.store().await, 8);
+    let mut handles = Vec::new();
+    for i in 0..24 {
+        let ledger = if i % 2 == 0 {
+            t.ledger.clone()
+        } else {
+            other.clone()
+        };
+        let ctx = t.customer();
+        let task = task.clone();
+        handles.push(tokio::spawn(async move {
+            let add = TaskAction::AddTags {
+                tags: vec![format!("tag-{i}")],
+            };
+            ledger
+                .execute(&ctx, &task, TaskCommand::new(Scope::Customer, add), None)
+                .await
+        }));
+    }
+    for h in handles {
+        h.await.unwrap().expect("every command eventually lands");
+    }
+    let events = t
+        .store
+        .task_events(&t.account_id, task.as_str(), None)
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 25);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.sequence, i as i64 + 1, "contiguous sequences");
+    }
+    let view = t
+        .ledger
+        .task_as_of(&t.account_id, &task, chrono::Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.tags.len(), 25, "no tag was lost: {:?}", view.tags);
+    assert!(t
+        .store
+        .verify(|_| {})
+        .await
+        .unwrap()
+        .first_failure
+        .is_none());
+    assert!(t
+        .store
+        .replay(true, |_| {})
+        .await
+        .unwrap()
+        .mismatches
+        .is_empty());
+}
+
+async fn racing_creates_with_one_unique_id_give_exactly_one_task(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let other = Ledger::start(t.db.store().await, 8);
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let ledger = if i % 2 == 0 {
+            t.ledger.clone()
+        } else {
+            other.clone()
+        };
+        let ctx = t.customer();
+        handles.push(tokio::spawn(async move {
+            ledger
+                .create(&ctx, categorization(Some("once")), None)
+                .await
+        }));
+    }
+    let mut created = Vec::new();
+    let mut conflicts = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(c) => created.push(c.view.task_id),
+            Err(LedgerError::UniqueIdTaken { task_id, .. }) => {
+                assert!(!task_id.is_empty());
+                conflicts += 1;
+            }
+            Err(other) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1);
+    assert_eq!(conflicts, 19);
+    assert_eq!(t.store.count_events().await.unwrap(), 1);
+    assert_eq!(
+        t.store
+            .unique_id_holder(&t.account_id, "once")
+            .await
+            .unwrap(),
+        Some(created[0].clone())
+    );
+}
+
+/// The "allocated at INSERT, visible at COMMIT" trap: a writer holding position p open must
+/// hide p+1 from readers until p is visible.
+async fn a_reader_never_sees_a_later_position_before_a_late_committing_lower_one(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let slow_task = t.create(None).await;
+    let head = t.store.head_position().await.unwrap();
+
+    let history = t
+        .store
+        .task_events(&t.account_id, slow_task.as_str(), None)
+        .await
+        .unwrap();
+    let prior = t
+        .ledger
+        .task_as_of(&t.account_id, &slow_task, chrono::Utc::now())
+        .await
+        .unwrap();
+    let mut slow = t.store.begin_append().await.unwrap();
+    assert_eq!(slow.next_position(), head + 1);
+    slow.write(CommandWrite {
+        account_id: t.account_id.clone(),
+        task_id: slow_task.to_string(),
+        actor: t.customer().actor,
+        request_id: None,
+        expected_sequence: 1,
+        prev_hash: history[0].hash.clone(),
+        prior_view: prior,
+        events: vec![TaskEvent::TaskMetadataSet(
+            taskledger_events::TaskMetadataSet {
+                metadata: json!({"slow": true}),
+            },
+        )],
+        idempotency: None,
+    })
+    .await
+    .unwrap()
+    .unwrap();
+
+    // A fast writer starts while the slow one holds position head+1.
+    let ledger = t.ledger.clone();
+    let ctx = t.customer();
+    let fast = tokio::spawn(async move { ledger.create(&ctx, categorization(None), None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let seen = t.store.events_after(head, 100, None).await.unwrap();
+    assert!(
+        seen.is_empty(),
+        "nothing after the open transaction is visible: {seen:?}"
+    );
+    assert!(
+        !fast.is_finished(),
+        "the fast writer waits for the slow one"
+    );
+
+    slow.commit().await.unwrap();
+    let fast = fast.await.unwrap().unwrap();
+    let seen = t.store.events_after(head, 100, None).await.unwrap();
+    let positions: Vec<i64> = seen.iter().map(|e| e.global_position).collect();
+    assert_eq!(positions, vec![head + 1, head + 2]);
+    assert_eq!(seen[0].task_id, slow_task.as_str());
+    assert_eq!(seen[1].task_id, fast.view.task_id);
+}
+
+async fn a_rolled_back_writer_leaves_no_gap_in_the_global_order(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(None).await;
+    let history = t
+        .store
+        .task_events(&t.account_id, task.as_str(), None)
+        .await
+        .unwrap();
+    let prior = t
+        .ledger
+        .task_as_of(&t.account_id, &task, chrono::Utc::now())
+        .await
+        .unwrap();
+    let mut doomed = t.store.begin_append().await.unwrap();
+    doomed
+        .write(CommandWrite {
+            account_id: t.account_id.clone(),
+            task_id: task.to_string(),
+            actor: t.customer().actor,
+            request_id: None,
+            expected_sequence: 1,
+            prev_hash: history[0].hash.clone(),
+            prior_view: prior,
+            events: vec![TaskEvent::TaskCanceled(taskledger_events::TaskCanceled {})],
+            idempotency: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    doomed.rollback().await.unwrap();
+    t.create(None).await;
+    let positions: Vec<i64> = t
+        .store
+        .events_after(0, 10, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.global_position)
+        .collect();
+    assert_eq!(positions, vec![1, 2]);
+    assert!(t
+        .store
+        .verify(|_| {})
+        .await
+        .unwrap()
+        .first_failure
+        .is_none());
+}
+
+/// Many writers on two committers while a reader follows the global order: every read
+/// continues exactly where the last one ended, and the reader ends with everything.
+async fn a_following_reader_sees_every_position_once_in_order_under_load(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let other = Ledger::start(t.db.store().await, 8);
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = t.store.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let batch = store.events_after(last, 50, None).await.unwrap();
+                for e in &batch {
+                    assert_eq!(
+                        e.global_position,
+                        last + 1,
+                        "the reader skipped or repeated"
+                    );
+                    last = e.global_position;
+                }
+                if finished && batch.is_empty() {
+                    return last;
+                }
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let ledger = if w % 2 == 0 {
+            t.ledger.clone()
+        } else {
+            other.clone()
+        };
+        let ctx = t.customer();
+        writers.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let c = ledger
+                    .create(&ctx, categorization(None), None)
+                    .await
+                    .unwrap();
+                let task = taskledger::domain::TaskId::parse(&c.view.task_id).unwrap();
+                let cancel = TaskCommand::new(
+                    Scope::Customer,
+                    TaskAction::Cancel {
+                        clear_unique_id: false,
+                    },
+                );
+                ledger.execute(&ctx, &task, cancel, None).await.unwrap();
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let last = reader.await.unwrap();
+    assert_eq!(last, 160);
+    assert_eq!(t.store.head_position().await.unwrap(), 160);
+}
+
+on_both_backends!(
+    racing_commands_on_one_task_lose_no_update,
+    racing_creates_with_one_unique_id_give_exactly_one_task,
+    a_reader_never_sees_a_later_position_before_a_late_committing_lower_one,
+    a_rolled_back_writer_leaves_no_gap_in_the_global_order,
+    a_following_reader_sees_every_position_once_in_order_under_load,
+);

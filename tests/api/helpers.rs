@@ -1,0 +1,283 @@
+use serde_json::{json, Map, Value};
+use sqlx::Connection;
+use taskledger::config::{DatabaseSettings, ServeSettings};
+use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
+use taskledger::ledger::{CommandContext, Ledger};
+use taskledger::startup::Application;
+use taskledger::store::Store;
+use taskledger_events::{Actor, Scope};
+use tempfile::TempDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// Runs a test body once per backend, as `postgres::name` and `sqlite::name`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(crate::helpers::Backend::Postgres).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    super::$name(crate::helpers::Backend::Sqlite).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
+
+/// A database of its own for one test: a fresh PostgreSQL database or a SQLite file in a
+/// temporary directory.
+pub struct TestDb {
+    pub url: String,
+    pub backend: Backend,
+    _dir: Option<TempDir>,
+}
+
+pub fn pg_admin_url() -> String {
+    std::env::var("TASKLEDGER_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_string())
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Postgres => {
+                let admin = pg_admin_url();
+                let mut conn = sqlx::PgConnection::connect(&format!("{admin}/postgres"))
+                    .await
+                    .expect("PostgreSQL must be running for the integration tests");
+                let name = format!("tl_test_{}", uuid::Uuid::now_v7().simple());
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create the test database");
+                TestDb {
+                    url: format!("{admin}/{name}"),
+                    backend,
+                    _dir: None,
+                }
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("a temporary directory");
+                let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
+                TestDb {
+                    url,
+                    backend,
+                    _dir: Some(dir),
+                }
+            }
+        }
+    }
+
+    pub async fn store(&self) -> Store {
+        Store::open(&self.url, 8).await.expect("open the store")
+    }
+}
+
+/// A store with a ledger (its own committer) and an account with a customer and a
+/// contributor identity.
+pub struct TestLedger {
+    pub db: TestDb,
+    pub store: Store,
+    pub ledger: Ledger,
+    pub account_id: String,
+}
+
+impl TestLedger {
+    pub async fn new(backend: Backend) -> TestLedger {
+        let db = TestDb::new(backend).await;
+        let store = db.store().await;
+        let ledger = Ledger::start(store.clone(), 64);
+        let account_id = store.ensure_account("acme").await.unwrap();
+        TestLedger {
+            db,
+            store,
+            ledger,
+            account_id,
+        }
+    }
+
+    pub fn customer(&self) -> CommandContext {
+        context(&self.account_id, Scope::Customer)
+    }
+
+    /// Creates a categorization task and returns its id.
+    pub async fn create(&self, unique_id: Option<&str>) -> TaskId {
+        let committed = self
+            .ledger
+            .create(&self.customer(), categorization(unique_id), None)
+            .await
+            .expect("create a task");
+        TaskId::parse(&committed.view.task_id).unwrap()
+    }
+
+    pub async fn run(
+        &self,
+        task: &TaskId,
+        scope: Scope,
+        action: TaskAction,
+    ) -> Result<taskledger::store::Committed, taskledger::ledger::LedgerError> {
+        let ctx = context(&self.account_id, scope);
+        self.ledger
+            .execute(&ctx, task, TaskCommand::new(scope, action), None)
+            .await
+    }
+}
+
+pub fn context(account_id: &str, scope: Scope) -> CommandContext {
+    CommandContext {
+        actor: Actor {
+            account_id: account_id.to_string(),
+            key_id: Some(format!("key_test_{}", scope.as_str())),
+            scope,
+        },
+        request_id: Some(format!("req-{}", uuid::Uuid::now_v7())),
+    }
+}
+
+pub fn categorization(unique_id: Option<&str>) -> CreateTask {
+    let params: Map<String, Value> = json!({
+        "attachment_type": "text",
+        "attachment": "car",
+        "categories": ["big", "small"],
+    })
+    .as_object()
+    .cloned()
+    .unwrap();
+    CreateTask {
+        task_type: "categorization".into(),
+        instruction: Some("Would you say this item is big or small?".into()),
+        callback_url: Some("http://www.example.com/callback".into()),
+        project: Some("kittens".into()),
+        unique_id: unique_id.map(str::to_string),
+        tags: Some(vec!["experiment_1".into()]),
+        params,
+        ..CreateTask::default()
+    }
+}
+
+/// Every projection row, in a stable order, to compare two states of a database.
+pub async fn projection_snapshot(store: &Store) -> Vec<String> {
+    use sqlx::Row;
+    let mut out = Vec::new();
+    let rows = sqlx::query(
+        "SELECT task_id, account_id, version, body, task_type, status, project, batch, \
+         customer_review_status, unique_id, created_at_us, updated_at_us, completed_at_us \
+         FROM tasks ORDER BY task_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    for r in rows {
+        out.push(format!(
+            "task {} {} {} {} {} {} {:?} {:?} {:?} {:?} {} {} {:?}",
+            r.get::<String, _>(0),
+            r.get::<String, _>(1),
+            r.get::<i64, _>(2),
+            r.get::<String, _>(3),
+            r.get::<String, _>(4),
+            r.get::<String, _>(5),
+            r.get::<Option<String>, _>(6),
+            r.get::<Option<String>, _>(7),
+            r.get::<Option<String>, _>(8),
+            r.get::<Option<String>, _>(9),
+            r.get::<i64, _>(10),
+            r.get::<i64, _>(11),
+            r.get::<Option<i64>, _>(12),
+        ));
+    }
+    let tags = sqlx::query("SELECT task_id, account_id, tag FROM task_tags ORDER BY task_id, tag")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    for r in tags {
+        out.push(format!(
+            "tag {} {} {}",
+            r.get::<String, _>(0),
+            r.get::<String, _>(1),
+            r.get::<String, _>(2)
+        ));
+    }
+    let ids = sqlx::query(
+        "SELECT account_id, unique_id, task_id FROM unique_ids ORDER BY account_id, unique_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    for r in ids {
+        out.push(format!(
+            "unique_id {} {} {}",
+            r.get::<String, _>(0),
+            r.get::<String, _>(1),
+            r.get::<String, _>(2)
+        ));
+    }
+    out
+}
+
+/// Alters an event behind the database's back: the append-only trigger is switched off the
+/// way an attacker with table-owner rights could.
+pub async fn tamper_with_event(db: &TestDb, store: &Store, position: i64, payload: &str) {
+    let sql: &[&str] = match db.backend {
+        Backend::Postgres => &[
+            "ALTER TABLE events DISABLE TRIGGER events_no_update",
+            "UPDATE events SET payload = $1 WHERE global_position = $2",
+        ],
+        Backend::Sqlite => &[
+            "DROP TRIGGER events_no_update",
+            "UPDATE events SET payload = $1 WHERE global_position = $2",
+        ],
+    };
+    sqlx::raw_sql(sql[0]).execute(store.pool()).await.unwrap();
+    let done = sqlx::query(sql[1])
+        .bind(payload)
+        .bind(position)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(done.rows_affected(), 1);
+}
+
+/// A running server on a random port.
+pub struct TestApp {
+    pub address: String,
+    /// Kept so the database outlives the server.
+    pub _db: TestDb,
+    pub client: reqwest::Client,
+}
+
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    let db = TestDb::new(backend).await;
+    let app = Application::build(
+        &DatabaseSettings {
+            database_url: db.url.clone(),
+            db_connections: 8,
+        },
+        &ServeSettings {
+            listen: "127.0.0.1:0".into(),
+            kafka_brokers: None,
+            max_batch: 64,
+        },
+    )
+    .await
+    .expect("build the application");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    TestApp {
+        address,
+        _db: db,
+        client: reqwest::Client::new(),
+    }
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real HTTP server, real PostgreSQL, real SQLite files.
+//! PostgreSQL must be running (`TASKLEDGER_TEST_PG_URL`, default
+//! postgres://postgres@127.0.0.1:5432); a test that cannot reach it fails.
+
+mod cli;
+mod concurrency;
+mod health;
+mod helpers;
+mod store;
