@@ -31,6 +31,14 @@ pub struct ServeSettings {
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
+    /// Largest accepted request body, in bytes; larger ones answer 413.
+    #[arg(long, env = "TASKLEDGER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// How long an Idempotency-Key's answer is kept and replayed, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECS", default_value_t = 24 * 60 * 60)]
+    pub idempotency_ttl_secs: u64,
+
     /// The most commands one append transaction may carry (group commit).
     #[arg(long, env = "TASKLEDGER_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,

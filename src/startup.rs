@@ -1,18 +1,21 @@
 //! Builds the running service: store, ledger, HTTP server. Tests build it on port 0.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::config::{DatabaseSettings, ServeSettings};
-use crate::http::{self, AppState};
+use crate::http::{self, AppState, HttpSettings};
 use crate::ledger::Ledger;
 use crate::store::Store;
 
 pub struct Application {
     listener: TcpListener,
-    state: AppState,
+    router: axum::Router,
+    store: Store,
 }
 
 impl Application {
@@ -30,10 +33,19 @@ impl Application {
         if serve.kafka_brokers.is_some() {
             tracing::warn!("KAFKA_BROKERS is set but the relay is not part of this build yet");
         }
-        let ledger = Ledger::start(store, serve.max_batch);
+        let ledger = Ledger::start(store.clone(), serve.max_batch);
+        tokio::spawn(purge_idempotency_keys(store.clone()));
+        let state = AppState {
+            ledger,
+            settings: Arc::new(HttpSettings {
+                max_body_bytes: serve.max_body_bytes,
+                idempotency_ttl: Duration::from_secs(serve.idempotency_ttl_secs),
+            }),
+        };
         Ok(Application {
             listener,
-            state: AppState { ledger },
+            router: http::router(state),
+            store,
         })
     }
 
@@ -53,18 +65,33 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "taskledger listening");
-        let router = http::router(self.state.clone());
-        axum::serve(self.listener, router)
+        axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown)
             .await
             .context("serving HTTP")?;
-        self.state.ledger.store().close().await;
+        self.store.close().await;
         Ok(())
     }
 
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Deletes expired Idempotency-Key records once a minute.
+async fn purge_idempotency_keys(store: Store) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        match store
+            .purge_idempotency_keys(chrono::Utc::now().timestamp_micros())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "expired idempotency keys purged"),
+            Err(e) => tracing::warn!(error = %e, "purging idempotency keys failed"),
+        }
     }
 }
 

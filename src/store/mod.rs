@@ -3,12 +3,16 @@
 //! once; only the migrations (triggers) and connection set-up differ per backend.
 
 mod append;
+mod idempotency;
 mod keys;
+mod list;
 mod read;
 mod rebuild;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
+pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
+pub use list::{ListPage, ListQuery};
 pub use rebuild::{RebuildReport, VerifyFailure, VerifyReport};
 
 use std::str::FromStr;
@@ -128,7 +132,7 @@ pub fn event_hash(envelope: &EventEnvelope) -> String {
     hex::encode(Sha256::digest(envelope.hash_input()))
 }
 
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

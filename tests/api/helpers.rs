@@ -268,6 +268,8 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
         &ServeSettings {
             listen: "127.0.0.1:0".into(),
             kafka_brokers: None,
+            max_body_bytes: 10 * 1024 * 1024,
+            idempotency_ttl_secs: 24 * 60 * 60,
             max_batch: 64,
         },
     )

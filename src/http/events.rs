@@ -1,0 +1,73 @@
+//! `GET /v1/events`: the account's events in global commit order, for consumers without Kafka.
+
+use axum::extract::{RawQuery, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+use taskledger_events::EventEnvelope;
+
+use super::extract::{query_pairs, Caller};
+use super::{ApiError, AppState};
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/events", get(feed))
+}
+
+const MAX_LIMIT: i64 = 1000;
+
+#[derive(Serialize)]
+pub struct EventsOut {
+    events: Vec<EventEnvelope>,
+    /// Pass as `after` to continue; equal to the request's `after` when nothing is new.
+    next_after: i64,
+    has_more: bool,
+}
+
+async fn feed(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<EventsOut>, ApiError> {
+    let mut after = 0;
+    let mut limit = 100;
+    for (name, value) in query_pairs(query.as_deref()) {
+        match name.as_str() {
+            "after" => {
+                after = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "after must be a global position (an integer >= 0); got {value:?}"
+                        ))
+                    })?
+            }
+            "limit" => {
+                limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be an integer from 1 to {MAX_LIMIT}; got {value:?}"
+                        ))
+                    })?
+            }
+            _ => {}
+        }
+    }
+    let mut events = state
+        .ledger
+        .store()
+        .events_after(after, limit + 1, Some(caller.account_id()))
+        .await?;
+    let has_more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    let next_after = events.last().map_or(after, |e| e.global_position);
+    Ok(Json(EventsOut {
+        events,
+        next_after,
+        has_more,
+    }))
+}

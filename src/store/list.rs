@@ -1,0 +1,174 @@
+//! The list index query: every filter a column condition, newest first, keyset pagination.
+
+use sqlx::any::AnyArguments;
+use sqlx::query::Query;
+use sqlx::{Any, Row};
+
+use super::{Store, StoreError};
+
+/// Filters of `GET /v1/tasks`, already parsed. Times are microseconds.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub created_from_us: Option<i64>,
+    pub created_to_us: Option<i64>,
+    pub completed_after_us: Option<i64>,
+    pub completed_before_us: Option<i64>,
+    pub updated_after_us: Option<i64>,
+    pub updated_before_us: Option<i64>,
+    pub statuses: Vec<String>,
+    pub task_types: Vec<String>,
+    pub project: Option<String>,
+    pub batch: Option<String>,
+    pub review_statuses: Vec<String>,
+    pub unique_ids: Vec<String>,
+    /// Tasks having all of these.
+    pub tags: Vec<String>,
+    pub limit: i64,
+    /// Continue after this (created_at_us, task_id), exclusive.
+    pub after: Option<(i64, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListPage {
+    pub bodies: Vec<String>,
+    pub total: i64,
+    /// The cursor of the last task returned, when more follow.
+    pub next: Option<(i64, String)>,
+}
+
+enum Param {
+    Int(i64),
+    Text(String),
+}
+
+/// A WHERE clause with numbered placeholders, the same on both backends.
+struct Filter {
+    clauses: Vec<String>,
+    params: Vec<Param>,
+}
+
+impl Filter {
+    fn placeholder(&mut self, p: Param) -> String {
+        self.params.push(p);
+        format!("${}", self.params.len())
+    }
+
+    fn push(&mut self, sql: impl FnOnce(&mut Self) -> String) {
+        let clause = sql(self);
+        self.clauses.push(clause);
+    }
+
+    fn any_of(&mut self, column: &str, values: &[String]) {
+        if values.is_empty() {
+            return;
+        }
+        self.push(|f| {
+            let list: Vec<String> = values
+                .iter()
+                .map(|v| f.placeholder(Param::Text(v.clone())))
+                .collect();
+            format!("{column} IN ({})", list.join(", "))
+        });
+    }
+
+    fn compare(&mut self, column: &str, op: &str, value: Option<i64>) {
+        if let Some(v) = value {
+            self.push(|f| format!("{column} {op} {}", f.placeholder(Param::Int(v))));
+        }
+    }
+
+    fn sql(&self) -> String {
+        self.clauses.join(" AND ")
+    }
+
+    fn bind<'q>(
+        &'q self,
+        mut query: Query<'q, Any, AnyArguments<'q>>,
+    ) -> Query<'q, Any, AnyArguments<'q>> {
+        for p in &self.params {
+            query = match p {
+                Param::Int(i) => query.bind(*i),
+                Param::Text(s) => query.bind(s.as_str()),
+            };
+        }
+        query
+    }
+}
+
+impl Store {
+    pub async fn list_tasks(
+        &self,
+        account_id: &str,
+        q: &ListQuery,
+    ) -> Result<ListPage, StoreError> {
+        let mut f = Filter {
+            clauses: Vec::new(),
+            params: Vec::new(),
+        };
+        let account = f.placeholder(Param::Text(account_id.to_string()));
+        f.clauses.push(format!("t.account_id = {account}"));
+        f.compare("t.created_at_us", ">=", q.created_from_us);
+        f.compare("t.created_at_us", "<=", q.created_to_us);
+        f.compare("t.completed_at_us", ">", q.completed_after_us);
+        f.compare("t.completed_at_us", "<", q.completed_before_us);
+        f.compare("t.updated_at_us", ">", q.updated_after_us);
+        f.compare("t.updated_at_us", "<", q.updated_before_us);
+        f.any_of("t.status", &q.statuses);
+        f.any_of("t.task_type", &q.task_types);
+        f.any_of("t.project", q.project.as_slice());
+        f.any_of("t.batch", q.batch.as_slice());
+        f.any_of("t.customer_review_status", &q.review_statuses);
+        f.any_of("t.unique_id", &q.unique_ids);
+        if !q.tags.is_empty() {
+            let mut tags = q.tags.clone();
+            tags.sort();
+            tags.dedup();
+            f.push(|f| {
+                let list: Vec<String> = tags
+                    .iter()
+                    .map(|t| f.placeholder(Param::Text(t.clone())))
+                    .collect();
+                let n = f.placeholder(Param::Int(tags.len() as i64));
+                format!(
+                    "t.task_id IN (SELECT g.task_id FROM task_tags g WHERE g.account_id = {account} \
+                     AND g.tag IN ({}) GROUP BY g.task_id HAVING COUNT(*) = {n})",
+                    list.join(", ")
+                )
+            });
+        }
+        let total_sql = format!("SELECT COUNT(*) FROM tasks t WHERE {}", f.sql());
+        let total: i64 = f
+            .bind(sqlx::query(&total_sql))
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+
+        if let Some((created, task_id)) = &q.after {
+            f.push(|f| {
+                let c1 = f.placeholder(Param::Int(*created));
+                let c2 = f.placeholder(Param::Int(*created));
+                let t = f.placeholder(Param::Text(task_id.clone()));
+                format!("(t.created_at_us < {c1} OR (t.created_at_us = {c2} AND t.task_id < {t}))")
+            });
+        }
+        let limit = f.placeholder(Param::Int(q.limit + 1));
+        let page_sql = format!(
+            "SELECT t.body, t.created_at_us, t.task_id FROM tasks t WHERE {} \
+             ORDER BY t.created_at_us DESC, t.task_id DESC LIMIT {limit}",
+            f.sql()
+        );
+        let rows = f.bind(sqlx::query(&page_sql)).fetch_all(&self.pool).await?;
+        let more = rows.len() as i64 > q.limit;
+        let mut bodies = Vec::with_capacity(rows.len());
+        let mut next = None;
+        for row in rows.iter().take(q.limit as usize) {
+            bodies.push(row.try_get::<String, _>(0)?);
+            next = Some((row.try_get::<i64, _>(1)?, row.try_get::<String, _>(2)?));
+        }
+        Ok(ListPage {
+            bodies,
+            total,
+            next: if more { next } else { None },
+        })
+    }
+}
