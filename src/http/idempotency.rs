@@ -96,8 +96,18 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
             return Ok(response);
         }
         IdempotencyState::Mismatch => {
+            // The contract promises these endpoints never answer 409 (the reference SDK
+            // cannot parse a 409 there), so the same refusal is a 400 on them.
+            let path = parts.uri.path();
+            let never_409 = path.ends_with("/tags")
+                || path.ends_with("/cancel")
+                || (parts.method == axum::http::Method::DELETE && path.ends_with("/unique_id"));
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
+                if never_409 {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::CONFLICT
+                },
                 format!(
                     "The Idempotency-Key {key:?} was already used for a different request; \
                      use a new key for a new request."

@@ -250,36 +250,179 @@ pub async fn tamper_with_event(db: &TestDb, store: &Store, position: i64, payloa
     assert_eq!(done.rows_affected(), 1);
 }
 
-/// A running server on a random port.
+/// A running server on a random port, with keys of two accounts.
 pub struct TestApp {
     pub address: String,
-    /// Kept so the database outlives the server.
-    pub _db: TestDb,
+    pub db: TestDb,
+    pub store: Store,
     pub client: reqwest::Client,
+    /// acme's customer key.
+    pub key: String,
+    /// acme's contributor key.
+    pub contributor_key: String,
+    /// globex's customer key: another account.
+    pub other_key: String,
 }
 
 pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |_| {}).await
+}
+
+pub async fn spawn_app_with(
+    backend: Backend,
+    configure: impl FnOnce(&mut ServeSettings),
+) -> TestApp {
     let db = TestDb::new(backend).await;
+    let mut serve = ServeSettings {
+        listen: "127.0.0.1:0".into(),
+        kafka_brokers: None,
+        max_body_bytes: 10 * 1024 * 1024,
+        idempotency_ttl_secs: 24 * 60 * 60,
+        max_batch: 64,
+    };
+    configure(&mut serve);
     let app = Application::build(
         &DatabaseSettings {
             database_url: db.url.clone(),
             db_connections: 8,
         },
-        &ServeSettings {
-            listen: "127.0.0.1:0".into(),
-            kafka_brokers: None,
-            max_body_bytes: 10 * 1024 * 1024,
-            idempotency_ttl_secs: 24 * 60 * 60,
-            max_batch: 64,
-        },
+        &serve,
     )
     .await
     .expect("build the application");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until(std::future::pending()));
+    let store = db.store().await;
+    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
+    let (_, contributor_key) = store.create_key("acme", Scope::Contributor).await.unwrap();
+    let (_, other_key) = store.create_key("globex", Scope::Customer).await.unwrap();
     TestApp {
         address,
-        _db: db,
+        db,
+        store,
         client: reqwest::Client::new(),
+        key,
+        contributor_key,
+        other_key,
+    }
+}
+
+/// A response's status and JSON body (Null when the body is not JSON).
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// Asserts an error reply: the status, the reference's body, and the message mentions
+    /// `needle` (a field or parameter name).
+    pub fn assert_error(&self, status: u16, needle: &str) {
+        assert_eq!(self.status, status, "{}", self.body);
+        assert_eq!(self.body["status_code"], status, "{}", self.body);
+        let message = self.body["error"].as_str().expect("an error message");
+        assert!(
+            message.to_lowercase().contains(&needle.to_lowercase()),
+            "{message:?} should mention {needle:?}"
+        );
+    }
+
+    pub fn task_id(&self) -> String {
+        assert_eq!(self.status, 200, "{}", self.body);
+        self.body["task_id"]
+            .as_str()
+            .expect("a task_id")
+            .to_string()
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Sends a request with HTTP Basic auth (key as user name), like the reference's clients.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, self.url(path))
+            .basic_auth(key, Some(""));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        Reply {
+            status,
+            headers,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, &self.key, None, &[])
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, &self.key, Some(body), &[])
+            .await
+    }
+
+    pub async fn contributor_post(&self, path: &str, body: Value) -> Reply {
+        self.send(
+            reqwest::Method::POST,
+            path,
+            &self.contributor_key,
+            Some(body),
+            &[],
+        )
+        .await
+    }
+
+    /// Creates a categorization task with extra fields merged in; returns the reply.
+    pub async fn create(&self, extra: Value) -> Reply {
+        let mut body = json!({
+            "instruction": "Would you say this item is big or small?",
+            "callback_url": "http://www.example.com/callback",
+            "attachment_type": "text",
+            "attachment": "car",
+            "categories": ["big", "small"],
+        });
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            body[k] = v;
+        }
+        self.post("/v1/task/categorization", body).await
+    }
+
+    /// Creates a task and completes it with the contributor key.
+    pub async fn completed(&self, extra: Value) -> String {
+        let id = self.create(extra).await.task_id();
+        let done = self
+            .contributor_post(
+                &format!("/v1/task/{id}/complete"),
+                json!({"response": {"category": "big"}}),
+            )
+            .await;
+        assert_eq!(done.status, 200, "{}", done.body);
+        id
+    }
+
+    pub async fn history_len(&self, id: &str) -> usize {
+        let reply = self.get(&format!("/v1/task/{id}/history")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["events"].as_array().unwrap().len()
     }
 }

@@ -6,4 +6,8 @@ mod cli;
 mod concurrency;
 mod health;
 mod helpers;
+mod idempotency_api;
+mod list_api;
+mod sdk;
 mod store;
+mod tasks_api;
