@@ -42,6 +42,19 @@ pub enum Command {
     },
     /// Recompute every event hash chain; exit 1 naming the first broken event.
     Verify,
+    /// Consume the event topic and print each envelope as one JSON line.
+    Tail {
+        #[arg(long, env = "KAFKA_BROKERS")]
+        kafka_brokers: String,
+        #[arg(long, env = "KAFKA_TOPIC", default_value = "taskledger.task-events")]
+        kafka_topic: String,
+        /// Start at the oldest record instead of waiting for new ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Only this task's events.
+        #[arg(long)]
+        task: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -62,6 +75,20 @@ pub enum KeysCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = &cli.db;
     match cli.command {
+        Command::Tail {
+            kafka_brokers,
+            kafka_topic,
+            from_beginning,
+            task,
+        } => {
+            tail(
+                &kafka_brokers,
+                &kafka_topic,
+                from_beginning,
+                task.as_deref(),
+            )
+            .await
+        }
         Command::Serve(serve) => {
             let app = Application::build(db, &serve).await?;
             app.run_until_stopped().await?;
@@ -115,6 +142,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::FAILURE)
                 }
             }
+        }
+    }
+}
+
+async fn tail(
+    brokers: &str,
+    topic: &str,
+    from_beginning: bool,
+    task: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    use rdkafka::Message;
+    use std::io::Write;
+
+    let consumer = crate::relay::stream_consumer(brokers, topic, from_beginning)
+        .with_context(|| format!("reading topic {topic} from {brokers}"))?;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let message = consumer.recv().await.context("consuming")?;
+        if task.is_some_and(|t| message.key() != Some(t.as_bytes())) {
+            continue;
+        }
+        if let Some(payload) = message.payload() {
+            out.write_all(payload)?;
+            out.write_all(b"\n")?;
+            out.flush()?;
         }
     }
 }

@@ -31,6 +31,9 @@ pub struct ServeSettings {
     #[arg(long, env = "KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
 
+    #[command(flatten)]
+    pub relay: crate::relay::RelaySettings,
+
     /// Largest accepted request body, in bytes; larger ones answer 413.
     #[arg(long, env = "TASKLEDGER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,

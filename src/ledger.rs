@@ -12,9 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use taskledger_events::{Actor, EventEnvelope, TaskEvent, GENESIS_HASH};
 use taskledger_projections::{fold_all, TaskView};
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 
 use crate::domain::{CreateTask, Task, TaskAction, TaskCommand, TaskError, TaskId};
+use crate::metrics::{command_name, Metrics};
 use crate::store::{CommandWrite, Committed, IdempotencyWrite, Store, StoreError, WriteError};
 
 /// How often a command is decided again after losing a race on its task.
@@ -72,18 +73,45 @@ pub struct Ledger {
     store: Store,
     committer: mpsc::Sender<Job>,
     task_locks: Arc<Vec<Mutex<()>>>,
+    metrics: Metrics,
+    commits: Arc<Notify>,
 }
 
 impl Ledger {
-    /// Starts the committer; it stops when the last `Ledger` clone is dropped.
+    /// Starts the committer; it stops when the last `Ledger` clone is dropped. Its metrics
+    /// go to a registry of its own that nobody exposes.
     pub fn start(store: Store, max_batch: usize) -> Ledger {
+        Ledger::start_with_metrics(store, max_batch, Metrics::new())
+    }
+
+    /// Like [`Ledger::start`], counting commands and appends in `metrics`.
+    pub fn start_with_metrics(store: Store, max_batch: usize, metrics: Metrics) -> Ledger {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        tokio::spawn(run_committer(store.clone(), rx, max_batch.max(1)));
+        let commits = Arc::new(Notify::new());
+        tokio::spawn(run_committer(
+            store.clone(),
+            rx,
+            max_batch.max(1),
+            metrics.clone(),
+            commits.clone(),
+        ));
         Ledger {
             store,
             committer: tx,
             task_locks: Arc::new((0..TASK_LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
+            metrics,
+            commits,
         }
+    }
+
+    /// Signalled after every commit that appended events, so a reader of the global order in
+    /// this process (the relay) need not wait for its next poll.
+    pub fn commits(&self) -> Arc<Notify> {
+        self.commits.clone()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     pub fn store(&self) -> &Store {
@@ -92,6 +120,17 @@ impl Ledger {
 
     /// Creates a task with a fresh id.
     pub async fn create(
+        &self,
+        ctx: &CommandContext,
+        create: CreateTask,
+        idempotency: Option<IdempotencyWrite>,
+    ) -> Result<Committed, LedgerError> {
+        let result = self.create_once(ctx, create, idempotency).await;
+        self.metrics.observe_command("create", &result);
+        result
+    }
+
+    async fn create_once(
         &self,
         ctx: &CommandContext,
         create: CreateTask,
@@ -114,6 +153,21 @@ impl Ledger {
 
     /// Runs a command against an existing task of the caller's account.
     pub async fn execute(
+        &self,
+        ctx: &CommandContext,
+        task_id: &TaskId,
+        command: TaskCommand,
+        idempotency: Option<IdempotencyWrite>,
+    ) -> Result<Committed, LedgerError> {
+        let name = command_name(&command.action);
+        let result = self
+            .execute_serialized(ctx, task_id, command, idempotency)
+            .await;
+        self.metrics.observe_command(name, &result);
+        result
+    }
+
+    async fn execute_serialized(
         &self,
         ctx: &CommandContext,
         task_id: &TaskId,
@@ -234,12 +288,35 @@ fn decode_all(history: &[EventEnvelope]) -> Result<Vec<TaskEvent>, LedgerError> 
         .collect()
 }
 
-async fn run_committer(store: Store, mut jobs: mpsc::Receiver<Job>, max_batch: usize) {
+/// The events a committed transaction appended, for the metrics.
+fn appended(results: &[Result<Committed, WriteError>]) -> usize {
+    results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|c| c.envelopes.len())
+        .sum()
+}
+
+async fn run_committer(
+    store: Store,
+    mut jobs: mpsc::Receiver<Job>,
+    max_batch: usize,
+    metrics: Metrics,
+    commits: Arc<Notify>,
+) {
     let mut batch = Vec::with_capacity(max_batch);
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         let writes: Vec<CommandWrite> = batch.iter().map(|j| j.write.clone()).collect();
+        // Observed per transaction attempted, so the one-by-one retries below count as
+        // transactions of one: they are what the database actually saw.
+        metrics.observe_batch(writes.len());
         match store.commit_batch(writes).await {
             Ok(results) => {
+                let events = appended(&results);
+                metrics.observe_events_appended(events);
+                if events > 0 {
+                    commits.notify_one();
+                }
                 for (job, result) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(result.map_err(CommitFailure::Refused));
                 }
@@ -254,11 +331,15 @@ async fn run_committer(store: Store, mut jobs: mpsc::Receiver<Job>, max_batch: u
                 // only the guilty one fails.
                 tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
                 for job in batch.drain(..) {
+                    metrics.observe_batch(1);
                     let result = match store.commit_batch(vec![job.write.clone()]).await {
-                        Ok(mut results) => results
-                            .pop()
-                            .expect("one result")
-                            .map_err(CommitFailure::Refused),
+                        Ok(mut results) => {
+                            metrics.observe_events_appended(appended(&results));
+                            results
+                                .pop()
+                                .expect("one result")
+                                .map_err(CommitFailure::Refused)
+                        }
                         Err(e) => {
                             tracing::error!(error = %e, "append transaction failed");
                             Err(CommitFailure::Store(e.into()))

@@ -8,6 +8,8 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
+pub mod relay;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -10,6 +10,8 @@ use tokio::net::TcpListener;
 use crate::config::{DatabaseSettings, ServeSettings};
 use crate::http::{self, AppState, HttpSettings};
 use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::relay::Relay;
 use crate::store::Store;
 
 pub struct Application {
@@ -30,18 +32,29 @@ impl Application {
         let listener = TcpListener::bind(&serve.listen)
             .await
             .with_context(|| format!("binding {}", serve.listen))?;
-        if serve.kafka_brokers.is_some() {
-            tracing::warn!("KAFKA_BROKERS is set but the relay is not part of this build yet");
+        let metrics = Metrics::new();
+        let ledger = Ledger::start_with_metrics(store.clone(), serve.max_batch, metrics.clone());
+        match &serve.kafka_brokers {
+            Some(brokers) => {
+                let relay = Relay::new(
+                    store.clone(),
+                    brokers.clone(),
+                    serve.relay.clone(),
+                    Arc::new(metrics),
+                    ledger.commits(),
+                );
+                tokio::spawn(relay.run());
+            }
+            None => tracing::info!("KAFKA_BROKERS is not set: the Kafka relay is off"),
         }
-        let ledger = Ledger::start(store.clone(), serve.max_batch);
         tokio::spawn(purge_idempotency_keys(store.clone()));
-        let state = AppState {
+        let state = AppState::new(
             ledger,
-            settings: Arc::new(HttpSettings {
+            HttpSettings {
                 max_body_bytes: serve.max_body_bytes,
                 idempotency_ttl: Duration::from_secs(serve.idempotency_ttl_secs),
-            }),
-        };
+            },
+        );
         Ok(Application {
             listener,
             router: http::router(state),

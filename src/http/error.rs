@@ -28,9 +28,14 @@ impl ApiError {
 }
 
 /// Field order as in the reference's examples.
-#[derive(Serialize)]
-struct ErrorBody {
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub(super) struct ErrorBody {
+    /// The HTTP status code again.
+    #[schema(example = 404)]
     status_code: u16,
+    /// A human-readable message naming the offending field, parameter or task.
+    #[schema(example = "Task with that ID not found.")]
     error: String,
 }
 

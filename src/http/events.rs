@@ -2,27 +2,47 @@
 
 use axum::extract::{RawQuery, State};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Serialize;
 use taskledger_events::EventEnvelope;
+use utoipa::{OpenApi, ToSchema};
 
 use super::extract::{query_pairs, Caller};
-use super::{ApiError, AppState};
+use super::openapi::EventsParams;
+use super::{ApiError, AppState, Routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/events", get(feed))
+pub(super) fn router() -> Routes {
+    Routes::new().route("/v1/events", get(feed))
 }
+
+#[derive(OpenApi)]
+#[openapi(paths(feed))]
+pub(super) struct Docs;
 
 const MAX_LIMIT: i64 = 1000;
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = EventPage)]
 pub struct EventsOut {
+    #[schema(value_type = Vec<super::openapi::EventEnvelope>)]
     events: Vec<EventEnvelope>,
     /// Pass as `after` to continue; equal to the request's `after` when nothing is new.
     next_after: i64,
     has_more: bool,
 }
 
+/// The account's events after a global position, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    tag = "events",
+    operation_id = "list_events",
+    description = "The account's events in global commit order: the same envelopes as the \
+                   Kafka stream, for consumers without Kafka. Pass `next_after` back as \
+                   `after` to continue.",
+    params(EventsParams),
+    responses((status = 200, description = "A page of events.", body = EventsOut))
+)]
 async fn feed(
     State(state): State<AppState>,
     caller: Caller,

@@ -3,23 +3,43 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa::OpenApi;
 
-use super::{ApiError, AppState};
+use super::openapi::ProbeStatus;
+use super::{ApiError, AppState, Routes};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
 }
 
+#[derive(OpenApi)]
+#[openapi(paths(healthz, readyz))]
+pub(super) struct Docs;
+
 /// The process is up and serving.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    operation_id = "healthz",
+    responses((status = 200, description = "Always `{\"status\": \"ok\"}`.", body = ProbeStatus))
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
 /// The process can reach its store.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    operation_id = "readyz",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`: the store answered.", body = ProbeStatus))
+)]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.ledger.store().ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");

@@ -3,20 +3,25 @@
 use axum::extract::{RawQuery, State};
 use axum::response::Response;
 use axum::routing::get;
-use axum::Router;
 use base64::Engine;
 use serde_json::{json, Value};
 use taskledger_projections::TaskView;
+use utoipa::OpenApi;
 
 use super::extract::{parse_bool, parse_time, query_pairs, Caller};
+use super::openapi::{ListParams, TaskPage};
 use super::tasks::task_json;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Routes};
 use crate::domain::validate::TASK_TYPES;
 use crate::store::ListQuery;
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/tasks", get(list))
+pub(super) fn router() -> Routes {
+    Routes::new().route("/v1/tasks", get(list))
 }
+
+#[derive(OpenApi)]
+#[openapi(paths(list))]
+pub(super) struct Docs;
 
 const STATUSES: &[&str] = &["pending", "completed", "canceled", "error"];
 const REVIEW_STATUSES: &[&str] = &["pending", "accepted", "rejected", "fixed"];
@@ -113,6 +118,18 @@ fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
     }
 }
 
+/// The account's tasks, newest first, with keyset pagination.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    tag = "tasks",
+    operation_id = "list_tasks",
+    description = "Tasks matching every given filter, newest `created_at` first (ties by task \
+                   id). Pass `next_token` back to get the next page; it stays valid while tasks \
+                   are added.",
+    params(ListParams),
+    responses((status = 200, description = "A page of tasks.", body = TaskPage))
+)]
 async fn list(
     State(state): State<AppState>,
     caller: Caller,

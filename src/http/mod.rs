@@ -1,4 +1,7 @@
 //! The HTTP facade. Each resource has its own module and `router()`; errors share one body.
+//!
+//! Every request gets an `x-request-id` (the client's, if usable, else a UUID v7) before any
+//! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
 mod error;
 mod events;
@@ -6,18 +9,30 @@ pub mod extract;
 mod health;
 mod idempotency;
 mod list;
+mod metrics;
+pub mod openapi;
+mod request_id;
 mod tasks;
 
 pub use error::ApiError;
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{MethodRouter, Route};
 use axum::Router;
+use tower::{Layer, Service, ServiceBuilder};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, TraceLayer};
+use tower_http::LatencyUnit;
+use tracing::Level;
 
 use crate::ledger::Ledger;
+use crate::metrics::{Metrics, UNMATCHED_ROUTE};
 
 /// Limits and lifetimes of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -31,20 +46,138 @@ pub struct HttpSettings {
 pub struct AppState {
     pub ledger: Ledger,
     pub settings: Arc<HttpSettings>,
+    /// The registry `/metrics` exposes; the ledger's, so command counts show up in it.
+    pub metrics: Metrics,
 }
 
-pub fn router(state: AppState) -> Router {
+impl AppState {
+    pub fn new(ledger: Ledger, settings: HttpSettings) -> AppState {
+        AppState {
+            metrics: ledger.metrics().clone(),
+            ledger,
+            settings: Arc::new(settings),
+        }
+    }
+}
+
+/// A router that remembers the path templates it was given: axum cannot list its routes,
+/// and the OpenAPI test needs them to prove every served route is documented.
+pub(crate) struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    pub(crate) fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            paths: Vec::new(),
+        }
+    }
+
+    pub(crate) fn route(
+        mut self,
+        path: &'static str,
+        method_router: MethodRouter<AppState>,
+    ) -> Routes {
+        self.router = self.router.route(path, method_router);
+        self.paths.push(path);
+        self
+    }
+
+    pub(crate) fn merge(mut self, other: Routes) -> Routes {
+        self.router = self.router.merge(other.router);
+        self.paths.extend(other.paths);
+        self
+    }
+
+    /// [`Router::layer`], with its bounds.
+    pub(crate) fn layer<L>(mut self, layer: L) -> Routes
+    where
+        L: Layer<Route> + Clone + Send + Sync + 'static,
+        L::Service: Service<Request> + Clone + Send + Sync + 'static,
+        <L::Service as Service<Request>>::Response: IntoResponse + 'static,
+        <L::Service as Service<Request>>::Error: Into<Infallible> + 'static,
+        <L::Service as Service<Request>>::Future: Send + 'static,
+    {
+        self.router = self.router.layer(layer);
+        self
+    }
+
+    /// Every path template served, each once, sorted.
+    #[cfg(test)]
+    pub(crate) fn paths(&self) -> Vec<&'static str> {
+        let mut paths = self.paths.clone();
+        paths.sort_unstable();
+        paths.dedup();
+        paths
+    }
+}
+
+/// Every route of the API, before the layers all of them share.
+pub(crate) fn routes(state: &AppState) -> Routes {
     let commands = tasks::command_router().layer(middleware::from_fn_with_state(
         state.clone(),
         idempotency::layer,
     ));
-    Router::new()
+    Routes::new()
         .merge(health::router())
+        .merge(metrics::router())
+        .merge(openapi::router())
         .merge(commands)
         .merge(tasks::read_router())
         .merge(list::router())
         .merge(events::router())
+}
+
+pub fn router(state: AppState) -> Router {
+    // `Router::layer` wraps each route (and the fallback) after routing, which is what lets
+    // the span and the metrics see the matched path template. Outermost first: the id must
+    // exist before the span records it and before `Caller` copies it into the events.
+    let observe = ServiceBuilder::new()
+        .layer(middleware::map_request(request_id::sanitize))
+        .layer(SetRequestIdLayer::new(
+            request_id::X_REQUEST_ID,
+            request_id::MakeRequestUuidV7,
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id::X_REQUEST_ID))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_request(DefaultOnRequest::new().level(Level::DEBUG))
+                .on_response(
+                    DefaultOnResponse::new()
+                        .level(Level::INFO)
+                        .latency_unit(LatencyUnit::Millis),
+                ),
+        )
+        .layer(middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ));
+    routes(&state)
+        .router
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
+        .layer(observe)
         .with_state(state)
+}
+
+fn request_span(request: &Request) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(UNMATCHED_ROUTE, MatchedPath::as_str);
+    let request_id = request
+        .headers()
+        .get(request_id::X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        route,
+        path = request.uri().path(),
+        request_id,
+    )
 }

@@ -4,21 +4,25 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use taskledger_events::{Actor, EventEnvelope};
+use utoipa::{OpenApi, ToSchema};
 
 use super::extract::{
     self, opt_bool, opt_string, opt_string_array, parse_bool, parse_time, query_pairs, Body, Caller,
 };
-use super::{ApiError, AppState};
+use super::openapi::{
+    AuditBody, CompleteBody, CreateTaskBody, ErrorTaskBody, Task, TaskPath, UniqueIdBody,
+};
+use super::{ApiError, AppState, Routes};
 use crate::domain::{CreateTask, TaskAction, TaskCommand};
 use crate::store::IdempotencyWrite;
 
 /// The routes that change tasks; the idempotency layer is added around exactly these.
-pub fn command_router() -> Router<AppState> {
-    Router::new()
+pub(super) fn command_router() -> Routes {
+    Routes::new()
         .route("/v1/task/{id}", post(create))
         .route("/v1/task/{id}/cancel", post(cancel))
         .route("/v1/task/{id}/setMetadata", post(set_metadata))
@@ -35,11 +39,29 @@ pub fn command_router() -> Router<AppState> {
         .route("/v1/task/{id}/error", post(error))
 }
 
-pub fn read_router() -> Router<AppState> {
-    Router::new()
+pub(super) fn read_router() -> Routes {
+    Routes::new()
         .route("/v1/task/{id}", get(retrieve))
         .route("/v1/task/{id}/history", get(history))
 }
+
+#[derive(OpenApi)]
+#[openapi(paths(
+    create,
+    retrieve,
+    history,
+    cancel,
+    set_metadata,
+    set_unique_id,
+    clear_unique_id,
+    add_tags,
+    set_tags,
+    remove_tags,
+    audit,
+    complete,
+    error
+))]
+pub(super) struct Docs;
 
 /// The idempotency record to write with the command, when the request carried a key.
 type Idem = Option<Extension<IdempotencyWrite>>;
@@ -82,6 +104,23 @@ const COMMON_FIELDS: &[&str] = &[
     "clear_unique_id_on_error",
 ];
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}",
+    tag = "tasks",
+    operation_id = "create_task",
+    summary = "Create a task",
+    description = "On this route the path segment is the task **type**, not a task id. \
+                   The common fields are typed; every other field of the body lands in the \
+                   task's `params`. A form-encoded body is read as an object of strings.",
+    params((
+        "id" = String,
+        Path,
+        description = "The task type (categorization, imageannotation, ...)."
+    )),
+    request_body(content = CreateTaskBody, content_type = "application/json"),
+    responses((status = 200, description = "The new task.", body = Task))
+)]
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -115,6 +154,25 @@ async fn create(
     Ok(task_json(committed.view.to_json()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/task/{id}",
+    tag = "tasks",
+    operation_id = "retrieve_task",
+    summary = "Retrieve a task",
+    params(
+        TaskPath,
+        (
+            "as_of" = Option<String>,
+            Query,
+            nullable = false,
+            description = "The task as it stood at this time, rebuilt from its events \
+                           (`2021-04-25`, RFC 3339 with offset, or `YYYY-MM-DD HH:MM:SS` in \
+                           UTC). 404 if it did not exist yet."
+        )
+    ),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn retrieve(
     State(state): State<AppState>,
     caller: Caller,
@@ -144,7 +202,8 @@ async fn retrieve(
 }
 
 /// One entry of `GET /v1/task/{id}/history`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = HistoryEntry)]
 pub struct HistoryEntryOut {
     event_id: String,
     sequence: i64,
@@ -152,9 +211,14 @@ pub struct HistoryEntryOut {
     #[serde(rename = "type")]
     event_type: String,
     version: u32,
+    /// RFC 3339 UTC with microseconds.
+    #[schema(format = DateTime)]
     recorded_at: String,
+    #[schema(value_type = super::openapi::Actor)]
     actor: Actor,
+    #[schema(required = true)]
     request_id: Option<String>,
+    /// The event's own fields; their shape depends on `type` and `version`.
     payload: Value,
     prev_hash: String,
     hash: String,
@@ -180,12 +244,22 @@ impl From<EventEnvelope> for HistoryEntryOut {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = TaskHistory)]
 pub struct HistoryOut {
     task_id: String,
     events: Vec<HistoryEntryOut>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/task/{id}/history",
+    tag = "tasks",
+    operation_id = "task_history",
+    summary = "A task's events, oldest first",
+    params(TaskPath),
+    responses((status = 200, description = "The task's events.", body = HistoryOut))
+)]
 async fn history(
     State(state): State<AppState>,
     caller: Caller,
@@ -206,6 +280,25 @@ async fn history(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/cancel",
+    tag = "tasks",
+    operation_id = "cancel_task",
+    summary = "Cancel a pending task",
+    description = "Pending: canceled. Already canceled: 200 without a new event. Completed or \
+                   errored: 400. Never answers 409.",
+    params(
+        TaskPath,
+        (
+            "clear_unique_id" = Option<bool>,
+            Query,
+            nullable = false,
+            description = "Also release the task's unique_id (even if already canceled)."
+        )
+    ),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -230,6 +323,21 @@ async fn cancel(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/setMetadata",
+    tag = "tasks",
+    operation_id = "set_task_metadata",
+    summary = "Replace a task's metadata",
+    description = "The same value again answers 200 without a new event.",
+    params(TaskPath),
+    request_body(
+        content = Option<Object>,
+        content_type = "application/json",
+        description = "The new metadata object itself, at most 10 KB serialized. No body is `{}`."
+    ),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn set_metadata(
     State(state): State<AppState>,
     caller: Caller,
@@ -253,6 +361,18 @@ async fn set_metadata(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/unique_id",
+    tag = "tasks",
+    operation_id = "set_task_unique_id",
+    summary = "Set or replace a task's unique_id",
+    description = "Releases the old one. A unique_id used by another task of the account is a \
+                   409 naming that task.",
+    params(TaskPath),
+    request_body(content = UniqueIdBody, content_type = "application/json"),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn set_unique_id(
     State(state): State<AppState>,
     caller: Caller,
@@ -273,6 +393,16 @@ async fn set_unique_id(
     .await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/task/{id}/unique_id",
+    tag = "tasks",
+    operation_id = "clear_task_unique_id",
+    summary = "Clear a task's unique_id",
+    description = "200 also when there was none. Never answers 409.",
+    params(TaskPath),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn clear_unique_id(
     State(state): State<AppState>,
     caller: Caller,
@@ -282,6 +412,21 @@ async fn clear_unique_id(
     run(&state, &caller, &id, TaskAction::ClearUniqueId, idem).await
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/task/{id}/tags",
+    tag = "tasks",
+    operation_id = "add_task_tags",
+    summary = "Add tags",
+    description = "Tags already present are ignored; order is kept. Never answers 409.",
+    params(TaskPath),
+    request_body(
+        content = Option<Vec<String>>,
+        content_type = "application/json",
+        description = "Non-empty tags to add. No body is `[]`."
+    ),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn add_tags(
     State(state): State<AppState>,
     caller: Caller,
@@ -293,6 +438,21 @@ async fn add_tags(
     run(&state, &caller, &id, TaskAction::AddTags { tags }, idem).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/tags",
+    tag = "tasks",
+    operation_id = "set_task_tags",
+    summary = "Replace all tags",
+    description = "Deduplicated, order kept. Never answers 409.",
+    params(TaskPath),
+    request_body(
+        content = Option<Vec<String>>,
+        content_type = "application/json",
+        description = "The task's new tags, each non-empty. No body is `[]`."
+    ),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn set_tags(
     State(state): State<AppState>,
     caller: Caller,
@@ -304,6 +464,21 @@ async fn set_tags(
     run(&state, &caller, &id, TaskAction::SetTags { tags }, idem).await
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/task/{id}/tags",
+    tag = "tasks",
+    operation_id = "remove_task_tags",
+    summary = "Remove tags",
+    description = "Absent tags are ignored. Never answers 409.",
+    params(TaskPath),
+    request_body(
+        content = Option<Vec<String>>,
+        content_type = "application/json",
+        description = "Non-empty tags to remove. No body is `[]`."
+    ),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn remove_tags(
     State(state): State<AppState>,
     caller: Caller,
@@ -315,6 +490,19 @@ async fn remove_tags(
     run(&state, &caller, &id, TaskAction::RemoveTags { tags }, idem).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/audit",
+    tag = "tasks",
+    operation_id = "audit_task",
+    summary = "Audit a completed task",
+    description = "A customer key sends `accepted` (an audit with `audit_source: customer`; \
+                   `customer_review_status` follows). A contributor key sends `audit_result` \
+                   (`audit_source: refonte`). Not completed: 400.",
+    params(TaskPath),
+    request_body(content = AuditBody, content_type = "application/json"),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn audit(
     State(state): State<AppState>,
     caller: Caller,
@@ -354,6 +542,16 @@ fn opt_u64(map: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiErro
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/complete",
+    tag = "tasks",
+    operation_id = "complete_task",
+    summary = "Complete a pending task (contributor key)",
+    params(TaskPath),
+    request_body(content = CompleteBody, content_type = "application/json"),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn complete(
     State(state): State<AppState>,
     caller: Caller,
@@ -376,6 +574,18 @@ async fn complete(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/task/{id}/error",
+    tag = "tasks",
+    operation_id = "error_task",
+    summary = "Put a pending task in error (contributor key)",
+    description = "The whole body becomes the task's `response`. Clears the unique_id when the \
+                   task was created with `clear_unique_id_on_error: true`.",
+    params(TaskPath),
+    request_body(content = ErrorTaskBody, content_type = "application/json"),
+    responses((status = 200, description = "The task.", body = Task))
+)]
 async fn error(
     State(state): State<AppState>,
     caller: Caller,

@@ -202,7 +202,21 @@ impl AppendTx {
             };
             envelope.hash = event_hash(&envelope);
             prev_hash = envelope.hash.clone();
-            view = Some(match fold(view, &write.task_id, recorded_at, event) {
+            // Fold what replay will fold: the event as decoded from its stored, canonical
+            // payload. Map key order then cannot differ between the live view and a rebuilt
+            // one, whatever JSON map ordering the build uses.
+            let stored = canonical_json(&envelope.payload);
+            let event = serde_json::from_str(&stored)
+                .map_err(|e| e.to_string())
+                .and_then(|payload| {
+                    TaskEvent::decode(&envelope.event_type, envelope.event_version, payload)
+                        .map_err(|e| e.to_string())
+                })
+                .map_err(|message| StoreError::Corrupt {
+                    event_id: envelope.event_id.to_string(),
+                    message,
+                })?;
+            view = Some(match fold(view, &write.task_id, recorded_at, &event) {
                 Ok(v) => v,
                 Err(e) => return Ok(Err(e.into())),
             });

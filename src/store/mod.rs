@@ -5,6 +5,7 @@
 mod append;
 mod idempotency;
 mod keys;
+mod lease;
 mod list;
 mod read;
 mod rebuild;
@@ -12,6 +13,7 @@ mod rebuild;
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
+pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
 pub use rebuild::{RebuildReport, VerifyFailure, VerifyReport};
 

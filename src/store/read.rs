@@ -153,3 +153,35 @@ pub(super) fn envelope_from_row(row: &AnyRow) -> Result<EventEnvelope, StoreErro
         hash: row.try_get("hash")?,
     })
 }
+
+impl Store {
+    /// The last position a reader (e.g. `relay:<topic>`) has fully handled; 0 if none yet.
+    pub async fn reader_checkpoint(&self, reader: &str) -> Result<i64, StoreError> {
+        let position: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM reader_checkpoints WHERE reader = $1")
+                .bind(reader)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(position.unwrap_or(0))
+    }
+
+    /// Moves a reader's checkpoint forward (never back, whoever writes it).
+    pub async fn advance_reader_checkpoint(
+        &self,
+        reader: &str,
+        position: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO reader_checkpoints (reader, position, updated_at_us) VALUES ($1, $2, $3) \
+             ON CONFLICT (reader) DO UPDATE SET position = excluded.position, \
+             updated_at_us = excluded.updated_at_us \
+             WHERE reader_checkpoints.position < excluded.position",
+        )
+        .bind(reader)
+        .bind(position)
+        .bind(super::now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}

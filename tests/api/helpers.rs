@@ -3,6 +3,7 @@ use sqlx::Connection;
 use taskledger::config::{DatabaseSettings, ServeSettings};
 use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
 use taskledger::ledger::{CommandContext, Ledger};
+use taskledger::relay::RelaySettings;
 use taskledger::startup::Application;
 use taskledger::store::Store;
 use taskledger_events::{Actor, Scope};
@@ -253,7 +254,8 @@ pub async fn tamper_with_event(db: &TestDb, store: &Store, position: i64, payloa
 /// A running server on a random port, with keys of two accounts.
 pub struct TestApp {
     pub address: String,
-    pub db: TestDb,
+    /// Kept so the database outlives the server.
+    pub _db: TestDb,
     pub store: Store,
     pub client: reqwest::Client,
     /// acme's customer key.
@@ -276,6 +278,12 @@ pub async fn spawn_app_with(
     let mut serve = ServeSettings {
         listen: "127.0.0.1:0".into(),
         kafka_brokers: None,
+        relay: RelaySettings {
+            kafka_topic: "taskledger.task-events".into(),
+            kafka_partitions: 3,
+            kafka_replication: 1,
+            kafka_message_timeout_ms: 30_000,
+        },
         max_body_bytes: 10 * 1024 * 1024,
         idempotency_ttl_secs: 24 * 60 * 60,
         max_batch: 64,
@@ -298,7 +306,7 @@ pub async fn spawn_app_with(
     let (_, other_key) = store.create_key("globex", Scope::Customer).await.unwrap();
     TestApp {
         address,
-        db,
+        _db: db,
         store,
         client: reqwest::Client::new(),
         key,
@@ -425,4 +433,13 @@ impl TestApp {
         assert_eq!(reply.status, 200, "{}", reply.body);
         reply.body["events"].as_array().unwrap().len()
     }
+}
+
+/// A port that was free a moment ago, for processes that must be told their port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }

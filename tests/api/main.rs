@@ -7,6 +7,7 @@ mod concurrency;
 mod health;
 mod helpers;
 mod idempotency_api;
+mod kafka;
 mod list_api;
 mod sdk;
 mod store;
