@@ -70,6 +70,13 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by its id.
     Revoke { key_id: String },
+    /// Show the account's callback secret (alone on the last line), or rotate it first.
+    CallbackSecret {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        rotate: bool,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -194,6 +201,16 @@ async fn run_keys(store: &Store, command: KeysCommand) -> anyhow::Result<ExitCod
                     if key.revoked { "revoked" } else { "active" }
                 );
             }
+        }
+        KeysCommand::CallbackSecret { account, rotate } => {
+            let Some(secret) = store.callback_secret(&account, rotate).await? else {
+                eprintln!("no account {account}");
+                return Ok(ExitCode::FAILURE);
+            };
+            if rotate {
+                eprintln!("rotated the callback secret of {account}; the new one:");
+            }
+            println!("{secret}");
         }
         KeysCommand::Revoke { key_id } => {
             if !store.revoke_key(&key_id).await? {

@@ -12,7 +12,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use taskledger_events::{Actor, EventEnvelope, TaskEvent, GENESIS_HASH};
 use taskledger_projections::{fold_all, TaskView};
-use tokio::sync::{mpsc, oneshot, Mutex, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use crate::domain::{CreateTask, Task, TaskAction, TaskCommand, TaskError, TaskId};
 use crate::metrics::{command_name, Metrics};
@@ -74,7 +74,7 @@ pub struct Ledger {
     committer: mpsc::Sender<Job>,
     task_locks: Arc<Vec<Mutex<()>>>,
     metrics: Metrics,
-    commits: Arc<Notify>,
+    commits: watch::Sender<u64>,
 }
 
 impl Ledger {
@@ -87,7 +87,7 @@ impl Ledger {
     /// Like [`Ledger::start`], counting commands and appends in `metrics`.
     pub fn start_with_metrics(store: Store, max_batch: usize, metrics: Metrics) -> Ledger {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-        let commits = Arc::new(Notify::new());
+        let (commits, _) = watch::channel(0u64);
         tokio::spawn(run_committer(
             store.clone(),
             rx,
@@ -104,10 +104,10 @@ impl Ledger {
         }
     }
 
-    /// Signalled after every commit that appended events, so a reader of the global order in
-    /// this process (the relay) need not wait for its next poll.
-    pub fn commits(&self) -> Arc<Notify> {
-        self.commits.clone()
+    /// Changes after every commit that appended events, so the readers of the global order in
+    /// this process (relay, callback reactor) need not wait for their next poll.
+    pub fn commits(&self) -> watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -302,7 +302,7 @@ async fn run_committer(
     mut jobs: mpsc::Receiver<Job>,
     max_batch: usize,
     metrics: Metrics,
-    commits: Arc<Notify>,
+    commits: watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
@@ -315,7 +315,7 @@ async fn run_committer(
                 let events = appended(&results);
                 metrics.observe_events_appended(events);
                 if events > 0 {
-                    commits.notify_one();
+                    commits.send_modify(|n| *n += 1);
                 }
                 for (job, result) in batch.drain(..).zip(results) {
                     let _ = job.reply.send(result.map_err(CommitFailure::Refused));

@@ -11,6 +11,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
+use crate::callbacks::CallbackObserver;
 use crate::domain::TaskAction;
 use crate::ledger::LedgerError;
 use crate::relay::{RelayObserver, RelayState};
@@ -33,6 +34,9 @@ pub struct Metrics {
     relay_published: IntCounter,
     relay_lag_events: IntGauge,
     relay_lag_seconds: Gauge,
+    callback_attempts: IntCounterVec,
+    callback_backlog: IntGauge,
+    callback_oldest_pending: Gauge,
 }
 
 impl Default for Metrics {
@@ -108,6 +112,24 @@ impl Metrics {
             "Age of the oldest event not yet acknowledged by the broker (0 when caught up).",
         )
         .expect("valid metric options");
+        let callback_attempts = IntCounterVec::new(
+            Opts::new(
+                "taskledger_callback_deliveries_total",
+                "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric options");
+        let callback_backlog = IntGauge::new(
+            "taskledger_callback_backlog",
+            "Callback deliveries not yet delivered or given up.",
+        )
+        .expect("valid metric options");
+        let callback_oldest_pending = Gauge::new(
+            "taskledger_callback_oldest_pending_seconds",
+            "Age of the oldest pending callback delivery (0 when none).",
+        )
+        .expect("valid metric options");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -118,6 +140,9 @@ impl Metrics {
             Box::new(relay_published.clone()),
             Box::new(relay_lag_events.clone()),
             Box::new(relay_lag_seconds.clone()),
+            Box::new(callback_attempts.clone()),
+            Box::new(callback_backlog.clone()),
+            Box::new(callback_oldest_pending.clone()),
         ] {
             registry
                 .register(collector)
@@ -134,6 +159,9 @@ impl Metrics {
             relay_published,
             relay_lag_events,
             relay_lag_seconds,
+            callback_attempts,
+            callback_backlog,
+            callback_oldest_pending,
         }
     }
 
@@ -182,6 +210,17 @@ impl RelayObserver for Metrics {
     fn lag(&self, events: i64, seconds: f64) {
         self.relay_lag_events.set(events);
         self.relay_lag_seconds.set(seconds);
+    }
+}
+
+impl CallbackObserver for Metrics {
+    fn attempt(&self, outcome: &str) {
+        self.callback_attempts.with_label_values(&[outcome]).inc();
+    }
+
+    fn backlog(&self, pending: i64, oldest_seconds: f64) {
+        self.callback_backlog.set(pending);
+        self.callback_oldest_pending.set(oldest_seconds);
     }
 }
 

@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use taskledger_events::EventEnvelope;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
 
@@ -130,7 +130,7 @@ pub struct Relay {
     brokers: String,
     settings: RelaySettings,
     observer: Arc<dyn RelayObserver>,
-    wake: Arc<Notify>,
+    wake: watch::Receiver<u64>,
 }
 
 const BATCH: i64 = 500;
@@ -142,7 +142,7 @@ impl Relay {
         brokers: String,
         settings: RelaySettings,
         observer: Arc<dyn RelayObserver>,
-        wake: Arc<Notify>,
+        wake: watch::Receiver<u64>,
     ) -> Relay {
         Relay {
             store,
@@ -199,6 +199,7 @@ impl Relay {
         };
         self.observer.state(RelayState::Active);
         let mut backoff = Duration::from_millis(100);
+        let mut wake = self.wake.clone();
         loop {
             if !lease.still_held().await {
                 return;
@@ -208,7 +209,7 @@ impl Relay {
                     self.observer.state(RelayState::Active);
                     backoff = Duration::from_millis(100);
                     self.report_lag().await;
-                    let _ = tokio::time::timeout(IDLE_POLL, self.wake.notified()).await;
+                    idle(&mut wake).await;
                 }
                 Ok(n) => {
                     self.observer.state(RelayState::Active);
@@ -343,6 +344,15 @@ impl Relay {
         if let Ok((events, seconds)) = lag.await {
             self.observer.lag(events, seconds);
         }
+    }
+}
+
+/// Waits for a local commit, or the poll interval (commits of other processes).
+pub async fn idle(wake: &mut watch::Receiver<u64>) {
+    match tokio::time::timeout(IDLE_POLL, wake.changed()).await {
+        Ok(Ok(())) | Err(_) => {}
+        // No committer in this process (its ledger is gone): poll.
+        Ok(Err(_)) => tokio::time::sleep(IDLE_POLL).await,
     }
 }
 

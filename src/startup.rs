@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::callbacks::Reactor;
 use crate::config::{DatabaseSettings, ServeSettings};
 use crate::http::{self, AppState, HttpSettings};
 use crate::ledger::Ledger;
@@ -40,13 +41,21 @@ impl Application {
                     store.clone(),
                     brokers.clone(),
                     serve.relay.clone(),
-                    Arc::new(metrics),
+                    Arc::new(metrics.clone()),
                     ledger.commits(),
                 );
                 tokio::spawn(relay.run());
             }
             None => tracing::info!("KAFKA_BROKERS is not set: the Kafka relay is off"),
         }
+        tokio::spawn(
+            Reactor::new(
+                ledger.clone(),
+                serve.callbacks.clone(),
+                Arc::new(metrics.clone()),
+            )
+            .run(),
+        );
         tokio::spawn(purge_idempotency_keys(store.clone()));
         let state = AppState::new(
             ledger,

@@ -36,6 +36,9 @@ pub struct Task {
     unique_id: Option<String>,
     tags: Vec<String>,
     clear_unique_id_on_error: bool,
+    /// Callback deliveries whose outcome is recorded; a delivery retried after a crash must
+    /// not record its outcome twice.
+    callbacks_recorded: Vec<String>,
 }
 
 impl Aggregate for Task {
@@ -76,9 +79,9 @@ impl Aggregate for Task {
             TaskEvent::TaskTagsRemoved(e) => self.tags.retain(|t| !e.tags.contains(t)),
             TaskEvent::TaskCompleted(_) => self.status = Some(TaskStatus::Completed),
             TaskEvent::TaskErrored(_) => self.status = Some(TaskStatus::Error),
-            TaskEvent::TaskAudited(_)
-            | TaskEvent::CallbackDelivered(_)
-            | TaskEvent::CallbackFailed(_) => {}
+            TaskEvent::CallbackDelivered(e) => self.callbacks_recorded.push(e.delivery_id),
+            TaskEvent::CallbackFailed(e) => self.callbacks_recorded.push(e.delivery_id),
+            TaskEvent::TaskAudited(_) => {}
         }
     }
 }
@@ -276,6 +279,9 @@ impl Task {
                 status_code,
             } => {
                 require_scope(scope, Scope::System, "record callbacks")?;
+                if self.callbacks_recorded.contains(&delivery_id) {
+                    return Ok(vec![]);
+                }
                 Ok(vec![TaskEvent::CallbackDelivered(CallbackDelivered {
                     delivery_id,
                     for_sequence,
@@ -290,6 +296,9 @@ impl Task {
                 last_error,
             } => {
                 require_scope(scope, Scope::System, "record callbacks")?;
+                if self.callbacks_recorded.contains(&delivery_id) {
+                    return Ok(vec![]);
+                }
                 Ok(vec![TaskEvent::CallbackFailed(CallbackFailed {
                     delivery_id,
                     for_sequence,

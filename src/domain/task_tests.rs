@@ -1175,6 +1175,27 @@ fn the_system_records_a_failed_callback() {
 }
 
 #[test]
+fn an_outcome_already_recorded_for_a_delivery_is_not_recorded_again() {
+    let delivered = TaskEvent::CallbackDelivered(CallbackDelivered {
+        delivery_id: "delivery-1".into(),
+        for_sequence: 2,
+        attempts: 3,
+        status_code: 204,
+    });
+    for action in [record_delivered(), record_failed()] {
+        task(vec![
+            created(),
+            TaskEvent::TaskCompleted(TaskCompleted {
+                response: json!({"category": "big"}),
+            }),
+            delivered.clone(),
+        ])
+        .when(system(action))
+        .then_expect_nothing();
+    }
+}
+
+#[test]
 fn customer_and_contributor_keys_cannot_record_callback_outcomes() {
     for scope in [Scope::Customer, Scope::Contributor] {
         for action in [record_delivered(), record_failed()] {

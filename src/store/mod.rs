@@ -3,6 +3,7 @@
 //! once; only the migrations (triggers) and connection set-up differ per backend.
 
 mod append;
+mod callbacks;
 mod idempotency;
 mod keys;
 mod lease;
@@ -11,6 +12,7 @@ mod read;
 mod rebuild;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
+pub use callbacks::{Backlog, Delivery};
 pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;

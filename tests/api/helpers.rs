@@ -1,5 +1,6 @@
 use serde_json::{json, Map, Value};
 use sqlx::Connection;
+use taskledger::callbacks::CallbackSettings;
 use taskledger::config::{DatabaseSettings, ServeSettings};
 use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
 use taskledger::ledger::{CommandContext, Ledger};
@@ -283,6 +284,14 @@ pub async fn spawn_app_with(
             kafka_partitions: 3,
             kafka_replication: 1,
             kafka_message_timeout_ms: 30_000,
+        },
+        callbacks: CallbackSettings {
+            callback_max_attempts: 20,
+            callback_retry_base_ms: 10_000,
+            callback_retry_span_secs: 24 * 60 * 60,
+            callback_timeout_ms: 10_000,
+            callback_allow_private_networks: true,
+            callback_concurrency: 16,
         },
         max_body_bytes: 10 * 1024 * 1024,
         idempotency_ttl_secs: 24 * 60 * 60,

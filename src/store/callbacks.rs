@@ -1,0 +1,173 @@
+//! Durable callback deliveries: scheduled once per triggering event, claimed under a lease.
+
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_micros, Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub delivery_id: String,
+    pub account_id: String,
+    pub task_id: String,
+    pub for_sequence: i64,
+    pub url: String,
+    pub body: String,
+    /// Attempts made before this one.
+    pub attempts: u32,
+    pub created_at_us: i64,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Backlog {
+    pub pending: i64,
+    pub oldest_pending_created_at_us: Option<i64>,
+}
+
+const DELIVERY_COLUMNS: &str =
+    "delivery_id, account_id, task_id, for_sequence, url, body, attempts, created_at_us";
+
+fn delivery(row: &AnyRow) -> Result<Delivery, StoreError> {
+    Ok(Delivery {
+        delivery_id: row.try_get(0)?,
+        account_id: row.try_get(1)?,
+        task_id: row.try_get(2)?,
+        for_sequence: row.try_get(3)?,
+        url: row.try_get(4)?,
+        body: row.try_get(5)?,
+        attempts: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
+        created_at_us: row.try_get(7)?,
+    })
+}
+
+impl Store {
+    /// Schedules a delivery; scheduling the same event again changes nothing.
+    pub async fn schedule_delivery(&self, d: &Delivery) -> Result<(), StoreError> {
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO callback_deliveries (delivery_id, account_id, task_id, for_sequence, url, \
+             body, state, attempts, next_attempt_at_us, created_at_us, updated_at_us) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
+             ON CONFLICT (delivery_id) DO NOTHING",
+        )
+        .bind(&d.delivery_id)
+        .bind(&d.account_id)
+        .bind(&d.task_id)
+        .bind(d.for_sequence)
+        .bind(&d.url)
+        .bind(&d.body)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Claims one due delivery for `lease_us`, or none. The re-check of the lease in the
+    /// outer WHERE makes two processes racing for one row end with one winner.
+    pub async fn claim_due_delivery(&self, lease_us: i64) -> Result<Option<Delivery>, StoreError> {
+        let now = now_micros();
+        let sql = format!(
+            "UPDATE callback_deliveries SET lease_until_us = $1, updated_at_us = $2 \
+             WHERE delivery_id = (SELECT delivery_id FROM callback_deliveries \
+                 WHERE state = 'pending' AND next_attempt_at_us <= $2 \
+                 AND (lease_until_us IS NULL OR lease_until_us < $2) \
+                 ORDER BY next_attempt_at_us LIMIT 1) \
+             AND state = 'pending' AND (lease_until_us IS NULL OR lease_until_us < $2) \
+             RETURNING {DELIVERY_COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(now + lease_us)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(delivery).transpose()
+    }
+
+    /// The attempt failed; try again at `next_attempt_at_us`.
+    pub async fn delivery_retry(
+        &self,
+        delivery_id: &str,
+        attempts: u32,
+        next_attempt_at_us: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE callback_deliveries SET attempts = $2, next_attempt_at_us = $3, last_error = $4, \
+             lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1 AND state = 'pending'",
+        )
+        .bind(delivery_id)
+        .bind(i64::from(attempts))
+        .bind(next_attempt_at_us)
+        .bind(error)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The delivery is over: `delivered` or `failed`.
+    pub async fn delivery_done(
+        &self,
+        delivery_id: &str,
+        state: &str,
+        attempts: u32,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE callback_deliveries SET state = $2, attempts = $3, last_error = $4, \
+             lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1",
+        )
+        .bind(delivery_id)
+        .bind(state)
+        .bind(i64::from(attempts))
+        .bind(error)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn delivery_backlog(&self) -> Result<Backlog, StoreError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), MIN(created_at_us) FROM callback_deliveries WHERE state = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Backlog {
+            pending: row.try_get(0)?,
+            oldest_pending_created_at_us: row.try_get(1)?,
+        })
+    }
+
+    /// The account's callback secret, rotated first when asked.
+    pub async fn callback_secret(
+        &self,
+        account_name: &str,
+        rotate: bool,
+    ) -> Result<Option<String>, StoreError> {
+        if rotate {
+            sqlx::query("UPDATE accounts SET callback_secret = $2 WHERE name = $1")
+                .bind(account_name)
+                .bind(super::keys::random_hex(32))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(
+            sqlx::query_scalar("SELECT callback_secret FROM accounts WHERE name = $1")
+                .bind(account_name)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// The secret of an account by id, for signing its callbacks.
+    pub async fn callback_secret_of(&self, account_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT callback_secret FROM accounts WHERE account_id = $1")
+                .bind(account_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+}
