@@ -42,6 +42,19 @@ pub enum Command {
     },
     /// Recompute every event hash chain; exit 1 naming the first broken event.
     Verify,
+    /// Measure command throughput against the database's own commit rate (writes bench data
+    /// into the database: use a scratch one).
+    Bench {
+        /// Operations per measurement.
+        #[arg(long, default_value_t = 10_000)]
+        commands: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The most commands per append transaction.
+        #[arg(long, default_value_t = 256)]
+        max_batch: usize,
+    },
     /// Consume the event topic and print each envelope as one JSON line.
     Tail {
         #[arg(long, env = "KAFKA_BROKERS")]
@@ -82,6 +95,51 @@ pub enum KeysCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let db = &cli.db;
     match cli.command {
+        Command::Bench {
+            commands,
+            concurrency,
+            max_batch,
+        } => {
+            let store = Store::open(
+                &db.database_url,
+                (concurrency as u32 + 4).max(db.db_connections),
+            )
+            .await
+            .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))?;
+            let bar = progress_bar(commands, "anchor: database commits");
+            let anchor =
+                crate::bench::anchor(&store, commands, concurrency, &|n| bar.set_position(n))
+                    .await?;
+            bar.finish_and_clear();
+            let bar = progress_bar(commands, "ledger: task creations");
+            let ledger = crate::bench::ledger(&store, commands, concurrency, max_batch, &|n| {
+                bar.set_position(n)
+            })
+            .await?;
+            bar.finish_and_clear();
+            let line = |name: &str, m: &crate::bench::Measurement| {
+                println!(
+                    "{name:<44} {:>8} in {:>7.2} s = {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+                    m.operations,
+                    m.elapsed.as_secs_f64(),
+                    m.per_second(),
+                    m.p50.as_secs_f64() * 1e3,
+                    m.p99.as_secs_f64() * 1e3
+                )
+            };
+            println!(
+                "{} concurrent clients on {}",
+                concurrency,
+                redact(&db.database_url)
+            );
+            line("anchor: one-row transactions, committed", &anchor);
+            line("ledger: task creations through the ledger", &ledger);
+            println!(
+                "ledger / anchor: {:.2}",
+                ledger.per_second() / anchor.per_second()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Tail {
             kafka_brokers,
             kafka_topic,

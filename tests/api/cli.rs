@@ -189,3 +189,26 @@ async fn serve_with_no_configuration_answers_healthz_and_stops_cleanly_on_sigter
     let _ = child.kill();
     assert!(exited.expect("serve exits after SIGTERM").success());
 }
+
+/// `taskledger bench` measures the ledger against the database's own commit rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bench_reports_the_ledger_against_the_database_anchor() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = crate::helpers::TestDb::new(backend).await;
+        let out = taskledger(
+            &db.url,
+            &["bench", "--commands", "200", "--concurrency", "8"],
+        );
+        assert!(out.status.success(), "{out:?}");
+        let text = stdout(&out);
+        assert!(text.contains("anchor: one-row transactions"), "{text}");
+        assert!(text.contains("ledger / anchor:"), "{text}");
+        let store = db.store().await;
+        assert_eq!(
+            store.count_events().await.unwrap(),
+            200,
+            "the ledger run really wrote"
+        );
+        assert!(store.verify(|_| {}).await.unwrap().first_failure.is_none());
+    }
+}
