@@ -11,7 +11,7 @@ use taskledger_events::{Actor, Scope};
 
 use crate::domain::CreateTask;
 use crate::ledger::{CommandContext, Ledger};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 pub struct Measurement {
@@ -27,22 +27,16 @@ impl Measurement {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct BenchReport {
-    pub anchor: Measurement,
-    pub ledger: Measurement,
-}
-
 /// Runs `total` operations over `concurrency` workers; each returns its latency.
 async fn measure<F, Fut>(
     total: u64,
     concurrency: usize,
     progress: &(dyn Fn(u64) + Sync),
     op: F,
-) -> Measurement
+) -> Result<Measurement, String>
 where
     F: Fn(u64) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
+    Fut: std::future::Future<Output = Result<(), String>> + Send,
 {
     let next = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
@@ -57,16 +51,22 @@ where
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
-                    return latencies;
+                    return Ok((latencies, Instant::now()));
                 }
                 let t = Instant::now();
-                op(i).await;
+                if let Err(e) = op(i).await {
+                    // Stop every worker: a failed operation voids the measurement.
+                    next.store(total, Ordering::Relaxed);
+                    return Err(e);
+                }
                 latencies.push(t.elapsed());
                 done.fetch_add(1, Ordering::Relaxed);
             }
         }));
     }
     let mut all = Vec::with_capacity(total as usize);
+    // The last worker's own finish time, not when this loop noticed it.
+    let mut last_finish = started;
     let mut pending = workers;
     while !pending.is_empty() {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -74,26 +74,28 @@ where
         let mut still = Vec::new();
         for w in pending {
             if w.is_finished() {
-                all.extend(w.await.expect("a bench worker panicked"));
+                let (latencies, finished) = w.await.map_err(|e| e.to_string())??;
+                all.extend(latencies);
+                last_finish = last_finish.max(finished);
             } else {
                 still.push(w);
             }
         }
         pending = still;
     }
-    let elapsed = started.elapsed();
+    let elapsed = last_finish - started;
     all.sort();
     let pick = |q: f64| {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
             .copied()
             .unwrap_or_default()
     };
-    Measurement {
+    Ok(Measurement {
         operations: total,
         elapsed,
         p50: pick(0.50),
         p99: pick(0.99),
-    }
+    })
 }
 
 /// The anchor: one-row INSERT transactions committed by the database, `concurrency` at a time.
@@ -102,7 +104,7 @@ pub async fn anchor(
     total: u64,
     concurrency: usize,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Measurement, StoreError> {
+) -> anyhow::Result<Measurement> {
     sqlx::query("DROP TABLE IF EXISTS bench_anchor")
         .execute(store.pool())
         .await?;
@@ -115,17 +117,18 @@ pub async fn anchor(
         let pool = pool.clone();
         let payload = payload.clone();
         async move {
-            let mut tx = pool.begin().await.expect("begin");
+            let mut tx = pool.begin().await.map_err(|e| e.to_string())?;
             sqlx::query("INSERT INTO bench_anchor (id, payload) VALUES ($1, $2)")
                 .bind(i as i64)
                 .bind(payload)
                 .execute(&mut *tx)
                 .await
-                .expect("insert");
-            tx.commit().await.expect("commit");
+                .map_err(|e| e.to_string())?;
+            tx.commit().await.map_err(|e| e.to_string())
         }
     })
-    .await;
+    .await
+    .map_err(|e| anyhow::anyhow!("anchor transaction failed: {e}"))?;
     sqlx::query("DROP TABLE bench_anchor")
         .execute(store.pool())
         .await?;
@@ -139,7 +142,7 @@ pub async fn ledger(
     concurrency: usize,
     max_batch: usize,
     progress: &(dyn Fn(u64) + Sync),
-) -> Result<Measurement, StoreError> {
+) -> anyhow::Result<Measurement> {
     let account_id = store.ensure_account("bench").await?;
     let ledger = Ledger::start(store.clone(), max_batch);
     let ctx = CommandContext {
@@ -155,7 +158,7 @@ pub async fn ledger(
             .as_object()
             .cloned()
             .unwrap_or_default();
-    Ok(measure(total, concurrency, progress, move |_| {
+    measure(total, concurrency, progress, move |_| {
         let ledger = ledger.clone();
         let ctx = ctx.clone();
         let create = CreateTask {
@@ -165,8 +168,13 @@ pub async fn ledger(
             ..CreateTask::default()
         };
         async move {
-            ledger.create(&ctx, create, None).await.expect("create");
+            ledger
+                .create(&ctx, create, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
         }
     })
-    .await)
+    .await
+    .map_err(|e| anyhow::anyhow!("task creation failed: {e}"))
 }

@@ -62,7 +62,7 @@ impl Store {
     ) -> Result<(ApiKey, String), StoreError> {
         let account_id = self.ensure_account(account_name).await?;
         let secret = format!("tl_{}", random_hex(24));
-        let key_id = format!("key_{}", &Uuid::now_v7().simple().to_string()[..20]);
+        let key_id = format!("key_{}", random_hex(10));
         let created_at_us = now_micros();
         sqlx::query(
             "INSERT INTO api_keys (key_id, account_id, scope, key_hash, created_at_us) \
