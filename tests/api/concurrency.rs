@@ -283,6 +283,29 @@ async fn a_following_reader_sees_every_position_once_in_order_under_load(backend
     let last = reader.await.unwrap();
     assert_eq!(last, 160);
     assert_eq!(t.store.head_position().await.unwrap(), 160);
+    // Some transactions carried several commands (group commit) ...
+    let grouped = [&t.ledger, &other].iter().any(|l| {
+        let text = l.metrics().render();
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find(|line| line.starts_with(name))
+                .and_then(|line| line.split_whitespace().last())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0)
+        };
+        value("taskledger_append_batch_size_sum") > value("taskledger_append_batch_size_count")
+    });
+    assert!(grouped, "no transaction carried more than one command");
+    // ... and what they wrote together, several commands per statement, equals its replay.
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    assert!(t
+        .store
+        .verify(|_| {})
+        .await
+        .unwrap()
+        .first_failure
+        .is_none());
 }
 
 on_both_backends!(
