@@ -49,11 +49,10 @@ pub enum LedgerError {
 
 impl From<StoreError> for LedgerError {
     fn from(e: StoreError) -> Self {
-        match &e {
-            StoreError::Database(
-                sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_),
-            ) => LedgerError::Unavailable(e.to_string()),
-            _ => LedgerError::Internal(e.to_string()),
+        if e.is_unavailable() {
+            LedgerError::Unavailable(e.to_string())
+        } else {
+            LedgerError::Internal(e.to_string())
         }
     }
 }

@@ -160,12 +160,24 @@ impl Relay {
     /// Runs forever: waits for the lease, then relays; starts over if the lease is lost.
     pub async fn run(self) {
         let role = self.reader();
+        // Lag is the ledger's, not this process's: every process reports it, relaying or not,
+        // and whether or not the broker answers.
+        let lag = {
+            let (store, reader, observer) =
+                (self.store.clone(), role.clone(), self.observer.clone());
+            tokio::spawn(async move {
+                loop {
+                    report_lag(&store, &reader, observer.as_ref()).await;
+                    tokio::time::sleep(LAG_INTERVAL).await;
+                }
+            })
+        };
+        let _stop_lag = AbortOnDrop(lag);
         loop {
             self.observer.state(RelayState::Standby);
             let lease = match self.store.try_lead(&role).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => {
-                    self.report_lag().await;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
@@ -208,14 +220,12 @@ impl Relay {
                 Ok(0) => {
                     self.observer.state(RelayState::Active);
                     backoff = Duration::from_millis(100);
-                    self.report_lag().await;
                     idle(&mut wake).await;
                 }
                 Ok(n) => {
                     self.observer.state(RelayState::Active);
                     self.observer.published(n);
                     backoff = Duration::from_millis(100);
-                    self.report_lag().await;
                 }
                 Err(RelayError::Delivery(DeliveryError::Final(e))) => {
                     self.observer.state(RelayState::Failed);
@@ -226,7 +236,6 @@ impl Relay {
                     );
                     // Keep the lease so no other process skips it either; only report.
                     loop {
-                        self.report_lag().await;
                         tokio::time::sleep(Duration::from_secs(5)).await;
                         if !lease.still_held().await {
                             return;
@@ -236,7 +245,6 @@ impl Relay {
                 Err(e) => {
                     self.observer.state(RelayState::Retrying);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay retrying");
-                    self.report_lag().await;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -326,24 +334,35 @@ impl Relay {
             None => Ok(count),
         }
     }
+}
 
-    async fn report_lag(&self) {
-        let reader = self.reader();
-        let lag = async {
-            let checkpoint = self.store.reader_checkpoint(&reader).await?;
-            let head = self.store.head_position().await?;
-            let oldest = self.store.events_after(checkpoint, 1, None).await?;
-            let seconds = oldest.first().map_or(0.0, |e| {
-                (chrono::Utc::now() - e.recorded_at)
-                    .num_milliseconds()
-                    .max(0) as f64
-                    / 1000.0
-            });
-            Ok::<_, StoreError>((head - checkpoint, seconds))
-        };
-        if let Ok((events, seconds)) = lag.await {
-            self.observer.lag(events, seconds);
-        }
+const LAG_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How far the relay's checkpoint is behind the ledger head, in events and in seconds.
+async fn report_lag(store: &Store, reader: &str, observer: &dyn RelayObserver) {
+    let lag = async {
+        let checkpoint = store.reader_checkpoint(reader).await?;
+        let head = store.head_position().await?;
+        let oldest = store.events_after(checkpoint, 1, None).await?;
+        let seconds = oldest.first().map_or(0.0, |e| {
+            (chrono::Utc::now() - e.recorded_at)
+                .num_milliseconds()
+                .max(0) as f64
+                / 1000.0
+        });
+        Ok::<_, StoreError>((head - checkpoint, seconds))
+    };
+    if let Ok((events, seconds)) = lag.await {
+        observer.lag(events, seconds);
     }
 }
 
@@ -373,7 +392,9 @@ pub async fn ensure_topic(
 ) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     let results = admin.create_topics([&new], &options).await?;
     for result in results {
         match result {

@@ -45,6 +45,35 @@ pub enum StoreError {
     Corrupt { event_id: String, message: String },
 }
 
+impl StoreError {
+    /// The database cannot be reached or is refusing connections (as opposed to rejecting
+    /// what was asked): the API answers 503 and a retry may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Database(
+                sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                let code = e.code().unwrap_or_default();
+                // PostgreSQL: connection exceptions (08), insufficient resources (53),
+                // operator intervention such as a shutdown (57), and "not currently
+                // accepting connections" (55000). SQLite: busy or locked past the timeout.
+                code.starts_with("08")
+                    || code.starts_with("53")
+                    || code.starts_with("57")
+                    || code == "55000"
+                    || matches!(code.as_ref(), "5" | "6" | "261" | "517")
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A handle on the ledger database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Store {

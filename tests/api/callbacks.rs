@@ -2,7 +2,7 @@
 //! back-off, timeouts, final failure, the private-network guard, and a SIGKILL of the server.
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,9 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 use taskledger_events::Scope;
 
-use crate::helpers::{free_port, on_both_backends, spawn_app_with, Backend, TestApp, TestDb};
+use crate::helpers::{
+    free_port, on_both_backends, spawn_app_with, Backend, ServerProcess, TestApp, TestDb,
+};
 
 /// What the receiver does with the n-th attempt (1-based) of a delivery.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +52,7 @@ async fn hook(
     State(r): State<Receiver>,
     headers: HeaderMap,
     body: axum::body::Bytes,
-) -> StatusCode {
+) -> (StatusCode, [(axum::http::HeaderName, &'static str); 1]) {
     let headers: HashMap<String, String> = headers
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_string()))
@@ -70,7 +72,7 @@ async fn hook(
             .filter(|x| x.headers.get("refonte-callback-id") == Some(&id))
             .count()
     };
-    match r
+    let status = match r
         .script
         .get(attempt - 1)
         .copied()
@@ -81,7 +83,19 @@ async fn hook(
             tokio::time::sleep(d).await;
             StatusCode::OK
         }
-    }
+    };
+    // Every answer names somewhere else to go; a client that followed it would land there.
+    (status, [(axum::http::header::LOCATION, "/elsewhere")])
+}
+
+/// Where a followed redirect would land; it records under the id `redirected`.
+async fn elsewhere(State(r): State<Receiver>) -> StatusCode {
+    r.log.lock().unwrap().push(Received {
+        at: Instant::now(),
+        headers: HashMap::from([("refonte-callback-id".to_string(), "redirected".to_string())]),
+        body: b"{}".to_vec(),
+    });
+    StatusCode::OK
 }
 
 /// A receiver on a random port; returns its URL and the log of what it received.
@@ -91,7 +105,10 @@ pub async fn receiver(script: Vec<Step>) -> (String, Arc<Mutex<Vec<Received>>>) 
         script: Arc::new(script),
         log: log.clone(),
     };
-    let app = Router::new().route("/hook", post(hook)).with_state(state);
+    let app = Router::new()
+        .route("/hook", post(hook))
+        .route("/elsewhere", post(elsewhere).get(elsewhere))
+        .with_state(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!(
         "http://127.0.0.1:{}/hook",
@@ -345,38 +362,18 @@ async fn private_addresses_are_refused_unless_allowed(backend: Backend) {
     assert!(log.lock().unwrap().is_empty(), "nothing was sent");
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn serve(db: &TestDb, port: u16) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_taskledger"))
-        .arg("serve")
-        .env("DATABASE_URL", &db.url)
-        .env("TASKLEDGER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CALLBACK_ALLOW_PRIVATE_NETWORKS", "true")
-        .env("CALLBACK_RETRY_BASE_MS", "100")
-        .env("CALLBACK_RETRY_SPAN_SECS", "0")
-        .env("CALLBACK_TIMEOUT_MS", "3000")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "serve did not come up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Server(child)
+async fn serve(db: &TestDb, port: u16) -> ServerProcess {
+    ServerProcess::start(
+        db,
+        port,
+        &[
+            ("CALLBACK_ALLOW_PRIVATE_NETWORKS", "true"),
+            ("CALLBACK_RETRY_BASE_MS", "100"),
+            ("CALLBACK_RETRY_SPAN_SECS", "0"),
+            ("CALLBACK_TIMEOUT_MS", "3000"),
+        ],
+    )
+    .await
 }
 
 async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
@@ -418,8 +415,7 @@ async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
         assert!(Instant::now() < deadline, "no delivery started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = server.0.kill();
-    let _ = server.0.wait();
+    server.kill9();
 
     server = serve(&db, port).await;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -521,7 +517,94 @@ async fn the_callback_secret_is_shown_and_rotated_by_the_cli(backend: Backend) {
     );
 }
 
+async fn redirects_are_not_followed(backend: Backend) {
+    let (url, log) = receiver(vec![Step::Answer(302), Step::Answer(200)]).await;
+    let app = app_for_callbacks(backend, 3, 50).await;
+    let id = app.completed(json!({"callback_url": url})).await;
+    let (_, history) = wait_for(&app, &id, "delivery", |t, _| {
+        t["callback_completed"] == true
+    })
+    .await;
+    assert_eq!(
+        events_of(&history, "CallbackDelivered")[0]["payload"]["attempts"],
+        2
+    );
+    let received = log.lock().unwrap().clone();
+    assert!(
+        received.iter().all(|r| r.delivery_id() != "redirected"),
+        "a 302 is a failed attempt, not followed"
+    );
+    assert_eq!(received.len(), 2);
+}
+
+/// Two servers on one database: every delivery is attempted by one of them at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_attempt_each_delivery_once() {
+    let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(300))]).await;
+    let db = TestDb::new(Backend::Postgres).await;
+    let store = db.store().await;
+    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
+    let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
+    let a = serve(&db, free_port()).await;
+    let b = serve(&db, free_port()).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for i in 0..16 {
+        let base = if i % 2 == 0 { &a.url } else { &b.url };
+        let created: Value = client
+            .post(format!("{base}/v1/task/documenttranscription"))
+            .basic_auth(&key, Some(""))
+            .json(&json!({"attachment": format!("d{i}"), "callback_url": url}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["task_id"].as_str().unwrap().to_string();
+        let done = client
+            .post(format!("{base}/v1/task/{id}/complete"))
+            .basic_auth(&worker, Some(""))
+            .json(&json!({"response": {"text": "ok"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(done.status(), 200);
+        ids.push(id);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            let task: Value = client
+                .get(format!("{}/v1/task/{id}", a.url))
+                .basic_auth(&key, Some(""))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if task["callback_completed"] == true {
+                break;
+            }
+            assert!(Instant::now() < deadline, "task {id} was never called back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let received = log.lock().unwrap().clone();
+    let mut per_delivery: HashMap<String, usize> = HashMap::new();
+    for r in &received {
+        *per_delivery.entry(r.delivery_id().to_string()).or_default() += 1;
+    }
+    assert_eq!(per_delivery.len(), 16);
+    assert!(
+        per_delivery.values().all(|n| *n == 1),
+        "one attempt each: {per_delivery:?}"
+    );
+}
+
 on_both_backends!(
+    redirects_are_not_followed,
     completing_erroring_and_workforce_audits_call_back_signed,
     failed_and_hung_attempts_are_retried_with_backoff_under_one_delivery_id,
     the_last_failed_attempt_is_recorded_and_nothing_more_is_tried,

@@ -11,7 +11,7 @@ use taskledger::ledger::{Ledger, LedgerError};
 use taskledger::store::CommandWrite;
 use taskledger_events::{Scope, TaskEvent};
 
-use crate::helpers::{categorization, on_both_backends, Backend, TestLedger};
+use crate::helpers::{categorization, metric_value, on_both_backends, Backend, TestLedger};
 
 async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     let t = TestLedger::new(backend).await;
@@ -286,13 +286,7 @@ async fn a_following_reader_sees_every_position_once_in_order_under_load(backend
     // Some transactions carried several commands (group commit) ...
     let grouped = [&t.ledger, &other].iter().any(|l| {
         let text = l.metrics().render();
-        let value = |name: &str| -> f64 {
-            text.lines()
-                .find(|line| line.starts_with(name))
-                .and_then(|line| line.split_whitespace().last())
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0.0)
-        };
+        let value = |name| metric_value(&text, name).unwrap_or(0.0);
         value("taskledger_append_batch_size_sum") > value("taskledger_append_batch_size_count")
     });
     assert!(grouped, "no transaction carried more than one command");

@@ -452,3 +452,64 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The value of a metric line (`name` with its labels, if any) in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(name))
+        .and_then(|line| line.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A `taskledger serve` process on `port`, for tests that SIGKILL it; killed on drop.
+pub struct ServerProcess {
+    child: std::process::Child,
+    pub url: String,
+}
+
+impl ServerProcess {
+    /// Starts the binary on `db` with extra environment, and waits until it is ready.
+    pub async fn start(db: &TestDb, port: u16, env: &[(&str, &str)]) -> ServerProcess {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_taskledger"))
+            .arg("serve")
+            .env("DATABASE_URL", &db.url)
+            .env("TASKLEDGER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start taskledger serve");
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while reqwest::get(format!("{url}/readyz")).await.is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "serve did not come up"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        ServerProcess { child, url }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("{}/metrics", self.url))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_value(&text, name)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -10,7 +10,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use taskledger_events::{EventEnvelope, Scope};
 
-use crate::helpers::{free_port, on_both_backends, spawn_app_with, Backend, TestApp, TestDb};
+use crate::helpers::{
+    free_port, on_both_backends, spawn_app_with, Backend, ServerProcess, TestApp, TestDb,
+};
 
 /// A tansu broker on a free port, with in-memory storage; killed on drop.
 pub struct Broker {
@@ -33,7 +35,10 @@ fn tansu_binary() -> String {
 
 impl Broker {
     pub async fn start() -> Broker {
-        let port = free_port();
+        Broker::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(tansu_binary())
             .args([
@@ -329,61 +334,6 @@ async fn a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lo
     assert_in_task_order(&records);
 }
 
-/// A `taskledger serve` process, killable with SIGKILL.
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Server {
-    async fn start(db: &TestDb, broker: &str, topic: &str, port: u16) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_taskledger"))
-            .arg("serve")
-            .env("DATABASE_URL", &db.url)
-            .env("KAFKA_BROKERS", broker)
-            .env("KAFKA_TOPIC", topic)
-            .env("TASKLEDGER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let client = reqwest::Client::new();
-        while client.get(format!("{url}/readyz")).send().await.is_err() {
-            assert!(Instant::now() < deadline, "serve did not come up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Server { child, url }
-    }
-
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    async fn relay_state(&self) -> Option<i64> {
-        let text = reqwest::get(format!("{}/metrics", self.url))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with("taskledger_relay_state"))
-            .and_then(|l| l.split_whitespace().last())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as i64)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
 async fn create_raw(url: &str, key: &str, i: usize) -> bool {
     let body = json!({"attachment": format!("doc-{i}")});
     matches!(
@@ -404,7 +354,12 @@ async fn a_server_killed_during_writes_delivers_everything_after_restart(backend
     let store = db.store().await;
     let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
     let port = free_port();
-    let mut server = Server::start(&db, &broker.addr, &topic, port).await;
+    let mut server = ServerProcess::start(
+        &db,
+        port,
+        &[("KAFKA_BROKERS", &broker.addr), ("KAFKA_TOPIC", &topic)],
+    )
+    .await;
     let writer = {
         let url = server.url.clone();
         let key = key.clone();
@@ -421,7 +376,12 @@ async fn a_server_killed_during_writes_delivers_everything_after_restart(backend
     let written = writer.await.unwrap();
     assert!(written > 0, "some writes landed before the kill");
 
-    let server = Server::start(&db, &broker.addr, &topic, port).await;
+    let server = ServerProcess::start(
+        &db,
+        port,
+        &[("KAFKA_BROKERS", &broker.addr), ("KAFKA_TOPIC", &topic)],
+    )
+    .await;
     for i in 0..5 {
         assert!(create_raw(&server.url, &key, 10_000 + i).await);
     }
@@ -449,8 +409,18 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
     let db = TestDb::new(Backend::Postgres).await;
     let store = db.store().await;
     let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
-    let mut a = Server::start(&db, &broker.addr, &topic, free_port()).await;
-    let mut b = Server::start(&db, &broker.addr, &topic, free_port()).await;
+    let mut a = ServerProcess::start(
+        &db,
+        free_port(),
+        &[("KAFKA_BROKERS", &broker.addr), ("KAFKA_TOPIC", &topic)],
+    )
+    .await;
+    let mut b = ServerProcess::start(
+        &db,
+        free_port(),
+        &[("KAFKA_BROKERS", &broker.addr), ("KAFKA_TOPIC", &topic)],
+    )
+    .await;
     for i in 0..5 {
         assert!(create_raw(&a.url, &key, i).await);
         assert!(create_raw(&b.url, &key, 100 + i).await);
@@ -463,7 +433,10 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
         Duration::from_secs(60),
     )
     .await;
-    let states = (a.relay_state().await, b.relay_state().await);
+    let states = (
+        a.metric("taskledger_relay_state").await.map(|v| v as i64),
+        b.metric("taskledger_relay_state").await.map(|v| v as i64),
+    );
     let active_is_a = match states {
         (Some(1), Some(0)) => true,
         (Some(0), Some(1)) => false,
@@ -482,7 +455,12 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
     assert_eq!(all.len(), 15);
     read_until(&broker.addr, &topic, &ids_of(&all), Duration::from_secs(60)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while survivor.relay_state().await != Some(1) {
+    while survivor
+        .metric("taskledger_relay_state")
+        .await
+        .map(|v| v as i64)
+        != Some(1)
+    {
         assert!(
             Instant::now() < deadline,
             "the survivor took over the relay"
@@ -535,7 +513,43 @@ async fn tail_prints_one_envelope_per_line_and_filters_by_task() {
     let _ = child.kill().await;
 }
 
+async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend: Backend) {
+    let port = free_port();
+    let topic = topic();
+    let app = spawn_app_with(backend, |s| {
+        s.kafka_brokers = Some(format!("127.0.0.1:{port}"));
+        s.relay.kafka_topic = topic.clone();
+    })
+    .await;
+    let started = Instant::now();
+    busy_work(&app, 3).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "commands do not wait for Kafka"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, "taskledger_relay_lag_events"),
+        Some(12.0),
+        "the backlog is visible: {metrics}"
+    );
+    let broker = Broker::start_on(port).await;
+    let all = ids_of(&feed(&app.address, &app.key).await);
+    let records = read_until(&broker.addr, &topic, &all, Duration::from_secs(90)).await;
+    assert_in_task_order(&records);
+}
+
 on_both_backends!(
+    a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up,
     every_committed_event_arrives_keyed_by_task_in_order_with_headers,
     a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lost,
     a_server_killed_during_writes_delivers_everything_after_restart,
