@@ -376,22 +376,43 @@ async fn serve(db: &TestDb, port: u16) -> ServerProcess {
     .await
 }
 
-async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
-    // The first attempts are answered slowly, so they are in flight when the server dies.
-    let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(1500))]).await;
-    let db = TestDb::new(backend).await;
-    let store = db.store().await;
-    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
-    let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}/v1");
-    let client = reqwest::Client::new();
-    let mut server = serve(&db, port).await;
-    let mut ids = Vec::new();
-    for i in 0..12 {
-        let created: Value = client
-            .post(format!("{base}/task/documenttranscription"))
-            .basic_auth(&key, Some(""))
+/// A client of a server process, with a customer and a contributor key of one account.
+struct ProcessClient {
+    client: reqwest::Client,
+    key: String,
+    worker: String,
+}
+
+impl ProcessClient {
+    async fn new(db: &TestDb) -> ProcessClient {
+        let store = db.store().await;
+        let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
+        let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
+        ProcessClient {
+            client: reqwest::Client::new(),
+            key,
+            worker,
+        }
+    }
+
+    async fn get(&self, server: &str, path: &str) -> Value {
+        self.client
+            .get(format!("{server}/v1{path}"))
+            .basic_auth(&self.key, Some(""))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Creates a task calling back `url` and completes it; returns its id.
+    async fn completed_task(&self, server: &str, url: &str, i: usize) -> String {
+        let created: Value = self
+            .client
+            .post(format!("{server}/v1/task/documenttranscription"))
+            .basic_auth(&self.key, Some(""))
             .json(&json!({"attachment": format!("d{i}"), "callback_url": url}))
             .send()
             .await
@@ -400,15 +421,40 @@ async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
             .await
             .unwrap();
         let id = created["task_id"].as_str().unwrap().to_string();
-        let done = client
-            .post(format!("{base}/task/{id}/complete"))
-            .basic_auth(&worker, Some(""))
+        let done = self
+            .client
+            .post(format!("{server}/v1/task/{id}/complete"))
+            .basic_auth(&self.worker, Some(""))
             .json(&json!({"response": {"text": "ok"}}))
             .send()
             .await
             .unwrap();
         assert_eq!(done.status(), 200);
-        ids.push(id);
+        id
+    }
+
+    /// Waits until every task says `callback_completed`.
+    async fn wait_called_back(&self, server: &str, ids: &[String]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for id in ids {
+            while self.get(server, &format!("/task/{id}")).await["callback_completed"] != true {
+                assert!(Instant::now() < deadline, "task {id} was never called back");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
+    // The first attempts are answered slowly, so they are in flight when the server dies.
+    let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(1500))]).await;
+    let db = TestDb::new(backend).await;
+    let api = ProcessClient::new(&db).await;
+    let port = free_port();
+    let mut server = serve(&db, port).await;
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        ids.push(api.completed_task(&server.url, &url, i).await);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while log.lock().unwrap().is_empty() {
@@ -418,35 +464,9 @@ async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
     server.kill9();
 
     server = serve(&db, port).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
+    api.wait_called_back(&server.url, &ids).await;
     for id in &ids {
-        loop {
-            let task: Value = client
-                .get(format!("{base}/task/{id}"))
-                .basic_auth(&key, Some(""))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if task["callback_completed"] == true {
-                break;
-            }
-            assert!(Instant::now() < deadline, "task {id} was never called back");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    for id in &ids {
-        let history: Value = client
-            .get(format!("{base}/task/{id}/history"))
-            .basic_auth(&key, Some(""))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let history = api.get(&server.url, &format!("/task/{id}/history")).await;
         let recorded = history["events"]
             .as_array()
             .unwrap()
@@ -542,55 +562,15 @@ async fn redirects_are_not_followed(backend: Backend) {
 async fn two_servers_attempt_each_delivery_once() {
     let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(300))]).await;
     let db = TestDb::new(Backend::Postgres).await;
-    let store = db.store().await;
-    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
-    let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
+    let api = ProcessClient::new(&db).await;
     let a = serve(&db, free_port()).await;
     let b = serve(&db, free_port()).await;
-    let client = reqwest::Client::new();
     let mut ids = Vec::new();
     for i in 0..16 {
-        let base = if i % 2 == 0 { &a.url } else { &b.url };
-        let created: Value = client
-            .post(format!("{base}/v1/task/documenttranscription"))
-            .basic_auth(&key, Some(""))
-            .json(&json!({"attachment": format!("d{i}"), "callback_url": url}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["task_id"].as_str().unwrap().to_string();
-        let done = client
-            .post(format!("{base}/v1/task/{id}/complete"))
-            .basic_auth(&worker, Some(""))
-            .json(&json!({"response": {"text": "ok"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(done.status(), 200);
-        ids.push(id);
+        let server = if i % 2 == 0 { &a.url } else { &b.url };
+        ids.push(api.completed_task(server, &url, i).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for id in &ids {
-        loop {
-            let task: Value = client
-                .get(format!("{}/v1/task/{id}", a.url))
-                .basic_auth(&key, Some(""))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if task["callback_completed"] == true {
-                break;
-            }
-            assert!(Instant::now() < deadline, "task {id} was never called back");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    api.wait_called_back(&a.url, &ids).await;
     let received = log.lock().unwrap().clone();
     let mut per_delivery: HashMap<String, usize> = HashMap::new();
     for r in &received {
