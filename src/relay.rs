@@ -38,6 +38,11 @@ pub struct RelaySettings {
     #[arg(long, env = "KAFKA_REPLICATION", default_value_t = 1)]
     pub kafka_replication: i32,
 
+    /// The largest record the producer sends (librdkafka's `message.max.bytes`); an event
+    /// larger than this halts the relay rather than being skipped.
+    #[arg(long, env = "KAFKA_MESSAGE_MAX_BYTES", default_value_t = 1_000_000)]
+    pub kafka_message_max_bytes: usize,
+
     /// How long the producer keeps retrying one record before the relay re-reads it.
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
     pub kafka_message_timeout_ms: u64,
@@ -264,6 +269,10 @@ impl Relay {
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "5")
+            .set(
+                "message.max.bytes",
+                self.settings.kafka_message_max_bytes.to_string(),
+            )
             .set(
                 "message.timeout.ms",
                 self.settings.kafka_message_timeout_ms.to_string(),

@@ -284,6 +284,7 @@ pub async fn spawn_app_with(
             kafka_partitions: 3,
             kafka_replication: 1,
             kafka_message_timeout_ms: 30_000,
+            kafka_message_max_bytes: 1_000_000,
         },
         callbacks: CallbackSettings {
             callback_max_attempts: 20,

@@ -548,7 +548,64 @@ async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend:
     assert_in_task_order(&records);
 }
 
+async fn an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_skipped(
+    backend: Backend,
+) {
+    let broker = Broker::start().await;
+    let topic = topic();
+    let app = spawn_app_with(backend, |s| {
+        s.kafka_brokers = Some(broker.addr.clone());
+        s.relay.kafka_topic = topic.clone();
+        s.relay.kafka_message_max_bytes = 4096;
+    })
+    .await;
+    let small = app.create(json!({})).await.task_id();
+    let first = ids_of(&feed(&app.address, &app.key).await);
+    read_until(&broker.addr, &topic, &first, Duration::from_secs(60)).await;
+
+    let big = app
+        .create(json!({"metadata": {"blob": "x".repeat(8000)}}))
+        .await
+        .task_id();
+    app.post(&format!("/v1/task/{small}/cancel"), Value::Null)
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The relay halts (state 3), and the oversized event and the one after it stay counted
+    // as lag rather than being skipped.
+    loop {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let state = crate::helpers::metric_value(&text, "taskledger_relay_state");
+        let lag = crate::helpers::metric_value(&text, "taskledger_relay_lag_events");
+        if state == Some(3.0) && lag == Some(2.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the relay halts on a final error: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing after the refused event was published: a consumer sees only the first.
+    let consumer = taskledger::relay::stream_consumer(&broker.addr, &topic, true).unwrap();
+    let mut seen = Vec::new();
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await {
+        let e: EventEnvelope = serde_json::from_slice(m.payload().unwrap()).unwrap();
+        seen.push(e.task_id);
+    }
+    assert_eq!(seen, vec![small.clone()]);
+    assert!(!seen.contains(&big));
+}
+
 on_both_backends!(
+    an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_skipped,
     a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up,
     every_committed_event_arrives_keyed_by_task_in_order_with_headers,
     a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lost,
