@@ -7,7 +7,7 @@ use serde::Serialize;
 use taskledger_events::EventEnvelope;
 use utoipa::{OpenApi, ToSchema};
 
-use super::extract::{query_pairs, Caller};
+use super::extract::{parse_limit, query_pairs, Caller};
 use super::openapi::EventsParams;
 use super::{ApiError, AppState, Routes};
 
@@ -63,17 +63,7 @@ async fn feed(
                         ))
                     })?
             }
-            "limit" => {
-                limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit must be an integer from 1 to {MAX_LIMIT}; got {value:?}"
-                        ))
-                    })?
-            }
+            "limit" => limit = parse_limit(&value, MAX_LIMIT)?,
             _ => {}
         }
     }

@@ -255,6 +255,19 @@ pub fn query_pairs(parts_query: Option<&str>) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// A page size `limit` from 1 to `max`.
+pub fn parse_limit(value: &str, max: i64) -> Result<i64, ApiError> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "limit must be an integer from 1 to {max}; got {value:?}"
+            ))
+        })
+}
+
 pub fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
     if value.eq_ignore_ascii_case("true") {
         Ok(true)

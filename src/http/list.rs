@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use taskledger_projections::TaskView;
 use utoipa::OpenApi;
 
-use super::extract::{parse_bool, parse_time, query_pairs, Caller};
+use super::extract::{parse_bool, parse_limit, parse_time, query_pairs, Caller};
 use super::openapi::{ListParams, TaskPage};
 use super::tasks::task_json;
 use super::{ApiError, AppState, Routes};
@@ -58,17 +58,7 @@ fn parse(pairs: Vec<(String, String)>) -> Result<Options, ApiError> {
             "batch" => q.batch = Some(value),
             "unique_id" => q.unique_ids.push(value),
             "tags" => q.tags.push(value),
-            "limit" => {
-                q.limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=100).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "limit must be an integer from 1 to 100; got {value:?}"
-                        ))
-                    })?
-            }
+            "limit" => q.limit = parse_limit(&value, 100)?,
             "next_token" if !value.is_empty() => q.after = Some(decode_token(&value)?),
             "include_attachment_url" => include_attachment_url = parse_bool(&name, &value)?,
             "limited_response" => limited_response = parse_bool(&name, &value)?,
