@@ -295,6 +295,10 @@ async fn a_taken_unique_id_is_refused_naming_its_task_until_released(backend: Ba
             .unwrap(),
         Some(second.to_string())
     );
+    // The refused commands gave their reserved positions back: no hole, head at the end.
+    let report = t.store.verify(|_| {}).await.unwrap();
+    assert!(report.first_failure.is_none(), "{:?}", report.first_failure);
+    assert_eq!(t.store.head_position().await.unwrap(), report.events as i64);
 }
 
 async fn a_refused_command_in_a_batch_leaves_nothing_and_spares_the_others(backend: Backend) {
