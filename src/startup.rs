@@ -19,6 +19,8 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Store,
+    /// Held while serving a SQLite ledger: one process owns it (relay, callbacks, commits).
+    _sqlite_owner: Option<std::fs::File>,
 }
 
 impl Application {
@@ -27,6 +29,7 @@ impl Application {
         db: &DatabaseSettings,
         serve: &ServeSettings,
     ) -> anyhow::Result<Application> {
+        let sqlite_owner = own_sqlite_ledger(&db.database_url)?;
         let store = Store::open(&db.database_url, db.db_connections)
             .await
             .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))?;
@@ -68,6 +71,7 @@ impl Application {
             listener,
             router: http::router(state),
             store,
+            _sqlite_owner: sqlite_owner,
         })
     }
 
@@ -98,6 +102,37 @@ impl Application {
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// A SQLite ledger is served by one process: its relay and callback reactor assume no other.
+/// An exclusive lock on `<file>.serve-lock` (released when the process ends, however it ends)
+/// turns a second `serve` into a clear error instead of two processes sharing the file.
+fn own_sqlite_ledger(url: &str) -> anyhow::Result<Option<std::fs::File>> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or_default();
+    if path.is_empty() || path == ":memory:" {
+        return Ok(None);
+    }
+    let lock_path = format!("{path}.serve-lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {lock_path}"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another taskledger serve is already using the SQLite ledger {path}; \
+             a SQLite ledger is served by one process (use PostgreSQL for several)"
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {lock_path}"))
+        }
     }
 }
 

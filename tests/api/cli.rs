@@ -212,3 +212,25 @@ async fn bench_reports_the_ledger_against_the_database_anchor() {
         assert!(store.verify(|_| {}).await.unwrap().first_failure.is_none());
     }
 }
+
+/// A SQLite ledger is served by one process; a second `serve` says so and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_serve_on_one_sqlite_ledger_is_refused() {
+    let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
+    let _first = crate::helpers::ServerProcess::start(&db, crate::helpers::free_port(), &[]).await;
+    let second = Command::new(env!("CARGO_BIN_EXE_taskledger"))
+        .arg("serve")
+        .env("DATABASE_URL", &db.url)
+        .env(
+            "TASKLEDGER_LISTEN",
+            format!("127.0.0.1:{}", crate::helpers::free_port()),
+        )
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("already using the SQLite ledger"),
+        "{stderr}"
+    );
+}
