@@ -5,33 +5,8 @@
 //! cargo run --example consume -- 127.0.0.1:9092 taskledger.task-events
 //! ```
 
-use std::collections::{HashSet, VecDeque};
-
 use rdkafka::Message;
-use taskledger_events::{EventEnvelope, TaskEvent};
-
-/// Remembers the last `capacity` event ids: a redelivery comes soon after the original (a
-/// relay restart republishes at most its last unacknowledged batch).
-struct SeenIds {
-    set: HashSet<uuid::Uuid>,
-    order: VecDeque<uuid::Uuid>,
-    capacity: usize,
-}
-
-impl SeenIds {
-    fn first_time(&mut self, id: uuid::Uuid) -> bool {
-        if !self.set.insert(id) {
-            return false;
-        }
-        self.order.push_back(id);
-        if self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        true
-    }
-}
+use taskledger_events::{Deduplicator, EventEnvelope, TaskEvent};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -41,11 +16,7 @@ async fn main() -> anyhow::Result<()> {
         .next()
         .unwrap_or_else(|| "taskledger.task-events".into());
     let consumer = taskledger::relay::stream_consumer(&brokers, &topic, true)?;
-    let mut seen = SeenIds {
-        set: HashSet::new(),
-        order: VecDeque::new(),
-        capacity: 100_000,
-    };
+    let mut seen = Deduplicator::new(100_000);
     loop {
         let message = consumer.recv().await?;
         let Some(payload) = message.payload() else {

@@ -13,9 +13,11 @@
 //!   so the ledger itself is never rewritten.
 //! * Consumers must ignore envelope fields they do not know; new fields may be added.
 
+mod dedup;
 mod envelope;
 mod event;
 
+pub use dedup::Deduplicator;
 pub use envelope::{canonical_json, Actor, EventEnvelope, Scope, UnknownScope, GENESIS_HASH};
 pub use event::{
     AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,

@@ -604,6 +604,85 @@ async fn an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_ski
     assert!(!seen.contains(&big));
 }
 
+/// The example consumer (`examples/consume.rs`), built with the tests, decodes the stream and
+/// prints each event once even when the topic holds it twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
+    let broker = Broker::start().await;
+    let topic = topic();
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.kafka_brokers = Some(broker.addr.clone());
+        s.relay.kafka_topic = topic.clone();
+    })
+    .await;
+    let id = app.create(json!({})).await.task_id();
+    app.contributor_post(
+        &format!("/v1/task/{id}/complete"),
+        json!({"response": {"ok": true}}),
+    )
+    .await;
+    let events = feed(&app.address, &app.key).await;
+    let records = read_until(
+        &broker.addr,
+        &topic,
+        &ids_of(&events),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Publish every record a second time, as a relay restart would.
+    let producer: rdkafka::producer::FutureProducer =
+        taskledger::relay::client_config(&broker.addr)
+            .create()
+            .unwrap();
+    for r in &records {
+        let (value, headers) = taskledger::relay::record_parts(&r.envelope);
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(&topic)
+                    .key(r.key.as_str())
+                    .payload(value.as_str())
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    // target/<profile>/deps/api-... -> target/<profile>/examples/consume
+    let example = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("examples").join("consume"))
+        .unwrap();
+    assert!(
+        example.exists(),
+        "the example is built with the tests: {example:?}"
+    );
+    let mut child = tokio::process::Command::new(example)
+        .args([&broker.addr, &topic])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    // Everything is on the topic already: read until the output goes quiet.
+    while let Ok(Ok(Some(line))) =
+        tokio::time::timeout(Duration::from_secs(5), lines.next_line()).await
+    {
+        printed.push(line);
+    }
+    let _ = child.kill().await;
+    assert_eq!(printed.len(), 2, "each event once: {printed:?}");
+    assert!(printed[0].contains("TaskCreated"), "{printed:?}");
+    assert!(printed[1].contains("completed"), "{printed:?}");
+}
+
 on_both_backends!(
     an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_skipped,
     a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up,
