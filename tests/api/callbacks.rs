@@ -321,15 +321,7 @@ async fn the_last_failed_attempt_is_recorded_and_nothing_more_is_tried(backend: 
         .contains("500"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(log.lock().unwrap().len(), 3);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("taskledger_callback_deliveries_total{outcome=\"failed\"} 1"),
         "{metrics}"

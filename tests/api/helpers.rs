@@ -438,6 +438,18 @@ impl TestApp {
         id
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("the server answers")
+            .text()
+            .await
+            .expect("a text body")
+    }
+
     pub async fn history_len(&self, id: &str) -> usize {
         let reply = self.get(&format!("/v1/task/{id}/history")).await;
         assert_eq!(reply.status, 200, "{}", reply.body);

@@ -205,6 +205,21 @@ fn assert_in_task_order(records: &[Record]) {
     }
 }
 
+/// A server whose relay publishes to `topic` on `brokers`.
+async fn relayed_app(
+    backend: Backend,
+    brokers: &str,
+    topic: &str,
+    configure: impl FnOnce(&mut taskledger::config::ServeSettings),
+) -> TestApp {
+    spawn_app_with(backend, |s| {
+        s.kafka_brokers = Some(brokers.to_string());
+        s.relay.kafka_topic = topic.to_string();
+        configure(s);
+    })
+    .await
+}
+
 fn topic() -> String {
     format!("tl-test-{}", uuid::Uuid::now_v7().simple())
 }
@@ -236,11 +251,7 @@ async fn busy_work(app: &TestApp, tasks: usize) {
 async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backend: Backend) {
     let broker = Broker::start().await;
     let topic = topic();
-    let app = spawn_app_with(backend, |s| {
-        s.kafka_brokers = Some(broker.addr.clone());
-        s.relay.kafka_topic = topic.clone();
-    })
-    .await;
+    let app = relayed_app(backend, &broker.addr, &topic, |_| {}).await;
     busy_work(&app, 5).await;
     let other = app
         .send(
@@ -298,11 +309,7 @@ async fn a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lo
 ) {
     let broker = Broker::start().await;
     let topic = topic();
-    let app = spawn_app_with(backend, |s| {
-        s.kafka_brokers = Some(broker.addr.clone());
-        s.relay.kafka_topic = topic.clone();
-    })
-    .await;
+    let app = relayed_app(backend, &broker.addr, &topic, |_| {}).await;
     busy_work(&app, 2).await;
     let first = ids_of(&feed(&app.address, &app.key).await);
     read_until(&broker.addr, &topic, &first, Duration::from_secs(60)).await;
@@ -315,15 +322,7 @@ async fn a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lo
         elapsed < Duration::from_secs(5),
         "commands kept their pace: {elapsed:?}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("taskledger_relay_lag_events"), "{metrics}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     broker.resume();
@@ -474,11 +473,7 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
 async fn tail_prints_one_envelope_per_line_and_filters_by_task() {
     let broker = Broker::start().await;
     let topic = topic();
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.kafka_brokers = Some(broker.addr.clone());
-        s.relay.kafka_topic = topic.clone();
-    })
-    .await;
+    let app = relayed_app(Backend::Sqlite, &broker.addr, &topic, |_| {}).await;
     let one = app.create(json!({})).await.task_id();
     app.create(json!({})).await.task_id();
     app.post(&format!("/v1/task/{one}/cancel"), Value::Null)
@@ -516,11 +511,7 @@ async fn tail_prints_one_envelope_per_line_and_filters_by_task() {
 async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend: Backend) {
     let port = free_port();
     let topic = topic();
-    let app = spawn_app_with(backend, |s| {
-        s.kafka_brokers = Some(format!("127.0.0.1:{port}"));
-        s.relay.kafka_topic = topic.clone();
-    })
-    .await;
+    let app = relayed_app(backend, &format!("127.0.0.1:{port}"), &topic, |_| {}).await;
     let started = Instant::now();
     busy_work(&app, 3).await;
     assert!(
@@ -528,15 +519,7 @@ async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend:
         "commands do not wait for Kafka"
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert_eq!(
         crate::helpers::metric_value(&metrics, "taskledger_relay_lag_events"),
         Some(12.0),
@@ -553,9 +536,7 @@ async fn an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_ski
 ) {
     let broker = Broker::start().await;
     let topic = topic();
-    let app = spawn_app_with(backend, |s| {
-        s.kafka_brokers = Some(broker.addr.clone());
-        s.relay.kafka_topic = topic.clone();
+    let app = relayed_app(backend, &broker.addr, &topic, |s| {
         s.relay.kafka_message_max_bytes = 4096;
     })
     .await;
@@ -573,15 +554,7 @@ async fn an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_ski
     // The relay halts (state 3), and the oversized event and the one after it stay counted
     // as lag rather than being skipped.
     loop {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         let state = crate::helpers::metric_value(&text, "taskledger_relay_state");
         let lag = crate::helpers::metric_value(&text, "taskledger_relay_lag_events");
         if state == Some(3.0) && lag == Some(2.0) {
@@ -610,11 +583,7 @@ async fn an_event_the_broker_can_never_take_halts_the_relay_instead_of_being_ski
 async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
     let broker = Broker::start().await;
     let topic = topic();
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.kafka_brokers = Some(broker.addr.clone());
-        s.relay.kafka_topic = topic.clone();
-    })
-    .await;
+    let app = relayed_app(Backend::Sqlite, &broker.addr, &topic, |_| {}).await;
     let id = app.create(json!({})).await.task_id();
     app.contributor_post(
         &format!("/v1/task/{id}/complete"),
