@@ -11,7 +11,9 @@ use taskledger::ledger::{Ledger, LedgerError};
 use taskledger::store::CommandWrite;
 use taskledger_events::{Scope, TaskEvent};
 
-use crate::helpers::{categorization, metric_value, on_both_backends, Backend, TestLedger};
+use crate::helpers::{
+    assert_ledger_intact, categorization, metric_value, on_both_backends, Backend, TestLedger,
+};
 
 async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     let t = TestLedger::new(backend).await;
@@ -55,20 +57,7 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
         .unwrap()
         .unwrap();
     assert_eq!(view.tags.len(), 25, "no tag was lost: {:?}", view.tags);
-    assert!(t
-        .store
-        .verify(|_| {})
-        .await
-        .unwrap()
-        .first_failure
-        .is_none());
-    assert!(t
-        .store
-        .replay(true, |_| {})
-        .await
-        .unwrap()
-        .mismatches
-        .is_empty());
+    assert_ledger_intact(&t.store).await;
 }
 
 async fn racing_creates_with_one_unique_id_give_exactly_one_task(backend: Backend) {
@@ -214,13 +203,7 @@ async fn a_rolled_back_writer_leaves_no_gap_in_the_global_order(backend: Backend
         .map(|e| e.global_position)
         .collect();
     assert_eq!(positions, vec![1, 2]);
-    assert!(t
-        .store
-        .verify(|_| {})
-        .await
-        .unwrap()
-        .first_failure
-        .is_none());
+    assert_ledger_intact(&t.store).await;
 }
 
 /// Many writers on two committers while a reader follows the global order: every read
@@ -291,15 +274,7 @@ async fn a_following_reader_sees_every_position_once_in_order_under_load(backend
     });
     assert!(grouped, "no transaction carried more than one command");
     // ... and what they wrote together, several commands per statement, equals its replay.
-    let check = t.store.replay(true, |_| {}).await.unwrap();
-    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
-    assert!(t
-        .store
-        .verify(|_| {})
-        .await
-        .unwrap()
-        .first_failure
-        .is_none());
+    assert_ledger_intact(&t.store).await;
 }
 
 on_both_backends!(

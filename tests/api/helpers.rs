@@ -526,3 +526,16 @@ impl Drop for ServerProcess {
         self.kill9();
     }
 }
+
+/// Asserts the ledger is whole: every hash chain and position verifies, and every projection
+/// equals what replaying the events gives.
+pub async fn assert_ledger_intact(store: &Store) {
+    let verified = store.verify(|_| {}).await.unwrap();
+    assert!(
+        verified.first_failure.is_none(),
+        "{:?}",
+        verified.first_failure
+    );
+    let replayed = store.replay(true, |_| {}).await.unwrap();
+    assert!(replayed.mismatches.is_empty(), "{:?}", replayed.mismatches);
+}

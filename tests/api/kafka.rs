@@ -628,7 +628,7 @@ async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
         .unwrap();
     assert!(
         example.exists(),
-        "the example is built with the tests: {example:?}"
+        "build the example first (scripts/test does: cargo build --examples): {example:?}"
     );
     let mut child = tokio::process::Command::new(example)
         .args([&broker.addr, &topic])

@@ -7,8 +7,8 @@ use taskledger::store::{event_hash, CommandWrite, WriteError};
 use taskledger_events::{Scope, TaskEvent, GENESIS_HASH};
 
 use crate::helpers::{
-    categorization, context, on_both_backends, projection_snapshot, tamper_with_event, Backend,
-    TestLedger,
+    assert_ledger_intact, categorization, context, on_both_backends, projection_snapshot,
+    tamper_with_event, Backend, TestLedger,
 };
 
 async fn a_created_task_has_one_event_with_a_complete_envelope(backend: Backend) {
@@ -354,13 +354,7 @@ async fn a_refused_command_in_a_batch_leaves_nothing_and_spares_the_others(backe
     let events = t.store.events_after(0, 10, None).await.unwrap();
     let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
     assert_eq!(positions, vec![1, 2, 3]);
-    assert!(t
-        .store
-        .verify(|_| {})
-        .await
-        .unwrap()
-        .first_failure
-        .is_none());
+    assert_ledger_intact(&t.store).await;
 }
 
 async fn an_append_transaction_that_never_commits_leaves_nothing(backend: Backend) {
