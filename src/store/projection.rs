@@ -242,7 +242,5 @@ pub(super) async fn projection_matches(
     .bind(account_id)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(tags.len() == stored_tags.len()
-        && stored_tags == expected_tags
-        && reserved.as_slice() == view.unique_id.as_slice())
+    Ok(stored_tags == expected_tags && reserved.as_slice() == view.unique_id.as_slice())
 }

@@ -53,7 +53,8 @@ async fn the_same_metadata_with_extreme_floats_twice_appends_one_event_and_verif
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
     let text = r#"{"score": 9.3e30, "p": 7.65e-25, "tiny": 5e-324, "big": 1e308,
-        "zero": -0.0, "id": 18446744073709551615, "above_2_53": 9007199254740993}"#;
+        "zero": -0.0, "id": 18446744073709551615, "above_2_53": 9007199254740993,
+        "beyond_u64": 100000000000000000000}"#;
     assert_eq!(set_metadata(&t, &task, text).await, 1);
     assert_eq!(
         set_metadata(&t, &task, text).await,
@@ -77,6 +78,8 @@ async fn the_same_metadata_with_extreme_floats_twice_appends_one_event_and_verif
     assert_eq!(stored["p"].as_f64(), Some(7.65e-25));
     assert_eq!(stored["id"].as_u64(), Some(u64::MAX));
     assert_eq!(stored["above_2_53"].as_u64(), Some(9_007_199_254_740_993));
+    // Past u64 an integer is kept as the nearest f64, the same in every reader.
+    assert_eq!(stored["beyond_u64"].as_f64(), Some(1e20));
     assert!(history.iter().all(EventEnvelope::hash_matches));
     let report = t.store.verify(|_| {}).await.unwrap();
     assert!(report.is_intact(), "{:?}", report.failures);
@@ -238,6 +241,44 @@ async fn verify_counts_every_broken_event_but_names_only_the_first_hundred(backe
     assert_eq!(report.failures.len(), VERIFY_NAMED_MAX);
     let named: Vec<i64> = report.failures.iter().map(|f| f.global_position).collect();
     assert_eq!(named, (1..=VERIFY_NAMED_MAX as i64).collect::<Vec<_>>());
+}
+
+async fn the_verify_command_prints_a_count_and_every_broken_event_and_exits_1(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let first = t.create(None).await;
+    let second = t.create(None).await;
+    set_metadata(&t, &first, r#"{"a": 1}"#).await;
+    let events = t.store.events_after(0, 10, None).await.unwrap();
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &[
+            r#"UPDATE events SET payload = '{"metadata":{"a":2}}' WHERE global_position = 3"#,
+            "UPDATE events SET hash = 'f' WHERE global_position = 2",
+        ],
+    )
+    .await;
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_taskledger"))
+        .arg("verify")
+        .env("DATABASE_URL", &t.db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run the taskledger binary");
+    assert_eq!(run.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(out.contains("BROKEN: 2 findings in 3 events"), "{out}");
+    for (event, task) in [(&events[1], &second), (&events[2], &first)] {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&event.event_id.to_string()))
+            .unwrap_or_else(|| panic!("{} is named: {out}", event.event_id));
+        assert!(line.contains(task.as_str()), "{line}");
+        assert!(
+            line.contains(&format!("global position {}", event.global_position)),
+            "{line}"
+        );
+    }
+    assert!(!out.contains(&events[0].event_id.to_string()), "{out}");
 }
 
 /// The first release's hash of an event, written out independently of the code under test:
@@ -424,4 +465,5 @@ on_both_backends!(
     new_events_record_the_current_hash_version_and_the_payload_text_hashed,
     a_tag_given_twice_is_stored_once_alone_and_in_a_batch,
     a_key_with_a_corrupt_scope_is_refused_not_taken_for_a_customer,
+    the_verify_command_prints_a_count_and_every_broken_event_and_exits_1,
 );
