@@ -44,6 +44,10 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored event {event_id} is corrupt: {message}")]
     Corrupt { event_id: String, message: String },
+    /// A new event's payload does not parse back from its canonical text (nested deeper than
+    /// the JSON parser allows): the edge's limits keep such input out.
+    #[error("the events of task {task_id} cannot be encoded: {message}")]
+    Unencodable { task_id: String, message: String },
     /// A stored key names no known scope: refused rather than guessed, since a guess could
     /// grant what the key never had.
     #[error("API key {key_id} has an unknown scope {scope:?}")]

@@ -162,14 +162,24 @@ impl Store {
         account_id: &str,
         unique_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT task_id FROM unique_ids WHERE account_id = $1 AND unique_id = $2",
-        )
-        .bind(account_id)
-        .bind(unique_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        holder_of(&self.pool, account_id, unique_id).await
     }
+}
+
+/// Which task of the account holds a unique_id, read through `executor` (the pool, or an
+/// open transaction that must see its own writes).
+pub(super) async fn holder_of<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    account_id: &str,
+    unique_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT task_id FROM unique_ids WHERE account_id = $1 AND unique_id = $2",
+    )
+    .bind(account_id)
+    .bind(unique_id)
+    .fetch_optional(executor)
+    .await?)
 }
 
 impl Store {

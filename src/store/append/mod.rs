@@ -19,7 +19,7 @@ use super::projection::{
     insert_task_rows, release_unique_ids, replace_tags, reserve_unique_ids, update_task_row,
     Reservation, TaskRow, TaskTags,
 };
-use super::read::EVENT_COLUMNS;
+use super::read::{holder_of, EVENT_COLUMNS};
 use super::sql::{insert_rows, unique_violation_as_false, Savepoint};
 use super::{now_micros, Store, StoreError};
 
@@ -162,29 +162,35 @@ impl Store {
                 // On PostgreSQL the failed statement poisoned the transaction: name the
                 // holder from outside it.
                 tx.rollback().await?;
-                let refused = match (refused, prepared.reserved()) {
-                    (Refused::UniqueIdTaken, Some(unique_id)) => {
-                        let holder = self.unique_id_holder(&account_id, &unique_id).await?;
-                        taken_by(&unique_id, holder)
-                    }
-                    _ => WriteError::Conflict,
-                };
-                Ok(vec![Err(refused)])
+                Ok(vec![Err(name_refusal(
+                    &self.pool,
+                    &account_id,
+                    refused,
+                    &prepared,
+                )
+                .await?)])
             }
         }
     }
 }
 
-/// The refusal of a value found taken: named after its holder, or a conflict (decide again)
-/// if the holder let go of it meanwhile.
-fn taken_by(unique_id: &str, holder: Option<String>) -> WriteError {
-    match holder {
-        Some(task_id) => WriteError::UniqueIdTaken {
-            unique_id: unique_id.to_string(),
-            task_id,
-        },
+/// What to answer for a command [`AppendTx::apply`] refused, once what it wrote is rolled
+/// back. A unique_id found taken is named after the task holding it, read through
+/// `executor`; if that task let go of it meanwhile there is no holder to name, and the
+/// command is decided again instead (a conflict), never answered with an empty holder.
+async fn name_refusal<'e>(
+    executor: impl sqlx::Executor<'e, Database = Any>,
+    account_id: &str,
+    refused: Refused,
+    prepared: &Prepared,
+) -> Result<WriteError, StoreError> {
+    let (Refused::UniqueIdTaken, Some(unique_id)) = (refused, prepared.reserved()) else {
+        return Ok(WriteError::Conflict);
+    };
+    Ok(match holder_of(executor, account_id, &unique_id).await? {
+        Some(task_id) => WriteError::UniqueIdTaken { unique_id, task_id },
         None => WriteError::Conflict,
-    }
+    })
 }
 
 impl AppendTx {
@@ -213,21 +219,14 @@ impl AppendTx {
             }
             Err(refused) => {
                 savepoint.roll_back(self.conn()).await?;
-                let refused = match (refused, prepared.reserved()) {
-                    (Refused::UniqueIdTaken, Some(unique_id)) => {
-                        let holder: Option<String> = sqlx::query_scalar(
-                            "SELECT task_id FROM unique_ids \
-                             WHERE account_id = $1 AND unique_id = $2",
-                        )
-                        .bind(&prepared.write.account_id)
-                        .bind(&unique_id)
-                        .fetch_optional(self.conn())
-                        .await?;
-                        taken_by(&unique_id, holder)
-                    }
-                    _ => WriteError::Conflict,
-                };
-                Ok(Err(refused))
+                let account_id = prepared.write.account_id.clone();
+                Ok(Err(name_refusal(
+                    self.conn(),
+                    &account_id,
+                    refused,
+                    &prepared,
+                )
+                .await?))
             }
         }
     }
@@ -462,8 +461,8 @@ fn prepare(
         prev_hash: &write.prev_hash,
         last_position,
     };
-    let sealed = seal_events(&context, &write.events).map_err(|e| StoreError::Corrupt {
-        event_id: format!("(new event of task {})", write.task_id),
+    let sealed = seal_events(&context, &write.events).map_err(|e| StoreError::Unencodable {
+        task_id: write.task_id.clone(),
         message: e.to_string(),
     })?;
     let mut view = write.prior_view.clone();
