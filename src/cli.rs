@@ -194,19 +194,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bar = progress_bar(total, "verifying");
             let report = store.verify(|n| bar.set_position(n)).await?;
             bar.finish_and_clear();
-            match report.first_failure {
-                None => {
-                    println!(
-                        "ok: {} events in {} tasks verified",
-                        report.events, report.tasks
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                Some(failure) => {
-                    println!("BROKEN: {failure}");
-                    Ok(ExitCode::FAILURE)
-                }
+            if report.is_intact() {
+                println!(
+                    "ok: {} events in {} tasks verified",
+                    report.events, report.tasks
+                );
+                return Ok(ExitCode::SUCCESS);
             }
+            println!(
+                "BROKEN: {} findings in {} events ({} named below)",
+                report.broken,
+                report.events,
+                report.failures.len()
+            );
+            for failure in &report.failures {
+                println!("BROKEN: {failure}");
+            }
+            Ok(ExitCode::FAILURE)
         }
     }
 }

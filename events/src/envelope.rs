@@ -78,48 +78,21 @@ pub struct EventEnvelope {
     pub payload: Value,
     /// Hash of the previous event of the same task ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,
-    /// Hex SHA-256 of [`EventEnvelope::hash_input`].
+    /// Hex SHA-256 of [`EventEnvelope::hash_input`] (see [`crate::seal`]).
     pub hash: String,
+    /// Which hash input `hash` was computed over ([`crate::HASH_V1`] or [`crate::HASH_V2`]). Envelopes
+    /// without the field come from before it existed, when every event was hashed as v1.
+    #[serde(default = "first_hash_version")]
+    pub hash_version: u32,
+}
+
+fn first_hash_version() -> u32 {
+    crate::HASH_V1
 }
 
 impl EventEnvelope {
     pub fn event(&self) -> Result<TaskEvent, DecodeError> {
         TaskEvent::decode(&self.event_type, self.event_version, self.payload.clone())
-    }
-
-    /// The exact bytes whose SHA-256 is `hash`.
-    ///
-    /// Every field but `hash` is included, each length-prefixed so no two envelopes share an
-    /// input, and the payload in [`canonical_json`] form so any JSON library can recompute it.
-    pub fn hash_input(&self) -> Vec<u8> {
-        let recorded_at = self.recorded_at.timestamp_micros().to_string();
-        let fields: [&str; 14] = [
-            "taskledger-event-v1",
-            &self.prev_hash,
-            &self.event_id.to_string(),
-            &self.event_type,
-            &self.event_version.to_string(),
-            &self.task_id,
-            &self.account_id,
-            &self.sequence.to_string(),
-            &self.global_position.to_string(),
-            &recorded_at,
-            &self.actor.account_id,
-            self.actor.key_id.as_deref().unwrap_or(""),
-            self.actor.scope.as_str(),
-            self.request_id.as_deref().unwrap_or(""),
-        ];
-        let payload = canonical_json(&self.payload);
-        let mut out = Vec::with_capacity(256 + payload.len());
-        for field in fields
-            .iter()
-            .copied()
-            .chain(std::iter::once(payload.as_str()))
-        {
-            out.extend_from_slice(&(field.len() as u64).to_be_bytes());
-            out.extend_from_slice(field.as_bytes());
-        }
-        out
     }
 }
 
@@ -201,6 +174,7 @@ mod tests {
             payload: json!({}),
             prev_hash: GENESIS_HASH.into(),
             hash: String::new(),
+            hash_version: crate::HASH_V2,
         }
     }
 
@@ -214,25 +188,19 @@ mod tests {
     }
 
     #[test]
-    fn the_hash_input_changes_with_any_field() {
-        let base = envelope();
-        let mut other = base.clone();
-        other.global_position = 8;
-        assert_ne!(base.hash_input(), other.hash_input());
-        let mut other = base.clone();
-        other.actor.key_id = None;
-        assert_ne!(base.hash_input(), other.hash_input());
-        let mut other = base.clone();
-        other.payload = json!({"x": 1});
-        assert_ne!(base.hash_input(), other.hash_input());
-    }
-
-    #[test]
     fn recorded_at_serializes_with_microseconds_and_round_trips() {
         let e = envelope();
         let text = serde_json::to_string(&e).unwrap();
         assert!(text.contains("\"recorded_at\":\"2023-11-14T22:13:20.123456Z\""));
         let back: EventEnvelope = serde_json::from_str(&text).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn an_envelope_without_a_hash_version_was_hashed_as_v1() {
+        let mut e = serde_json::to_value(envelope()).unwrap();
+        e.as_object_mut().unwrap().remove("hash_version");
+        let back: EventEnvelope = serde_json::from_value(e).unwrap();
+        assert_eq!(back.hash_version, crate::HASH_V1);
     }
 }

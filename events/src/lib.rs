@@ -12,10 +12,20 @@
 //!   keep the version they were written with and are upcast on decode ([`TaskEvent::decode`]),
 //!   so the ledger itself is never rewritten.
 //! * Consumers must ignore envelope fields they do not know; new fields may be added.
+//! * Every event carries a `hash` over its content and its predecessor's hash; the hash input
+//!   is versioned (`hash_version`), so events hashed by an earlier release keep verifying
+//!   ([`EventEnvelope::hash_matches`]).
+//!
+//! # Numbers
+//!
+//! The crate's `serde_json` is built with `float_roundtrip`: a float parses to the exact
+//! `f64` its text denotes, and is written back in the shortest form that parses to it again,
+//! so a payload's canonical text, and therefore its hash, is the same in every reader.
 
 mod dedup;
 mod envelope;
 mod event;
+mod seal;
 
 pub use dedup::Deduplicator;
 pub use envelope::{canonical_json, Actor, EventEnvelope, Scope, UnknownScope, GENESIS_HASH};
@@ -23,4 +33,8 @@ pub use event::{
     AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,
     TaskCompleted, TaskCreated, TaskErrored, TaskEvent, TaskMetadataSet, TaskTagsAdded,
     TaskTagsRemoved, TaskTagsReplaced, TaskUniqueIdCleared, TaskUniqueIdSet, UniqueIdClearReason,
+};
+pub use seal::{
+    seal_events, EnvelopeContext, SealedEvent, UnknownHashVersion, CURRENT_HASH_VERSION, HASH_V1,
+    HASH_V2,
 };

@@ -527,6 +527,8 @@ mod schemas {
         prev_hash: String,
         /// Hex SHA-256 of the event's canonical hash input.
         hash: String,
+        /// Which hash input `hash` covers: 1 (events of the first release) or 2.
+        hash_version: u32,
     }
 
     /// The answer of the probes.
@@ -1044,6 +1046,7 @@ mod tests {
             payload: json!({}),
             prev_hash: "0".repeat(64),
             hash: "f".repeat(64),
+            hash_version: taskledger_events::CURRENT_HASH_VERSION,
         };
         let doc = doc_json();
         let json = |full: bool| serde_json::to_value(envelope(full)).unwrap();

@@ -2,7 +2,6 @@
 //! key is 192 random bits, so a fast hash is enough to make a stolen table useless).
 
 use rand::RngCore;
-use sqlx::Row;
 use taskledger_events::Scope;
 use uuid::Uuid;
 
@@ -24,6 +23,33 @@ pub struct ApiKey {
     pub scope: Scope,
     pub created_at_us: i64,
     pub revoked: bool,
+}
+
+/// A key with its account, as listed.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    key_id: String,
+    name: String,
+    scope: String,
+    created_at_us: i64,
+    revoked_at_us: Option<i64>,
+}
+
+/// An active key with its account, as authenticated.
+#[derive(sqlx::FromRow)]
+struct PrincipalRow {
+    key_id: String,
+    scope: String,
+    account_id: String,
+    name: String,
+}
+
+/// A stored scope; one that names no scope is an error, never a default.
+fn stored_scope(key_id: &str, scope: &str) -> Result<Scope, StoreError> {
+    Scope::parse(scope).map_err(|_| StoreError::CorruptKey {
+        key_id: key_id.to_string(),
+        scope: scope.to_string(),
+    })
 }
 
 pub(super) fn random_hex(bytes: usize) -> String {
@@ -88,23 +114,21 @@ impl Store {
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        let rows = sqlx::query(
+        let rows: Vec<KeyRow> = sqlx::query_as(
             "SELECT k.key_id, a.name, k.scope, k.created_at_us, k.revoked_at_us \
              FROM api_keys k JOIN accounts a ON a.account_id = k.account_id \
              ORDER BY a.name, k.created_at_us",
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
+        rows.into_iter()
             .map(|r| {
-                let scope: String = r.try_get(2)?;
-                let revoked: Option<i64> = r.try_get(4)?;
                 Ok(ApiKey {
-                    key_id: r.try_get(0)?,
-                    account_name: r.try_get(1)?,
-                    scope: Scope::parse(&scope).unwrap_or(Scope::Customer),
-                    created_at_us: r.try_get(3)?,
-                    revoked: revoked.is_some(),
+                    scope: stored_scope(&r.key_id, &r.scope)?,
+                    key_id: r.key_id,
+                    account_name: r.name,
+                    created_at_us: r.created_at_us,
+                    revoked: r.revoked_at_us.is_some(),
                 })
             })
             .collect()
@@ -124,7 +148,7 @@ impl Store {
 
     /// The principal of an active key, or `None` for an unknown or revoked one.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
-        let row = sqlx::query(
+        let row: Option<PrincipalRow> = sqlx::query_as(
             "SELECT k.key_id, k.scope, a.account_id, a.name FROM api_keys k \
              JOIN accounts a ON a.account_id = k.account_id \
              WHERE k.key_hash = $1 AND k.revoked_at_us IS NULL",
@@ -133,12 +157,11 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
-            let scope: String = r.try_get(1)?;
             Ok(Principal {
-                key_id: r.try_get(0)?,
-                scope: Scope::parse(&scope).unwrap_or(Scope::Customer),
-                account_id: r.try_get(2)?,
-                account_name: r.try_get(3)?,
+                scope: stored_scope(&r.key_id, &r.scope)?,
+                key_id: r.key_id,
+                account_id: r.account_id,
+                account_name: r.name,
             })
         })
         .transpose()

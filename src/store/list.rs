@@ -2,7 +2,9 @@
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, Row};
+use std::collections::BTreeSet;
+
+use sqlx::{Any, FromRow, Row};
 
 use super::{Store, StoreError};
 
@@ -34,6 +36,14 @@ pub struct ListPage {
     pub total: i64,
     /// The cursor of the last task returned, when more follow.
     pub next: Option<(i64, String)>,
+}
+
+/// One task of a page, with its cursor.
+#[derive(sqlx::FromRow)]
+struct ListedTask {
+    body: String,
+    created_at_us: i64,
+    task_id: String,
 }
 
 enum Param {
@@ -120,13 +130,12 @@ impl Store {
         f.any_of("t.customer_review_status", &q.review_statuses);
         f.any_of("t.unique_id", &q.unique_ids);
         if !q.tags.is_empty() {
-            let mut tags = q.tags.clone();
-            tags.sort();
-            tags.dedup();
+            // A tag asked for twice counts once in the HAVING below.
+            let tags: BTreeSet<&String> = q.tags.iter().collect();
             f.push(|f| {
                 let list: Vec<String> = tags
                     .iter()
-                    .map(|t| f.placeholder(Param::Text(t.clone())))
+                    .map(|t| f.placeholder(Param::Text((*t).clone())))
                     .collect();
                 let n = f.placeholder(Param::Int(tags.len() as i64));
                 format!(
@@ -162,8 +171,9 @@ impl Store {
         let mut bodies = Vec::with_capacity(rows.len());
         let mut next = None;
         for row in rows.iter().take(q.limit as usize) {
-            bodies.push(row.try_get::<String, _>(0)?);
-            next = Some((row.try_get::<i64, _>(1)?, row.try_get::<String, _>(2)?));
+            let listed = ListedTask::from_row(row)?;
+            bodies.push(listed.body);
+            next = Some((listed.created_at_us, listed.task_id));
         }
         Ok(ListPage {
             bodies,

@@ -8,8 +8,10 @@ mod idempotency;
 mod keys;
 mod lease;
 mod list;
+mod projection;
 mod read;
 mod rebuild;
+mod sql;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery};
@@ -17,7 +19,7 @@ pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
-pub use rebuild::{RebuildReport, VerifyFailure, VerifyReport};
+pub use rebuild::{RebuildReport, VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -25,7 +27,6 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
-use taskledger_events::EventEnvelope;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -43,6 +44,14 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored event {event_id} is corrupt: {message}")]
     Corrupt { event_id: String, message: String },
+    /// A new event's payload does not parse back from its canonical text (nested deeper than
+    /// the JSON parser allows): the edge's limits keep such input out.
+    #[error("the events of task {task_id} cannot be encoded: {message}")]
+    Unencodable { task_id: String, message: String },
+    /// A stored key names no known scope: refused rather than guessed, since a guess could
+    /// grant what the key never had.
+    #[error("API key {key_id} has an unknown scope {scope:?}")]
+    CorruptKey { key_id: String, scope: String },
 }
 
 impl StoreError {
@@ -160,15 +169,11 @@ impl Store {
     }
 }
 
-/// Hex SHA-256 of an envelope's canonical hash input.
-pub fn event_hash(envelope: &EventEnvelope) -> String {
-    hex::encode(Sha256::digest(envelope.hash_input()))
-}
-
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Now, in the microseconds every stored time is kept in.
 pub(crate) fn now_micros() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }

@@ -1,19 +1,73 @@
 //! Reads of the ledger: a task's history, the global order, and the stored views.
 
 use chrono::DateTime;
-use sqlx::any::AnyRow;
-use sqlx::Row;
 use taskledger_events::{Actor, EventEnvelope, Scope};
 use uuid::Uuid;
 
-use super::{Store, StoreError};
+use super::{now_micros, Store, StoreError};
 
+/// The columns of `events`, in the order [`EventRow`] has them and the append path binds them.
 pub(super) const EVENT_COLUMNS: &str = "global_position, event_id, task_id, account_id, sequence, \
      event_type, event_version, payload, recorded_at_us, actor_account_id, actor_key_id, \
-     actor_scope, request_id, prev_hash, hash";
+     actor_scope, request_id, prev_hash, hash, hash_version";
+
+/// One row of `events`, as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(super) struct EventRow {
+    pub global_position: i64,
+    pub event_id: String,
+    pub task_id: String,
+    pub account_id: String,
+    pub sequence: i64,
+    pub event_type: String,
+    pub event_version: i64,
+    /// The canonical JSON text that was hashed.
+    pub payload: String,
+    pub recorded_at_us: i64,
+    pub actor_account_id: String,
+    pub actor_key_id: Option<String>,
+    pub actor_scope: String,
+    pub request_id: Option<String>,
+    pub prev_hash: String,
+    pub hash: String,
+    pub hash_version: i64,
+}
+
+impl EventRow {
+    pub(super) fn envelope(&self) -> Result<EventEnvelope, StoreError> {
+        let corrupt = |message: String| StoreError::Corrupt {
+            event_id: self.event_id.clone(),
+            message,
+        };
+        let recorded_us = self.recorded_at_us;
+        Ok(EventEnvelope {
+            event_id: Uuid::parse_str(&self.event_id).map_err(|e| corrupt(e.to_string()))?,
+            event_type: self.event_type.clone(),
+            event_version: u32::try_from(self.event_version)
+                .map_err(|e| corrupt(format!("event_version: {e}")))?,
+            task_id: self.task_id.clone(),
+            account_id: self.account_id.clone(),
+            sequence: self.sequence,
+            global_position: self.global_position,
+            recorded_at: DateTime::from_timestamp_micros(recorded_us)
+                .ok_or_else(|| corrupt(format!("recorded_at {recorded_us} out of range")))?,
+            actor: Actor {
+                account_id: self.actor_account_id.clone(),
+                key_id: self.actor_key_id.clone(),
+                scope: Scope::parse(&self.actor_scope).map_err(|e| corrupt(e.to_string()))?,
+            },
+            request_id: self.request_id.clone(),
+            payload: serde_json::from_str(&self.payload).map_err(|e| corrupt(e.to_string()))?,
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+            hash_version: u32::try_from(self.hash_version)
+                .map_err(|e| corrupt(format!("hash_version: {e}")))?,
+        })
+    }
+}
 
 /// A task's stored view and the sequence it reflects.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct StoredView {
     pub version: i64,
     pub body: String,
@@ -32,13 +86,13 @@ impl Store {
             "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = $1 AND account_id = $2 \
              AND recorded_at_us <= $3 ORDER BY sequence"
         );
-        let rows = sqlx::query(&sql)
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
             .bind(task_id)
             .bind(account_id)
             .bind(until_us.unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(envelope_from_row).collect()
+        rows.iter().map(EventRow::envelope).collect()
     }
 
     /// Events after a global position, in global order. Because appends are serialized on the
@@ -49,13 +103,13 @@ impl Store {
         limit: i64,
         account_id: Option<&str>,
     ) -> Result<Vec<EventEnvelope>, StoreError> {
-        let rows = match account_id {
+        let rows: Vec<EventRow> = match account_id {
             Some(account) => {
                 let sql = format!(
                     "SELECT {EVENT_COLUMNS} FROM events WHERE account_id = $1 AND global_position > $2 \
                      ORDER BY global_position LIMIT $3"
                 );
-                sqlx::query(&sql)
+                sqlx::query_as(&sql)
                     .bind(account)
                     .bind(after)
                     .bind(limit)
@@ -67,14 +121,14 @@ impl Store {
                     "SELECT {EVENT_COLUMNS} FROM events WHERE global_position > $1 \
                      ORDER BY global_position LIMIT $2"
                 );
-                sqlx::query(&sql)
+                sqlx::query_as(&sql)
                     .bind(after)
                     .bind(limit)
                     .fetch_all(&self.pool)
                     .await?
             }
         };
-        rows.iter().map(envelope_from_row).collect()
+        rows.iter().map(EventRow::envelope).collect()
     }
 
     /// The last committed global position (0 for an empty ledger).
@@ -91,19 +145,15 @@ impl Store {
         account_id: &str,
         task_id: &str,
     ) -> Result<Option<StoredView>, StoreError> {
-        let row =
-            sqlx::query("SELECT version, body FROM tasks WHERE task_id = $1 AND account_id = $2")
-                .bind(task_id)
-                .bind(account_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| {
-            Ok(StoredView {
-                version: r.try_get(0)?,
-                body: r.try_get(1)?,
-            })
-        })
-        .transpose()
+        Ok(
+            sqlx::query_as(
+                "SELECT version, body FROM tasks WHERE task_id = $1 AND account_id = $2",
+            )
+            .bind(task_id)
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await?,
+        )
     }
 
     /// Which task of the account holds a unique_id.
@@ -112,46 +162,24 @@ impl Store {
         account_id: &str,
         unique_id: &str,
     ) -> Result<Option<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT task_id FROM unique_ids WHERE account_id = $1 AND unique_id = $2",
-        )
-        .bind(account_id)
-        .bind(unique_id)
-        .fetch_optional(&self.pool)
-        .await?)
+        holder_of(&self.pool, account_id, unique_id).await
     }
 }
 
-pub(super) fn envelope_from_row(row: &AnyRow) -> Result<EventEnvelope, StoreError> {
-    let event_id: String = row.try_get("event_id")?;
-    let corrupt = |message: String| StoreError::Corrupt {
-        event_id: event_id.clone(),
-        message,
-    };
-    let payload: String = row.try_get("payload")?;
-    let recorded_us: i64 = row.try_get("recorded_at_us")?;
-    let scope: String = row.try_get("actor_scope")?;
-    let version: i64 = row.try_get("event_version")?;
-    Ok(EventEnvelope {
-        event_id: Uuid::parse_str(&event_id).map_err(|e| corrupt(e.to_string()))?,
-        event_type: row.try_get("event_type")?,
-        event_version: u32::try_from(version).map_err(|e| corrupt(e.to_string()))?,
-        task_id: row.try_get("task_id")?,
-        account_id: row.try_get("account_id")?,
-        sequence: row.try_get("sequence")?,
-        global_position: row.try_get("global_position")?,
-        recorded_at: DateTime::from_timestamp_micros(recorded_us)
-            .ok_or_else(|| corrupt(format!("recorded_at {recorded_us} out of range")))?,
-        actor: Actor {
-            account_id: row.try_get("actor_account_id")?,
-            key_id: row.try_get("actor_key_id")?,
-            scope: Scope::parse(&scope).map_err(|e| corrupt(e.to_string()))?,
-        },
-        request_id: row.try_get("request_id")?,
-        payload: serde_json::from_str(&payload).map_err(|e| corrupt(e.to_string()))?,
-        prev_hash: row.try_get("prev_hash")?,
-        hash: row.try_get("hash")?,
-    })
+/// Which task of the account holds a unique_id, read through `executor` (the pool, or an
+/// open transaction that must see its own writes).
+pub(super) async fn holder_of<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    account_id: &str,
+    unique_id: &str,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT task_id FROM unique_ids WHERE account_id = $1 AND unique_id = $2",
+    )
+    .bind(account_id)
+    .bind(unique_id)
+    .fetch_optional(executor)
+    .await?)
 }
 
 impl Store {
@@ -179,7 +207,7 @@ impl Store {
         )
         .bind(reader)
         .bind(position)
-        .bind(super::now_micros())
+        .bind(now_micros())
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -12,4 +12,5 @@ mod kafka;
 mod list_api;
 mod sdk;
 mod store;
+mod store_integrity;
 mod tasks_api;

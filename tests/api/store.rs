@@ -3,7 +3,7 @@
 use serde_json::json;
 use taskledger::domain::{TaskAction, TaskError, TaskId};
 use taskledger::ledger::LedgerError;
-use taskledger::store::{event_hash, CommandWrite, WriteError};
+use taskledger::store::{CommandWrite, WriteError};
 use taskledger_events::{Scope, TaskEvent, GENESIS_HASH};
 
 use crate::helpers::{
@@ -30,7 +30,7 @@ async fn a_created_task_has_one_event_with_a_complete_envelope(backend: Backend)
     assert_eq!(e.actor, ctx.actor);
     assert_eq!(e.request_id, ctx.request_id);
     assert_eq!(e.prev_hash, GENESIS_HASH);
-    assert_eq!(e.hash, event_hash(e));
+    assert_eq!(e.hash, e.expected_hash().unwrap());
 
     let stored = t
         .store
@@ -109,7 +109,7 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
         assert_eq!(e.sequence, i as i64 + 1);
         assert_eq!(e.global_position, i as i64 + 1);
         assert_eq!(e.prev_hash, prev);
-        assert_eq!(e.hash, event_hash(e));
+        assert_eq!(e.hash, e.expected_hash().unwrap());
         prev = e.hash.clone();
     }
     assert!(events

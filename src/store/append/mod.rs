@@ -1,0 +1,487 @@
+//! The append path. One [`AppendTx`] is one database transaction that may carry many
+//! commands (group commit); each command runs inside its own savepoint, so one command's
+//! conflict never takes the others down, and each command's events, task view, list row,
+//! unique_id reservation and idempotency record commit together or not at all.
+//!
+//! A command alone and a batch of commands are written by the same [`AppendTx::apply`]; the
+//! batch path ([`batch`]) only decides how many commands one call carries.
+
+mod batch;
+
+use chrono::{DateTime, Utc};
+use sqlx::{Any, AnyConnection, Transaction};
+use taskledger_events::{
+    seal_events, Actor, EnvelopeContext, EventEnvelope, SealedEvent, TaskEvent,
+};
+use taskledger_projections::{fold, FoldError, TaskView, UniqueIdChange};
+
+use super::projection::{
+    insert_task_rows, release_unique_ids, replace_tags, reserve_unique_ids, update_task_row,
+    Reservation, TaskRow, TaskTags,
+};
+use super::read::{holder_of, EVENT_COLUMNS};
+use super::sql::{insert_rows, unique_violation_as_false, Savepoint};
+use super::{now_micros, Store, StoreError};
+
+/// Events per INSERT: 16 parameters each stays far below both backends' limits.
+const EVENTS_PER_INSERT: usize = 1000;
+
+/// One decided command, ready to be recorded.
+#[derive(Debug, Clone)]
+pub struct CommandWrite {
+    pub account_id: String,
+    pub task_id: String,
+    pub actor: Actor,
+    pub request_id: Option<String>,
+    /// The sequence of the last event the command was decided on; 0 for a new task.
+    pub expected_sequence: i64,
+    /// The hash of that event ([`taskledger_events::GENESIS_HASH`] for a new task).
+    pub prev_hash: String,
+    /// The view at `expected_sequence`; `None` for a new task.
+    pub prior_view: Option<TaskView>,
+    /// What the aggregate decided; may be empty (a no-op still stores its idempotency record).
+    pub events: Vec<TaskEvent>,
+    pub idempotency: Option<IdempotencyWrite>,
+}
+
+/// The stored answer of a request carrying an `Idempotency-Key`; on success it is the task
+/// object, written in the same transaction as the command's events.
+#[derive(Debug, Clone)]
+pub struct IdempotencyWrite {
+    pub key: String,
+    pub fingerprint: String,
+    pub expires_at_us: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Committed {
+    pub view: TaskView,
+    pub envelopes: Vec<EventEnvelope>,
+}
+
+/// Why one command of a batch was not recorded; the rest of the batch is unaffected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WriteError {
+    /// Another command changed the task after this one was decided: decide again.
+    #[error("the task changed concurrently")]
+    Conflict,
+    /// `task_id` is the task holding the value, never empty: a value whose holder let go
+    /// before it could be named is a [`WriteError::Conflict`] (decide again) instead.
+    #[error("The unique_id (\"{unique_id}\") is already used for a different task ({task_id}).")]
+    UniqueIdTaken { unique_id: String, task_id: String },
+    #[error("the events do not fold into a task view: {0}")]
+    Projection(#[from] FoldError),
+}
+
+/// Why [`AppendTx::apply`] wrote nothing; which command it was is the caller's to find out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// A task moved on, or a create's id exists already.
+    Conflict,
+    /// A unique_id to reserve is held by another task.
+    UniqueIdTaken,
+}
+
+/// An open append transaction holding the ledger head: every other append waits for it, which
+/// is what makes commit order equal global position order.
+pub struct AppendTx {
+    tx: Transaction<'static, Any>,
+    last_position: i64,
+    last_recorded_us: i64,
+    dirty: bool,
+    /// Set when the head was already moved over the events of the transaction's one
+    /// command (see [`Store::commit_batch`]): their time, and no second head update.
+    reserved_recorded_us: Option<i64>,
+}
+
+impl Store {
+    pub async fn begin_append(&self) -> Result<AppendTx, StoreError> {
+        self.begin_reserving(0).await
+    }
+
+    /// Begins an append transaction, taking the head lock. With `events > 0` the head is moved
+    /// over that many positions in the same statement (one round trip fewer for a transaction
+    /// that carries one command); a refusal rolls the whole transaction back.
+    async fn begin_reserving(&self, events: i64) -> Result<AppendTx, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        // Writing the head row first takes its lock (the row lock on PostgreSQL, the write
+        // lock on SQLite) before any other row, so appends cannot deadlock on each other.
+        // recorded_at never goes back, even if the clock does.
+        let (last_position, last_recorded_us): (i64, i64) = sqlx::query_as(
+            "UPDATE ledger_head SET last_position = last_position + $1, \
+             last_recorded_us = CASE WHEN $1 > 0 AND last_recorded_us < $2 THEN $2 \
+             ELSE last_recorded_us END WHERE id = 1 \
+             RETURNING last_position, last_recorded_us",
+        )
+        .bind(events)
+        .bind(now_micros())
+        .fetch_one(&mut *tx)
+        .await?;
+        Ok(AppendTx {
+            tx,
+            last_position: last_position - events,
+            last_recorded_us,
+            dirty: false,
+            reserved_recorded_us: (events > 0).then_some(last_recorded_us),
+        })
+    }
+
+    /// Records a batch of commands in one transaction; one result per command, in order.
+    pub async fn commit_batch(
+        &self,
+        writes: Vec<CommandWrite>,
+    ) -> Result<Vec<Result<Committed, WriteError>>, StoreError> {
+        let only = match <[CommandWrite; 1]>::try_from(writes) {
+            Ok([only]) => only,
+            Err(writes) => {
+                let mut tx = self.begin_append().await?;
+                let results = tx.write_all(writes).await?;
+                tx.commit().await?;
+                return Ok(results);
+            }
+        };
+        // Alone in its transaction, a command needs no savepoint (a refusal rolls the whole
+        // transaction back) and moves the head in the statement that locks it.
+        let mut tx = self.begin_reserving(only.events.len() as i64).await?;
+        let account_id = only.account_id.clone();
+        let prepared = match tx.prepare(only)? {
+            Ok(p) => p,
+            Err(refused) => {
+                tx.rollback().await?;
+                return Ok(vec![Err(refused)]);
+            }
+        };
+        match tx.apply(std::slice::from_ref(&prepared)).await? {
+            Ok(()) => {
+                let committed = prepared.into_committed();
+                tx.advance(&committed);
+                tx.commit().await?;
+                Ok(vec![Ok(committed)])
+            }
+            Err(refused) => {
+                // On PostgreSQL the failed statement poisoned the transaction: name the
+                // holder from outside it.
+                tx.rollback().await?;
+                Ok(vec![Err(name_refusal(
+                    &self.pool,
+                    &account_id,
+                    refused,
+                    &prepared,
+                )
+                .await?)])
+            }
+        }
+    }
+}
+
+/// What to answer for a command [`AppendTx::apply`] refused, once what it wrote is rolled
+/// back. A unique_id found taken is named after the task holding it, read through
+/// `executor`; if that task let go of it meanwhile there is no holder to name, and the
+/// command is decided again instead (a conflict), never answered with an empty holder.
+async fn name_refusal<'e>(
+    executor: impl sqlx::Executor<'e, Database = Any>,
+    account_id: &str,
+    refused: Refused,
+    prepared: &Prepared,
+) -> Result<WriteError, StoreError> {
+    let (Refused::UniqueIdTaken, Some(unique_id)) = (refused, prepared.reserved()) else {
+        return Ok(WriteError::Conflict);
+    };
+    Ok(match holder_of(executor, account_id, &unique_id).await? {
+        Some(task_id) => WriteError::UniqueIdTaken { unique_id, task_id },
+        None => WriteError::Conflict,
+    })
+}
+
+impl AppendTx {
+    /// The position the next recorded event will get.
+    pub fn next_position(&self) -> i64 {
+        self.last_position + 1
+    }
+
+    /// Records one command inside a savepoint. `Err` is fatal for the whole transaction;
+    /// `Ok(Err(_))` means only this command was refused.
+    pub async fn write(
+        &mut self,
+        write: CommandWrite,
+    ) -> Result<Result<Committed, WriteError>, StoreError> {
+        let prepared = match self.prepare(write)? {
+            Ok(p) => p,
+            Err(refused) => return Ok(Err(refused)),
+        };
+        let savepoint = Savepoint::open(self.conn(), "command").await?;
+        match self.apply(std::slice::from_ref(&prepared)).await? {
+            Ok(()) => {
+                savepoint.release(self.conn()).await?;
+                let committed = prepared.into_committed();
+                self.advance(&committed);
+                Ok(Ok(committed))
+            }
+            Err(refused) => {
+                savepoint.roll_back(self.conn()).await?;
+                let account_id = prepared.write.account_id.clone();
+                Ok(Err(name_refusal(
+                    self.conn(),
+                    &account_id,
+                    refused,
+                    &prepared,
+                )
+                .await?))
+            }
+        }
+    }
+
+    /// Moves the head over a recorded command's events.
+    fn advance(&mut self, committed: &Committed) {
+        if let Some(last) = committed.envelopes.last() {
+            self.last_position = last.global_position;
+            self.last_recorded_us = last.recorded_at.timestamp_micros();
+            self.dirty = true;
+        }
+    }
+
+    pub async fn commit(mut self) -> Result<(), StoreError> {
+        if self.dirty && self.reserved_recorded_us.is_none() {
+            sqlx::query(
+                "UPDATE ledger_head SET last_position = $1, last_recorded_us = $2 WHERE id = 1",
+            )
+            .bind(self.last_position)
+            .bind(self.last_recorded_us)
+            .execute(&mut *self.tx)
+            .await?;
+        }
+        self.tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await?;
+        Ok(())
+    }
+
+    pub(super) fn conn(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+
+    /// A command's envelopes, placed after the last recorded event, and its view.
+    fn prepare(&self, write: CommandWrite) -> Result<Result<Prepared, WriteError>, StoreError> {
+        let recorded_us = self
+            .reserved_recorded_us
+            .unwrap_or_else(|| now_micros().max(self.last_recorded_us));
+        prepare(write, self.last_position, recorded_us)
+    }
+
+    /// Writes the prepared commands, all or nothing: events, task rows, unique_id
+    /// reservations, tags and idempotency records, each kind in as few statements as the
+    /// backends allow. On `Err(_)` something was refused and the caller rolls back to its
+    /// savepoint (or the transaction) before anything else.
+    async fn apply(&mut self, prepared: &[Prepared]) -> Result<Result<(), Refused>, StoreError> {
+        let changing: Vec<&Prepared> = prepared.iter().filter(|p| !p.sealed.is_empty()).collect();
+        let rows: Vec<TaskRow> = changing
+            .iter()
+            .map(|p| TaskRow::of(&p.write.account_id, p.version(), &p.view))
+            .collect();
+        let (created, updated): (Vec<_>, Vec<_>) = changing
+            .iter()
+            .zip(&rows)
+            .partition(|(p, _)| p.write.expected_sequence == 0);
+        let created: Vec<&TaskRow> = created.into_iter().map(|(_, row)| row).collect();
+        if !insert_task_rows(self.conn(), &created).await? {
+            return Ok(Err(Refused::Conflict));
+        }
+        for (p, row) in updated {
+            if !update_task_row(self.conn(), row, p.write.expected_sequence).await? {
+                return Ok(Err(Refused::Conflict));
+            }
+        }
+        let changes: Vec<(&Prepared, UniqueIdChange)> = changing
+            .iter()
+            .map(|p| {
+                (
+                    *p,
+                    UniqueIdChange::between(p.write.prior_view.as_ref(), &p.view),
+                )
+            })
+            .collect();
+        let reservations = |pick: fn(&UniqueIdChange) -> Option<&String>| -> Vec<Reservation> {
+            changes
+                .iter()
+                .filter_map(|(p, change)| {
+                    pick(change).map(|unique_id| Reservation {
+                        account_id: &p.write.account_id,
+                        unique_id,
+                        task_id: &p.write.task_id,
+                    })
+                })
+                .collect()
+        };
+        release_unique_ids(self.conn(), &reservations(|c| c.release.as_ref())).await?;
+        if !reserve_unique_ids(self.conn(), &reservations(|c| c.reserve.as_ref())).await? {
+            return Ok(Err(Refused::UniqueIdTaken));
+        }
+        let retagged: Vec<TaskTags> = changing
+            .iter()
+            .filter(|p| {
+                p.write.prior_view.as_ref().map(|v| v.tags.as_slice())
+                    != Some(p.view.tags.as_slice())
+            })
+            .map(|p| TaskTags {
+                account_id: &p.write.account_id,
+                task_id: &p.write.task_id,
+                tags: &p.view.tags,
+                replaces: p.write.prior_view.is_some(),
+            })
+            .collect();
+        replace_tags(self.conn(), &retagged).await?;
+        let events: Vec<&SealedEvent> = changing.iter().flat_map(|p| &p.sealed).collect();
+        if !insert_events(self.conn(), &events).await? {
+            return Ok(Err(Refused::Conflict));
+        }
+        for p in prepared {
+            if let Some(idem) = &p.write.idempotency {
+                insert_idempotency(self.conn(), idem, &p.write.account_id, &p.view).await?;
+            }
+        }
+        Ok(Ok(()))
+    }
+}
+
+/// `false` when a (task, sequence) slot is taken: the backstop for lost updates. The payload
+/// stored is the text that was hashed, byte for byte.
+async fn insert_events(
+    conn: &mut AnyConnection,
+    events: &[&SealedEvent],
+) -> Result<bool, StoreError> {
+    let head = format!("INSERT INTO events ({EVENT_COLUMNS}) VALUES ");
+    for chunk in events.chunks(EVENTS_PER_INSERT) {
+        let inserted = insert_rows(&mut *conn, &head, chunk, |q, s| {
+            let e = &s.envelope;
+            q.bind(e.global_position)
+                .bind(e.event_id.to_string())
+                .bind(&e.task_id)
+                .bind(&e.account_id)
+                .bind(e.sequence)
+                .bind(&e.event_type)
+                .bind(i64::from(e.event_version))
+                .bind(&s.payload_json)
+                .bind(e.recorded_at.timestamp_micros())
+                .bind(&e.actor.account_id)
+                .bind(&e.actor.key_id)
+                .bind(e.actor.scope.as_str())
+                .bind(&e.request_id)
+                .bind(&e.prev_hash)
+                .bind(&e.hash)
+                .bind(i64::from(e.hash_version))
+        })
+        .await;
+        if !unique_violation_as_false(inserted)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn insert_idempotency(
+    conn: &mut AnyConnection,
+    idem: &IdempotencyWrite,
+    account_id: &str,
+    view: &TaskView,
+) -> Result<(), StoreError> {
+    // The row may already exist as the in-flight marker of this very request.
+    sqlx::query(
+        "INSERT INTO idempotency_keys (idem_key, account_id, fingerprint, status_code, \
+         response_body, created_at_us, expires_at_us) VALUES ($1, $2, $3, 200, $4, $5, $6) \
+         ON CONFLICT (idem_key) DO UPDATE SET status_code = 200, response_body = $4",
+    )
+    .bind(&idem.key)
+    .bind(account_id)
+    .bind(&idem.fingerprint)
+    .bind(view.to_json())
+    .bind(now_micros())
+    .bind(idem.expires_at_us)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A command with its events sealed and its resulting view folded, ready to be written.
+struct Prepared {
+    write: CommandWrite,
+    view: TaskView,
+    sealed: Vec<SealedEvent>,
+}
+
+impl Prepared {
+    /// The task's version once the command is recorded.
+    fn version(&self) -> i64 {
+        self.write.expected_sequence + self.sealed.len() as i64
+    }
+
+    /// The unique_id the command reserves, if any.
+    fn reserved(&self) -> Option<String> {
+        UniqueIdChange::between(self.write.prior_view.as_ref(), &self.view).reserve
+    }
+
+    fn into_committed(self) -> Committed {
+        Committed {
+            view: self.view,
+            envelopes: self.sealed.into_iter().map(|s| s.envelope).collect(),
+        }
+    }
+}
+
+/// Seals a command's events (positions after `last_position`, recorded at `recorded_us`,
+/// which callers keep at or after the previous event's so recorded_at follows global order
+/// even if the clock steps back; hashes chained from the task's last event) and folds its
+/// view, in memory.
+fn prepare(
+    write: CommandWrite,
+    last_position: i64,
+    recorded_us: i64,
+) -> Result<Result<Prepared, WriteError>, StoreError> {
+    if write.events.is_empty() {
+        let Some(view) = write.prior_view.clone() else {
+            return Ok(Err(WriteError::Conflict));
+        };
+        return Ok(Ok(Prepared {
+            write,
+            view,
+            sealed: Vec::new(),
+        }));
+    }
+    let recorded_at: DateTime<Utc> =
+        DateTime::from_timestamp_micros(recorded_us).expect("the clock is in range");
+    let context = EnvelopeContext {
+        task_id: &write.task_id,
+        account_id: &write.account_id,
+        actor: &write.actor,
+        request_id: write.request_id.as_deref(),
+        recorded_at,
+        last_sequence: write.expected_sequence,
+        prev_hash: &write.prev_hash,
+        last_position,
+    };
+    let sealed = seal_events(&context, &write.events).map_err(|e| StoreError::Unencodable {
+        task_id: write.task_id.clone(),
+        message: e.to_string(),
+    })?;
+    let mut view = write.prior_view.clone();
+    for s in &sealed {
+        // Fold what replay will fold: the event decoded from its stored payload (the sealed
+        // envelope's payload is the one parsed back from the stored text).
+        let event = s.envelope.event().map_err(|e| StoreError::Corrupt {
+            event_id: s.envelope.event_id.to_string(),
+            message: e.to_string(),
+        })?;
+        view = Some(match fold(view, &write.task_id, recorded_at, &event) {
+            Ok(v) => v,
+            Err(e) => return Ok(Err(e.into())),
+        });
+    }
+    let view = view.expect("at least one event was folded");
+    Ok(Ok(Prepared {
+        write,
+        view,
+        sealed,
+    }))
+}

@@ -1,0 +1,246 @@
+//! The projections the append path and `replay` both write: a task's row (its view, byte for
+//! byte, and the list index columns), its tags and its unique_id reservation. Each write is
+//! defined once, over many tasks at a time, and serves a single command, a group commit and a
+//! rebuild alike.
+
+use std::collections::HashSet;
+
+use sqlx::AnyConnection;
+use taskledger_projections::{ListRow, TaskView};
+
+use super::sql::{insert_rows, unique_violation_as_false, AnyQuery};
+use super::StoreError;
+
+/// The columns of `tasks`, in the order [`TaskRow`] binds them.
+pub(super) const TASK_COLUMNS: &str = "task_id, account_id, version, body, task_type, status, \
+     project, batch, customer_review_status, unique_id, created_at_us, updated_at_us, \
+     completed_at_us";
+
+/// New task rows per INSERT: 13 parameters each stays far below both backends' limits.
+const TASK_ROWS_PER_INSERT: usize = 400;
+/// Rows of three parameters per INSERT (tags, unique_ids).
+const SMALL_ROWS_PER_INSERT: usize = 1000;
+
+/// One row of `tasks`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub(super) struct TaskRow {
+    pub task_id: String,
+    pub account_id: String,
+    pub version: i64,
+    pub body: String,
+    pub task_type: String,
+    pub status: String,
+    pub project: Option<String>,
+    pub batch: Option<String>,
+    pub customer_review_status: Option<String>,
+    pub unique_id: Option<String>,
+    pub created_at_us: i64,
+    pub updated_at_us: i64,
+    pub completed_at_us: Option<i64>,
+}
+
+impl TaskRow {
+    /// The row of a task whose view, after `version` events, is `view`.
+    pub(super) fn of(account_id: &str, version: i64, view: &TaskView) -> TaskRow {
+        let list = ListRow::of(view);
+        TaskRow {
+            task_id: list.task_id,
+            account_id: account_id.to_string(),
+            version,
+            body: view.to_json(),
+            task_type: list.task_type.to_string(),
+            status: list.status.to_string(),
+            project: list.project,
+            batch: list.batch,
+            customer_review_status: list.customer_review_status,
+            unique_id: list.unique_id,
+            created_at_us: list.created_at_us,
+            updated_at_us: list.updated_at_us,
+            completed_at_us: list.completed_at_us,
+        }
+    }
+
+    /// Binds every column, in [`TASK_COLUMNS`] order.
+    fn bind<'q>(&'q self, q: AnyQuery<'q>) -> AnyQuery<'q> {
+        q.bind(&self.task_id)
+            .bind(&self.account_id)
+            .bind(self.version)
+            .bind(&self.body)
+            .bind(&self.task_type)
+            .bind(&self.status)
+            .bind(&self.project)
+            .bind(&self.batch)
+            .bind(&self.customer_review_status)
+            .bind(&self.unique_id)
+            .bind(self.created_at_us)
+            .bind(self.updated_at_us)
+            .bind(self.completed_at_us)
+    }
+}
+
+/// Inserts new tasks' rows; `false` if one of the task ids exists already (nothing is
+/// inserted then, and on PostgreSQL the transaction needs rolling back to a savepoint).
+pub(super) async fn insert_task_rows(
+    conn: &mut AnyConnection,
+    rows: &[&TaskRow],
+) -> Result<bool, StoreError> {
+    let head = format!("INSERT INTO tasks ({TASK_COLUMNS}) VALUES ");
+    for chunk in rows.chunks(TASK_ROWS_PER_INSERT) {
+        let inserted = insert_rows(&mut *conn, &head, chunk, |q, row| row.bind(q)).await;
+        if !unique_violation_as_false(inserted)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Replaces a task's row if it is still at `expected_version`; `false` if it moved on.
+pub(super) async fn update_task_row(
+    conn: &mut AnyConnection,
+    row: &TaskRow,
+    expected_version: i64,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE tasks SET version = $3, body = $4, status = $5, customer_review_status = $6, \
+         unique_id = $7, updated_at_us = $8, completed_at_us = $9 \
+         WHERE task_id = $1 AND version = $2",
+    )
+    .bind(&row.task_id)
+    .bind(expected_version)
+    .bind(row.version)
+    .bind(&row.body)
+    .bind(&row.status)
+    .bind(&row.customer_review_status)
+    .bind(&row.unique_id)
+    .bind(row.updated_at_us)
+    .bind(row.completed_at_us)
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
+/// One task's unique_id reservation (or release).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reservation<'a> {
+    pub account_id: &'a str,
+    pub unique_id: &'a str,
+    pub task_id: &'a str,
+}
+
+/// Frees values held by the tasks named. Run before [`reserve_unique_ids`]: within one
+/// batch a value may move from one task to another.
+pub(super) async fn release_unique_ids(
+    conn: &mut AnyConnection,
+    releases: &[Reservation<'_>],
+) -> Result<(), StoreError> {
+    for r in releases {
+        sqlx::query(
+            "DELETE FROM unique_ids WHERE account_id = $1 AND unique_id = $2 AND task_id = $3",
+        )
+        .bind(r.account_id)
+        .bind(r.unique_id)
+        .bind(r.task_id)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Reserves values; `false` if one is held already. The primary key decides: a concurrent
+/// reservation of the same value waits for the other transaction and then fails here.
+pub(super) async fn reserve_unique_ids(
+    conn: &mut AnyConnection,
+    reserves: &[Reservation<'_>],
+) -> Result<bool, StoreError> {
+    for chunk in reserves.chunks(SMALL_ROWS_PER_INSERT) {
+        let inserted = insert_rows(
+            &mut *conn,
+            "INSERT INTO unique_ids (account_id, unique_id, task_id) VALUES ",
+            chunk,
+            |q, r| q.bind(r.account_id).bind(r.unique_id).bind(r.task_id),
+        )
+        .await;
+        if !unique_violation_as_false(inserted)? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// One task's tags, to be written.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TaskTags<'a> {
+    pub account_id: &'a str,
+    pub task_id: &'a str,
+    pub tags: &'a [String],
+    /// Whether the task may have tag rows already (it existed before this write).
+    pub replaces: bool,
+}
+
+/// Sets each task's tag rows to exactly its tags. A tag given twice is written once: the
+/// rows are de-duplicated with a set, in time linear in the number of tags.
+pub(super) async fn replace_tags(
+    conn: &mut AnyConnection,
+    tasks: &[TaskTags<'_>],
+) -> Result<(), StoreError> {
+    for t in tasks.iter().filter(|t| t.replaces) {
+        sqlx::query("DELETE FROM task_tags WHERE task_id = $1")
+            .bind(t.task_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let mut rows: Vec<(&str, &str, &str)> = Vec::new();
+    for t in tasks {
+        let mut seen = HashSet::with_capacity(t.tags.len());
+        rows.extend(
+            t.tags
+                .iter()
+                .filter(|tag| seen.insert(tag.as_str()))
+                .map(|tag| (t.task_id, t.account_id, tag.as_str())),
+        );
+    }
+    for chunk in rows.chunks(SMALL_ROWS_PER_INSERT) {
+        insert_rows(
+            &mut *conn,
+            "INSERT INTO task_tags (task_id, account_id, tag) VALUES ",
+            chunk,
+            |q, (task, account, tag)| q.bind(*task).bind(*account).bind(*tag),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Whether the stored row, tags and unique_id reservation of a task are exactly what folding
+/// its `version` events gives (`view`).
+pub(super) async fn projection_matches(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    view: &TaskView,
+    version: i64,
+) -> Result<bool, StoreError> {
+    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1");
+    let stored: Option<TaskRow> = sqlx::query_as(&sql)
+        .bind(&view.task_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if stored.as_ref() != Some(&TaskRow::of(account_id, version, view)) {
+        return Ok(false);
+    }
+    let tags: Vec<String> =
+        sqlx::query_scalar("SELECT tag FROM task_tags WHERE task_id = $1 AND account_id = $2")
+            .bind(&view.task_id)
+            .bind(account_id)
+            .fetch_all(&mut *conn)
+            .await?;
+    let stored_tags: HashSet<&str> = tags.iter().map(String::as_str).collect();
+    let expected_tags: HashSet<&str> = view.tags.iter().map(String::as_str).collect();
+    let reserved: Vec<String> = sqlx::query_scalar(
+        "SELECT unique_id FROM unique_ids WHERE task_id = $1 AND account_id = $2",
+    )
+    .bind(&view.task_id)
+    .bind(account_id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(stored_tags == expected_tags && reserved.as_slice() == view.unique_id.as_slice())
+}
