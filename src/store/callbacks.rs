@@ -5,6 +5,34 @@ use sqlx::Row;
 
 use super::{now_micros, Store, StoreError};
 
+/// Where a delivery stands; stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    /// Not yet delivered nor given up: due at `next_attempt_at_us`.
+    Pending,
+    /// A receiver answered 2xx; recorded as `CallbackDelivered`.
+    Delivered,
+    /// Given up; recorded as `CallbackFailed`.
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+}
+
+/// A due delivery, as the dispatcher chooses among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueDelivery {
+    pub delivery_id: String,
+    pub account_id: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub delivery_id: String,
@@ -48,7 +76,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO callback_deliveries (delivery_id, account_id, task_id, for_sequence, url, \
              body, state, attempts, next_attempt_at_us, created_at_us, updated_at_us) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $8, $8) \
              ON CONFLICT (delivery_id) DO NOTHING",
         )
         .bind(&d.delivery_id)
@@ -57,28 +85,71 @@ impl Store {
         .bind(d.for_sequence)
         .bind(&d.url)
         .bind(&d.body)
+        .bind(DeliveryState::Pending.as_str())
         .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Claims one due delivery for `lease_us`, or none. The re-check of the lease in the
-    /// outer WHERE makes two processes racing for one row end with one winner.
-    pub async fn claim_due_delivery(&self, lease_us: i64) -> Result<Option<Delivery>, StoreError> {
+    /// Up to `limit` deliveries due now and not leased, the longest due first, leaving out
+    /// the accounts in `skip` (those already at their in-flight cap in this process).
+    pub async fn due_deliveries(
+        &self,
+        skip: &[String],
+        limit: i64,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let now = now_micros();
+        // The Any driver binds no arrays: one placeholder per skipped account.
+        let skipped = if skip.is_empty() {
+            String::new()
+        } else {
+            let marks: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 3)).collect();
+            format!("AND account_id NOT IN ({}) ", marks.join(", "))
+        };
+        let sql = format!(
+            "SELECT delivery_id, account_id FROM callback_deliveries \
+             WHERE state = $1 AND next_attempt_at_us <= $2 \
+             AND (lease_until_us IS NULL OR lease_until_us < $2) {skipped}\
+             ORDER BY next_attempt_at_us LIMIT {limit}"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(DeliveryState::Pending.as_str())
+            .bind(now);
+        for account in skip {
+            query = query.bind(account);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DueDelivery {
+                    delivery_id: row.try_get(0)?,
+                    account_id: row.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims the delivery for `lease_us` if it is still due and unleased; `None` when another
+    /// dispatcher took it first. The conditions in the WHERE make two processes racing for
+    /// one row end with one winner.
+    pub async fn claim_delivery(
+        &self,
+        delivery_id: &str,
+        lease_us: i64,
+    ) -> Result<Option<Delivery>, StoreError> {
         let now = now_micros();
         let sql = format!(
             "UPDATE callback_deliveries SET lease_until_us = $1, updated_at_us = $2 \
-             WHERE delivery_id = (SELECT delivery_id FROM callback_deliveries \
-                 WHERE state = 'pending' AND next_attempt_at_us <= $2 \
-                 AND (lease_until_us IS NULL OR lease_until_us < $2) \
-                 ORDER BY next_attempt_at_us LIMIT 1) \
-             AND state = 'pending' AND (lease_until_us IS NULL OR lease_until_us < $2) \
+             WHERE delivery_id = $3 AND state = $4 AND next_attempt_at_us <= $2 \
+             AND (lease_until_us IS NULL OR lease_until_us < $2) \
              RETURNING {DELIVERY_COLUMNS}"
         );
         let row = sqlx::query(&sql)
             .bind(now + lease_us)
             .bind(now)
+            .bind(delivery_id)
+            .bind(DeliveryState::Pending.as_str())
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(delivery).transpose()
@@ -94,23 +165,24 @@ impl Store {
     ) -> Result<(), StoreError> {
         sqlx::query(
             "UPDATE callback_deliveries SET attempts = $2, next_attempt_at_us = $3, last_error = $4, \
-             lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1 AND state = 'pending'",
+             lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1 AND state = $6",
         )
         .bind(delivery_id)
         .bind(i64::from(attempts))
         .bind(next_attempt_at_us)
         .bind(error)
         .bind(now_micros())
+        .bind(DeliveryState::Pending.as_str())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// The delivery is over: `delivered` or `failed`.
+    /// The delivery is over: [`DeliveryState::Delivered`] or [`DeliveryState::Failed`].
     pub async fn delivery_done(
         &self,
         delivery_id: &str,
-        state: &str,
+        state: DeliveryState,
         attempts: u32,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
@@ -119,7 +191,7 @@ impl Store {
              lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1",
         )
         .bind(delivery_id)
-        .bind(state)
+        .bind(state.as_str())
         .bind(i64::from(attempts))
         .bind(error)
         .bind(now_micros())
@@ -130,8 +202,9 @@ impl Store {
 
     pub async fn delivery_backlog(&self) -> Result<Backlog, StoreError> {
         let row = sqlx::query(
-            "SELECT COUNT(*), MIN(created_at_us) FROM callback_deliveries WHERE state = 'pending'",
+            "SELECT COUNT(*), MIN(created_at_us) FROM callback_deliveries WHERE state = $1",
         )
+        .bind(DeliveryState::Pending.as_str())
         .fetch_one(&self.pool)
         .await?;
         Ok(Backlog {

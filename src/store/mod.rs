@@ -12,7 +12,7 @@ mod read;
 mod rebuild;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
-pub use callbacks::{Backlog, Delivery};
+pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
