@@ -1,7 +1,7 @@
 //! The scheduler: follows the global order and records one delivery per event that
 //! warrants a callback.
 //!
-//! It never stops on one task's data. An event it cannot decode (or a task it cannot
+//! It never stops on one task's data. An event it cannot read or decode (or a task it cannot
 //! rebuild) is logged at error level and counted in
 //! `taskledger_callback_undecodable_events_total`; a delivery it cannot store (a URL the
 //! database refuses, such as one holding NUL) is recorded for its task as `CallbackFailed`.
@@ -70,7 +70,12 @@ impl Scheduler {
     /// Schedules the deliveries of the next events after the checkpoint; returns how many
     /// events it moved past.
     async fn schedule_next(&self) -> Result<usize, Unavailable> {
-        let events = self.follower.next_batch(BATCH).await?;
+        let events = match self.follower.next_batch(BATCH).await {
+            Ok(events) => events,
+            // One row of the batch cannot even be read: go one event at a time to it.
+            Err(StoreError::Corrupt { .. }) => return self.step_one().await,
+            Err(e) => return Err(e.into()),
+        };
         let Some(last) = events.last().map(|e| e.global_position) else {
             return Ok(0);
         };
@@ -79,6 +84,36 @@ impl Scheduler {
         }
         self.follower.advance(last).await?;
         Ok(events.len())
+    }
+
+    /// Handles the next event alone; an event too corrupt to read is logged, counted, and
+    /// stepped over.
+    async fn step_one(&self) -> Result<usize, Unavailable> {
+        let checkpoint = self.follower.checkpoint().await?;
+        match self.store().events_after(checkpoint, 1, None).await {
+            Ok(events) => {
+                for envelope in &events {
+                    self.handle(envelope).await?;
+                    self.follower.advance(envelope.global_position).await?;
+                }
+                Ok(events.len())
+            }
+            Err(StoreError::Corrupt { event_id, message }) => {
+                let Some(position) = self.store().position_after(checkpoint).await? else {
+                    return Ok(0);
+                };
+                tracing::error!(
+                    %event_id,
+                    global_position = position,
+                    error = %message,
+                    "the callback scheduler cannot read an event; no callback is scheduled for it"
+                );
+                self.metrics.observe_callback_undecodable_event();
+                self.follower.advance(position).await?;
+                Ok(1)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn handle(&self, envelope: &EventEnvelope) -> Result<(), Unavailable> {

@@ -178,9 +178,25 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
         s.callbacks.callback_allow_private_networks = true;
     })
     .await;
-    // A completion whose payload no reader can decode, appended at the head of the ledger
-    // the way the append path does it (moving the head first), so the scheduler meets it
-    // before anything committed after it.
+    // Completions no reader can decode: one that is not even JSON, one of the wrong shape.
+    append_raw_completion(&app, "{not json").await;
+    append_raw_completion(&app, "\"not a completion\"").await;
+
+    let id = app.completed(json!({"callback_url": url})).await;
+    wait_for_event(&app, &app.key, &id, "CallbackDelivered").await;
+    let metrics = app.metrics().await;
+    assert_eq!(
+        metric_value(&metrics, "taskledger_callback_undecodable_events_total"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(log.lock().unwrap().len(), 1);
+}
+
+/// Appends a `TaskCompleted` with `payload` at the head of acme's ledger, the way the append
+/// path does (moving the head first), so the scheduler meets it before anything committed
+/// after it.
+async fn append_raw_completion(app: &TestApp, payload: &str) {
     let account: String = sqlx::query_scalar("SELECT account_id FROM accounts WHERE name = 'acme'")
         .fetch_one(app.store.pool())
         .await
@@ -200,25 +216,15 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
     )
     .bind(position)
     .bind(uuid::Uuid::now_v7().to_string())
-    .bind("task_undecodable")
+    .bind(format!("task_undecodable_{position}"))
     .bind(&account)
-    .bind("\"not a completion\"")
+    .bind(payload)
     .bind(chrono::Utc::now().timestamp_micros())
     .bind("0".repeat(64))
     .execute(&mut *tx)
     .await
     .unwrap();
     tx.commit().await.unwrap();
-
-    let id = app.completed(json!({"callback_url": url})).await;
-    wait_for_event(&app, &app.key, &id, "CallbackDelivered").await;
-    let metrics = app.metrics().await;
-    assert_eq!(
-        metric_value(&metrics, "taskledger_callback_undecodable_events_total"),
-        Some(1.0),
-        "{metrics}"
-    );
-    assert_eq!(log.lock().unwrap().len(), 1);
 }
 
 /// A receiver that accepts connections and never answers; returns its URL and how many
