@@ -18,7 +18,7 @@ use super::{record, CallbackSettings, Recorded};
 use crate::domain::TaskAction;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
-use crate::store::{Delivery, DeliveryState, DueDelivery, Store, StoreError};
+use crate::store::{now_micros, Delivery, DeliveryState, DueDelivery, Store, StoreError};
 
 /// How long an idle dispatcher waits before looking for due deliveries again.
 const POLL: Duration = Duration::from_millis(200);
@@ -203,9 +203,9 @@ impl Dispatcher {
 
     async fn report_backlog(&self) {
         if let Ok(b) = self.store.delivery_backlog().await {
-            let oldest = b.oldest_pending_created_at_us.map_or(0.0, |t| {
-                (chrono::Utc::now().timestamp_micros() - t).max(0) as f64 / 1e6
-            });
+            let oldest = b
+                .oldest_pending_created_at_us
+                .map_or(0.0, |t| (now_micros() - t).max(0) as f64 / 1e6);
             self.metrics.set_callback_backlog(b.pending, oldest);
         }
     }
@@ -248,8 +248,7 @@ impl Dispatcher {
             Err(e) => {
                 let delay = self.schedule.delay(attempt);
                 let jitter = rand::random_range(0.8..1.2);
-                let next = chrono::Utc::now().timestamp_micros()
-                    + (delay.as_micros() as f64 * jitter) as i64;
+                let next = now_micros() + (delay.as_micros() as f64 * jitter) as i64;
                 tracing::info!(delivery_id = %delivery.delivery_id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "callback attempt failed");
                 self.store
                     .delivery_retry(&delivery.delivery_id, attempt, next, &e.to_string())

@@ -1,8 +1,5 @@
 //! Durable callback deliveries: scheduled once per triggering event, claimed under a lease.
 
-use sqlx::any::AnyRow;
-use sqlx::Row;
-
 use super::{now_micros, Store, StoreError};
 
 /// Where a delivery stands; stored as its lowercase name.
@@ -27,13 +24,13 @@ impl DeliveryState {
 }
 
 /// A due delivery, as the dispatcher chooses among them.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct DueDelivery {
     pub delivery_id: String,
     pub account_id: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Delivery {
     pub delivery_id: String,
     pub account_id: String,
@@ -42,12 +39,13 @@ pub struct Delivery {
     pub url: String,
     pub body: String,
     /// Attempts made before this one.
+    #[sqlx(try_from = "i64")]
     pub attempts: u32,
     pub created_at_us: i64,
 }
 
 /// Counts for `/metrics`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct Backlog {
     pub pending: i64,
     pub oldest_pending_created_at_us: Option<i64>,
@@ -55,19 +53,6 @@ pub struct Backlog {
 
 const DELIVERY_COLUMNS: &str =
     "delivery_id, account_id, task_id, for_sequence, url, body, attempts, created_at_us";
-
-fn delivery(row: &AnyRow) -> Result<Delivery, StoreError> {
-    Ok(Delivery {
-        delivery_id: row.try_get(0)?,
-        account_id: row.try_get(1)?,
-        task_id: row.try_get(2)?,
-        for_sequence: row.try_get(3)?,
-        url: row.try_get(4)?,
-        body: row.try_get(5)?,
-        attempts: u32::try_from(row.try_get::<i64, _>(6)?).unwrap_or(u32::MAX),
-        created_at_us: row.try_get(7)?,
-    })
-}
 
 impl Store {
     /// Schedules a delivery; scheduling the same event again changes nothing.
@@ -113,21 +98,13 @@ impl Store {
              AND (lease_until_us IS NULL OR lease_until_us < $2) {skipped}\
              ORDER BY next_attempt_at_us LIMIT {limit}"
         );
-        let mut query = sqlx::query(&sql)
+        let mut query = sqlx::query_as::<_, DueDelivery>(&sql)
             .bind(DeliveryState::Pending.as_str())
             .bind(now);
         for account in skip {
             query = query.bind(account);
         }
-        let rows = query.fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|row| {
-                Ok(DueDelivery {
-                    delivery_id: row.try_get(0)?,
-                    account_id: row.try_get(1)?,
-                })
-            })
-            .collect()
+        Ok(query.fetch_all(&self.pool).await?)
     }
 
     /// Claims the delivery for `lease_us` if it is still due and unleased; `None` when another
@@ -145,14 +122,14 @@ impl Store {
              AND (lease_until_us IS NULL OR lease_until_us < $2) \
              RETURNING {DELIVERY_COLUMNS}"
         );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query_as::<_, Delivery>(&sql)
             .bind(now + lease_us)
             .bind(now)
             .bind(delivery_id)
             .bind(DeliveryState::Pending.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(delivery).transpose()
+        Ok(row)
     }
 
     /// The attempt failed; try again at `next_attempt_at_us`.
@@ -201,16 +178,13 @@ impl Store {
     }
 
     pub async fn delivery_backlog(&self) -> Result<Backlog, StoreError> {
-        let row = sqlx::query(
-            "SELECT COUNT(*), MIN(created_at_us) FROM callback_deliveries WHERE state = $1",
+        Ok(sqlx::query_as(
+            "SELECT COUNT(*) AS pending, MIN(created_at_us) AS oldest_pending_created_at_us \
+             FROM callback_deliveries WHERE state = $1",
         )
         .bind(DeliveryState::Pending.as_str())
         .fetch_one(&self.pool)
-        .await?;
-        Ok(Backlog {
-            pending: row.try_get(0)?,
-            oldest_pending_created_at_us: row.try_get(1)?,
-        })
+        .await?)
     }
 
     /// The account's callback secret, rotated first when asked.
