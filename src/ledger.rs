@@ -15,7 +15,7 @@ use taskledger_projections::{fold_all, TaskView};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 
 use crate::domain::{CreateTask, Task, TaskAction, TaskCommand, TaskError, TaskId};
-use crate::metrics::{command_name, Metrics};
+use crate::metrics::Metrics;
 use crate::store::{CommandWrite, Committed, IdempotencyWrite, Store, StoreError, WriteError};
 
 /// How often a command is decided again after losing a race on its task.
@@ -125,7 +125,8 @@ impl Ledger {
         idempotency: Option<IdempotencyWrite>,
     ) -> Result<Committed, LedgerError> {
         let result = self.create_once(ctx, create, idempotency).await;
-        self.metrics.observe_command("create", &result);
+        self.metrics
+            .observe_command("create", command_outcome(&result));
         result
     }
 
@@ -158,11 +159,11 @@ impl Ledger {
         command: TaskCommand,
         idempotency: Option<IdempotencyWrite>,
     ) -> Result<Committed, LedgerError> {
-        let name = command_name(&command.action);
+        let name = command.action.name();
         let result = self
             .execute_serialized(ctx, task_id, command, idempotency)
             .await;
-        self.metrics.observe_command(name, &result);
+        self.metrics.observe_command(name, command_outcome(&result));
         result
     }
 
@@ -348,5 +349,29 @@ async fn run_committer(
                 }
             }
         }
+    }
+}
+
+impl LedgerError {
+    /// The metrics `outcome` label of a command that failed this way.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            LedgerError::Rejected(_) => "rejected",
+            LedgerError::UniqueIdTaken { .. } => "conflict",
+            LedgerError::Contended | LedgerError::Unavailable(_) | LedgerError::Internal(_) => {
+                "error"
+            }
+        }
+    }
+}
+
+/// The metrics `outcome` label of a command's result: `noop` separates accepted commands that
+/// changed nothing (the same metadata again, cancelling a canceled task) from those that
+/// appended events.
+fn command_outcome(result: &Result<Committed, LedgerError>) -> &'static str {
+    match result {
+        Ok(committed) if committed.envelopes.is_empty() => "noop",
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
     }
 }

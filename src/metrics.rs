@@ -3,6 +3,9 @@
 //! Every [`Metrics`] owns its own [`Registry`] instead of the process-wide default one: the
 //! integration tests start many applications in one process, and each must count only its own
 //! traffic (and registering the same names twice globally would fail).
+//!
+//! A leaf: it knows metric names and plain label values, nothing of the ledger, the relay or
+//! the callbacks, which call it.
 
 use std::time::Duration;
 
@@ -10,12 +13,6 @@ use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
 };
-
-use crate::callbacks::CallbackObserver;
-use crate::domain::TaskAction;
-use crate::ledger::LedgerError;
-use crate::relay::{RelayObserver, RelayState};
-use crate::store::Committed;
 
 /// The route label of requests that matched no route, so probes of random URLs cannot blow up
 /// the label cardinality.
@@ -37,6 +34,7 @@ pub struct Metrics {
     callback_attempts: IntCounterVec,
     callback_backlog: IntGauge,
     callback_oldest_pending: Gauge,
+    callback_undecodable: IntCounter,
 }
 
 impl Default for Metrics {
@@ -115,7 +113,8 @@ impl Metrics {
         let callback_attempts = IntCounterVec::new(
             Opts::new(
                 "taskledger_callback_deliveries_total",
-                "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up).",
+                "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up; \
+                 also a delivery refused before any attempt, e.g. a URL that cannot be stored).",
             ),
             &["outcome"],
         )
@@ -128,6 +127,12 @@ impl Metrics {
         let callback_oldest_pending = Gauge::new(
             "taskledger_callback_oldest_pending_seconds",
             "Age of the oldest pending callback delivery (0 when none).",
+        )
+        .expect("valid metric options");
+        let callback_undecodable = IntCounter::new(
+            "taskledger_callback_undecodable_events_total",
+            "Events the callback scheduler could not decode (or whose task it could not rebuild), \
+             so it could not tell whether they warrant a callback; each is logged at error level.",
         )
         .expect("valid metric options");
         for collector in [
@@ -143,6 +148,7 @@ impl Metrics {
             Box::new(callback_attempts.clone()),
             Box::new(callback_backlog.clone()),
             Box::new(callback_oldest_pending.clone()),
+            Box::new(callback_undecodable.clone()),
         ] {
             registry
                 .register(collector)
@@ -162,6 +168,7 @@ impl Metrics {
             callback_attempts,
             callback_backlog,
             callback_oldest_pending,
+            callback_undecodable,
         }
     }
 
@@ -174,10 +181,10 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_command(&self, command: &str, result: &Result<Committed, LedgerError>) {
-        self.commands
-            .with_label_values(&[command, command_outcome(result)])
-            .inc();
+    /// One task command run: `command` names it, `outcome` is ok, noop, rejected, conflict
+    /// or error.
+    pub fn observe_command(&self, command: &str, outcome: &str) {
+        self.commands.with_label_values(&[command, outcome]).inc();
     }
 
     pub fn observe_batch(&self, commands: usize) {
@@ -186,6 +193,34 @@ impl Metrics {
 
     pub fn observe_events_appended(&self, events: usize) {
         self.events_appended.inc_by(events as u64);
+    }
+
+    /// The relay's state: 0 standby, 1 active, 2 retrying, 3 failed.
+    pub fn set_relay_state(&self, state: i64) {
+        self.relay_state.set(state);
+    }
+
+    pub fn observe_relay_published(&self, events: u64) {
+        self.relay_published.inc_by(events);
+    }
+
+    pub fn set_relay_lag(&self, events: i64, seconds: f64) {
+        self.relay_lag_events.set(events);
+        self.relay_lag_seconds.set(seconds);
+    }
+
+    /// One callback attempt's outcome: delivered, retry or failed.
+    pub fn observe_callback_attempt(&self, outcome: &str) {
+        self.callback_attempts.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn set_callback_backlog(&self, pending: i64, oldest_seconds: f64) {
+        self.callback_backlog.set(pending);
+        self.callback_oldest_pending.set(oldest_seconds);
+    }
+
+    pub fn observe_callback_undecodable_event(&self) {
+        self.callback_undecodable.inc();
     }
 
     /// Everything in the Prometheus text exposition format.
@@ -198,67 +233,6 @@ impl Metrics {
     }
 }
 
-impl RelayObserver for Metrics {
-    fn state(&self, state: RelayState) {
-        self.relay_state.set(state as i64);
-    }
-
-    fn published(&self, events: u64) {
-        self.relay_published.inc_by(events);
-    }
-
-    fn lag(&self, events: i64, seconds: f64) {
-        self.relay_lag_events.set(events);
-        self.relay_lag_seconds.set(seconds);
-    }
-}
-
-impl CallbackObserver for Metrics {
-    fn attempt(&self, outcome: &str) {
-        self.callback_attempts.with_label_values(&[outcome]).inc();
-    }
-
-    fn backlog(&self, pending: i64, oldest_seconds: f64) {
-        self.callback_backlog.set(pending);
-        self.callback_oldest_pending.set(oldest_seconds);
-    }
-}
-
-/// The `command` label of a task command. The match is exhaustive on purpose: a new command
-/// must pick its label here rather than fall into a catch-all.
-pub fn command_name(action: &TaskAction) -> &'static str {
-    match action {
-        TaskAction::Create(_) => "create",
-        TaskAction::Cancel { .. } => "cancel",
-        TaskAction::SetMetadata { .. } => "set_metadata",
-        TaskAction::SetUniqueId { .. } => "set_unique_id",
-        TaskAction::ClearUniqueId => "clear_unique_id",
-        TaskAction::AddTags { .. } => "add_tags",
-        TaskAction::SetTags { .. } => "set_tags",
-        TaskAction::RemoveTags { .. } => "remove_tags",
-        TaskAction::Complete { .. } => "complete",
-        TaskAction::Error { .. } => "error",
-        TaskAction::CustomerAudit { .. } => "customer_audit",
-        TaskAction::ContributorAudit { .. } => "contributor_audit",
-        TaskAction::RecordCallbackDelivered { .. } => "record_callback_delivered",
-        TaskAction::RecordCallbackFailed { .. } => "record_callback_failed",
-    }
-}
-
-/// The `outcome` label: `noop` separates accepted commands that changed nothing (the same
-/// metadata again, cancelling a canceled task) from those that appended events.
-pub fn command_outcome(result: &Result<Committed, LedgerError>) -> &'static str {
-    match result {
-        Ok(committed) if committed.envelopes.is_empty() => "noop",
-        Ok(_) => "ok",
-        Err(LedgerError::Rejected(_)) => "rejected",
-        Err(LedgerError::UniqueIdTaken { .. }) => "conflict",
-        Err(LedgerError::Contended | LedgerError::Unavailable(_) | LedgerError::Internal(_)) => {
-            "error"
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,13 +241,10 @@ mod tests {
     fn every_metric_is_exposed_under_its_documented_name() {
         let metrics = Metrics::new();
         metrics.observe_http("GET", "/v1/task/{id}", 200, Duration::from_millis(3));
-        metrics.observe_command(
-            "cancel",
-            &Err(LedgerError::UniqueIdTaken {
-                unique_id: "u".into(),
-                task_id: "t".into(),
-            }),
-        );
+        metrics.observe_command("cancel", "conflict");
+        metrics.set_relay_state(2);
+        metrics.observe_callback_attempt("retry");
+        metrics.observe_callback_undecodable_event();
         metrics.observe_batch(3);
         metrics.observe_events_appended(2);
         let text = metrics.render();
@@ -283,6 +254,9 @@ mod tests {
             r#"taskledger_commands_total{command="cancel",outcome="conflict"} 1"#,
             "taskledger_events_appended_total 2",
             "taskledger_append_batch_size_sum 3",
+            "taskledger_relay_state 2",
+            r#"taskledger_callback_deliveries_total{outcome="retry"} 1"#,
+            "taskledger_callback_undecodable_events_total 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from\n{text}");
         }

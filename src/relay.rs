@@ -1,27 +1,28 @@
 //! The Kafka relay: publishes every event, in global order, at least once.
 //!
 //! One relay is active among the processes sharing a ledger (a lease, see
-//! [`Store::try_lead`]). It reads events after its durable checkpoint, produces them with an
+//! [`crate::follower::Follower`]). It reads events after its durable checkpoint, produces them with an
 //! idempotent producer (`acks=all`), and moves the checkpoint only over events the broker
 //! acknowledged. A crash between acknowledgement and checkpoint republishes a few events:
 //! consumers de-duplicate by `event_id`. A broker that is down or hung only delays the relay;
 //! commands never wait for it. An error that retrying cannot fix (a record the broker refuses
 //! for good) halts the relay loudly instead of skipping the event.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use taskledger_events::EventEnvelope;
 use tokio::sync::watch;
 
-use crate::store::{Store, StoreError};
+use crate::follower::Follower;
+use crate::kafka::ensure_topic;
+use crate::metrics::Metrics;
+use crate::store::{Leadership, Store, StoreError};
+
+// Re-exported where they were before `kafka` took them, for `tail`, the example consumer and
+// the tests.
+pub use crate::kafka::{client_config, record_parts, stream_consumer, DeliveryError};
 
 /// Relay settings, from flags or the environment.
 #[derive(Debug, Clone, Args)]
@@ -60,151 +61,71 @@ pub enum RelayState {
     Failed = 3,
 }
 
-/// Observations the relay reports; implemented by the metrics registry.
-pub trait RelayObserver: Send + Sync + 'static {
-    fn state(&self, state: RelayState);
-    fn published(&self, events: u64);
-    fn lag(&self, events: i64, seconds: f64);
-}
-
-/// A delivery failure, told apart the way the broker means it.
-#[derive(Debug, thiserror::Error)]
-pub enum DeliveryError {
-    /// Worth trying again: the broker is away, busy, or timed out.
-    #[error("retriable delivery failure: {0}")]
-    Retriable(KafkaError),
-    /// Will fail the same way every time: the record or the permissions are wrong.
-    #[error("final delivery failure: {0}")]
-    Final(KafkaError),
-}
-
-impl DeliveryError {
-    pub fn classify(error: KafkaError) -> DeliveryError {
-        use RDKafkaErrorCode as C;
-        match error.rdkafka_error_code() {
-            Some(
-                C::MessageSizeTooLarge
-                | C::InvalidMessageSize
-                | C::InvalidMessage
-                | C::InvalidRecord
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
-                | C::InvalidTopic
-                | C::UnsupportedVersion
-                | C::UnsupportedForMessageFormat,
-            ) => DeliveryError::Final(error),
-            _ => DeliveryError::Retriable(error),
-        }
-    }
-}
-
-/// The Kafka record of an event: key = task id (one partition per task keeps its order),
-/// value = the JSON envelope, headers for routing without parsing.
-pub fn record_parts(envelope: &EventEnvelope) -> (String, OwnedHeaders) {
-    let value = serde_json::to_string(envelope).expect("an envelope serializes");
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "event-id",
-            value: Some(envelope.event_id.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "event-type",
-            value: Some(envelope.event_type.as_bytes()),
-        })
-        .insert(Header {
-            key: "event-version",
-            value: Some(envelope.event_version.to_string().as_bytes()),
-        })
-        .insert(Header {
-            key: "global-position",
-            value: Some(envelope.global_position.to_string().as_bytes()),
-        });
-    (value, headers)
-}
-
-pub fn client_config(brokers: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("client.id", "taskledger");
-    config
-}
-
 pub struct Relay {
-    store: Store,
+    follower: Follower,
     brokers: String,
     settings: RelaySettings,
-    observer: Arc<dyn RelayObserver>,
-    wake: watch::Receiver<u64>,
+    metrics: Metrics,
 }
 
 const BATCH: i64 = 500;
-const IDLE_POLL: Duration = Duration::from_millis(250);
+const LAG_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Relay {
     pub fn new(
         store: Store,
         brokers: String,
         settings: RelaySettings,
-        observer: Arc<dyn RelayObserver>,
+        metrics: Metrics,
         wake: watch::Receiver<u64>,
     ) -> Relay {
+        let reader = format!("relay:{}", settings.kafka_topic);
         Relay {
-            store,
+            follower: Follower::new(store, reader, wake),
             brokers,
             settings,
-            observer,
-            wake,
+            metrics,
         }
     }
 
-    fn reader(&self) -> String {
-        format!("relay:{}", self.settings.kafka_topic)
+    fn set_state(&self, state: RelayState) {
+        self.metrics.set_relay_state(state as i64);
     }
 
     /// Runs forever: waits for the lease, then relays; starts over if the lease is lost.
-    pub async fn run(self) {
-        let role = self.reader();
+    pub async fn run(mut self) {
         // Lag is the ledger's, not this process's: every process reports it, relaying or not,
         // and whether or not the broker answers.
         let lag = {
-            let (store, reader, observer) =
-                (self.store.clone(), role.clone(), self.observer.clone());
+            let (store, reader, metrics) = (
+                self.follower.store().clone(),
+                self.follower.reader().to_string(),
+                self.metrics.clone(),
+            );
             tokio::spawn(async move {
                 loop {
-                    report_lag(&store, &reader, observer.as_ref()).await;
+                    report_lag(&store, &reader, &metrics).await;
                     tokio::time::sleep(LAG_INTERVAL).await;
                 }
             })
         };
         let _stop_lag = AbortOnDrop(lag);
         loop {
-            self.observer.state(RelayState::Standby);
-            let lease = match self.store.try_lead(&role).await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "relay cannot reach the store");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
+            self.set_state(RelayState::Standby);
+            let lease = self.follower.lead().await;
             tracing::info!(topic = %self.settings.kafka_topic, "relay active");
             self.lead(lease).await;
             tracing::warn!("relay lease lost; standing by");
         }
     }
 
-    async fn lead(&self, mut lease: crate::store::Leadership) {
+    async fn lead(&mut self, mut lease: Leadership) {
         let mut backoff = Duration::from_millis(100);
         let producer = loop {
             match self.prepare().await {
                 Ok(p) => break p,
                 Err(e) => {
-                    self.observer.state(RelayState::Retrying);
+                    self.set_state(RelayState::Retrying);
                     tracing::warn!(error = %e, "relay cannot set up the topic or producer yet");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -214,26 +135,25 @@ impl Relay {
                 }
             }
         };
-        self.observer.state(RelayState::Active);
+        self.set_state(RelayState::Active);
         let mut backoff = Duration::from_millis(100);
-        let mut wake = self.wake.clone();
         loop {
             if !lease.still_held().await {
                 return;
             }
             match self.publish_next(&producer).await {
                 Ok(0) => {
-                    self.observer.state(RelayState::Active);
+                    self.set_state(RelayState::Active);
                     backoff = Duration::from_millis(100);
-                    idle(&mut wake).await;
+                    self.follower.idle().await;
                 }
                 Ok(n) => {
-                    self.observer.state(RelayState::Active);
-                    self.observer.published(n);
+                    self.set_state(RelayState::Active);
+                    self.metrics.observe_relay_published(n);
                     backoff = Duration::from_millis(100);
                 }
                 Err(RelayError::Delivery(DeliveryError::Final(e))) => {
-                    self.observer.state(RelayState::Failed);
+                    self.set_state(RelayState::Failed);
                     tracing::error!(
                         error = %e,
                         "relay halted: the broker refuses an event for good; it is not skipped, \
@@ -248,7 +168,7 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    self.observer.state(RelayState::Retrying);
+                    self.set_state(RelayState::Retrying);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "relay retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -282,9 +202,7 @@ impl Relay {
 
     /// Publishes the next batch after the checkpoint; returns how many events it moved past.
     async fn publish_next(&self, producer: &FutureProducer) -> Result<u64, RelayError> {
-        let reader = self.reader();
-        let checkpoint = self.store.reader_checkpoint(&reader).await?;
-        let events = self.store.events_after(checkpoint, BATCH, None).await?;
+        let events = self.follower.next_batch(BATCH).await?;
         if events.is_empty() {
             return Ok(0);
         }
@@ -299,19 +217,16 @@ impl Relay {
                 Ok(delivery) => pending.push((envelope.global_position, delivery)),
                 Err((e, _)) => {
                     // The local queue is full or closed: acknowledge what went out so far.
-                    return self
-                        .finish(&reader, pending, Some(DeliveryError::classify(e)))
-                        .await;
+                    return self.finish(pending, Some(DeliveryError::classify(e))).await;
                 }
             }
         }
-        self.finish(&reader, pending, None).await
+        self.finish(pending, None).await
     }
 
     /// Awaits deliveries in order and checkpoints the last position before the first failure.
     async fn finish(
         &self,
-        reader: &str,
         pending: Vec<(i64, rdkafka::producer::DeliveryFuture)>,
         mut failure: Option<DeliveryError>,
     ) -> Result<u64, RelayError> {
@@ -334,9 +249,7 @@ impl Relay {
             }
         }
         if let Some(position) = acknowledged {
-            self.store
-                .advance_reader_checkpoint(reader, position)
-                .await?;
+            self.follower.advance(position).await?;
         }
         match failure {
             Some(e) => Err(RelayError::Delivery(e)),
@@ -344,8 +257,6 @@ impl Relay {
         }
     }
 }
-
-const LAG_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -357,7 +268,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// How far the relay's checkpoint is behind the ledger head, in events and in seconds.
-async fn report_lag(store: &Store, reader: &str, observer: &dyn RelayObserver) {
+async fn report_lag(store: &Store, reader: &str, metrics: &Metrics) {
     let lag = async {
         let checkpoint = store.reader_checkpoint(reader).await?;
         let head = store.head_position().await?;
@@ -371,16 +282,7 @@ async fn report_lag(store: &Store, reader: &str, observer: &dyn RelayObserver) {
         Ok::<_, StoreError>((head - checkpoint, seconds))
     };
     if let Ok((events, seconds)) = lag.await {
-        observer.lag(events, seconds);
-    }
-}
-
-/// Waits for a local commit, or the poll interval (commits of other processes).
-pub async fn idle(wake: &mut watch::Receiver<u64>) {
-    match tokio::time::timeout(IDLE_POLL, wake.changed()).await {
-        Ok(Ok(())) | Err(_) => {}
-        // No committer in this process (its ledger is gone): poll.
-        Ok(Err(_)) => tokio::time::sleep(IDLE_POLL).await,
+        metrics.set_relay_lag(events, seconds);
     }
 }
 
@@ -390,99 +292,4 @@ enum RelayError {
     Delivery(#[from] DeliveryError),
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-/// Creates the topic unless it exists.
-pub async fn ensure_topic(
-    brokers: &str,
-    topic: &str,
-    partitions: i32,
-    replication: i32,
-) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
-    let options = AdminOptions::new()
-        .operation_timeout(Some(Duration::from_secs(10)))
-        .request_timeout(Some(Duration::from_secs(10)));
-    let results = admin.create_topics([&new], &options).await?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => {
-                tracing::warn!(topic = %name, ?code, "topic creation failed");
-                return Err(KafkaError::AdminOp(code));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A consumer reading every partition of `topic` from its start (or its end), without a
-/// consumer group: `tail`, the example consumer and the tests read the stream this way.
-pub fn stream_consumer(
-    brokers: &str,
-    topic: &str,
-    from_beginning: bool,
-) -> Result<rdkafka::consumer::StreamConsumer, KafkaError> {
-    use rdkafka::consumer::Consumer;
-    use rdkafka::{Offset, TopicPartitionList};
-
-    let consumer: rdkafka::consumer::StreamConsumer = client_config(brokers)
-        .set(
-            "group.id",
-            format!("taskledger-reader-{}", uuid::Uuid::now_v7()),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()?;
-    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic)
-        .map(|t| t.partitions().len())
-        .unwrap_or(0);
-    if partitions == 0 {
-        return Err(KafkaError::MetadataFetch(
-            RDKafkaErrorCode::UnknownTopicOrPartition,
-        ));
-    }
-    let mut assignment = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        let offset = if from_beginning {
-            Offset::Beginning
-        } else {
-            Offset::End
-        };
-        assignment.add_partition_offset(topic, p, offset)?;
-    }
-    consumer.assign(&assignment)?;
-    Ok(consumer)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_the_broker_will_never_take_are_final_and_the_rest_retriable() {
-        let final_ = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
-        assert!(matches!(
-            DeliveryError::classify(final_),
-            DeliveryError::Final(_)
-        ));
-        for code in [
-            RDKafkaErrorCode::MessageTimedOut,
-            RDKafkaErrorCode::BrokerTransportFailure,
-            RDKafkaErrorCode::AllBrokersDown,
-            RDKafkaErrorCode::QueueFull,
-            RDKafkaErrorCode::NotLeaderForPartition,
-        ] {
-            let e = KafkaError::MessageProduction(code);
-            assert!(
-                matches!(DeliveryError::classify(e), DeliveryError::Retriable(_)),
-                "{code:?}"
-            );
-        }
-    }
 }

@@ -1,7 +1,6 @@
 //! Builds the running service: store, ledger, HTTP server. Tests build it on port 0.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -44,21 +43,14 @@ impl Application {
                     store.clone(),
                     brokers.clone(),
                     serve.relay.clone(),
-                    Arc::new(metrics.clone()),
+                    metrics.clone(),
                     ledger.commits(),
                 );
                 tokio::spawn(relay.run());
             }
             None => tracing::info!("KAFKA_BROKERS is not set: the Kafka relay is off"),
         }
-        tokio::spawn(
-            Reactor::new(
-                ledger.clone(),
-                serve.callbacks.clone(),
-                Arc::new(metrics.clone()),
-            )
-            .run(),
-        );
+        tokio::spawn(Reactor::new(ledger.clone(), serve.callbacks.clone(), metrics.clone()).run());
         tokio::spawn(purge_idempotency_keys(store.clone()));
         let state = AppState::new(
             ledger,

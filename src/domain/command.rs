@@ -87,3 +87,26 @@ impl TaskCommand {
         matches!(self.action, TaskAction::Create(_))
     }
 }
+
+impl TaskAction {
+    /// The command's name, as the metrics `command` label. The match is exhaustive on
+    /// purpose: a new command must pick its name here rather than fall into a catch-all.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TaskAction::Create(_) => "create",
+            TaskAction::Cancel { .. } => "cancel",
+            TaskAction::SetMetadata { .. } => "set_metadata",
+            TaskAction::SetUniqueId { .. } => "set_unique_id",
+            TaskAction::ClearUniqueId => "clear_unique_id",
+            TaskAction::AddTags { .. } => "add_tags",
+            TaskAction::SetTags { .. } => "set_tags",
+            TaskAction::RemoveTags { .. } => "remove_tags",
+            TaskAction::Complete { .. } => "complete",
+            TaskAction::Error { .. } => "error",
+            TaskAction::CustomerAudit { .. } => "customer_audit",
+            TaskAction::ContributorAudit { .. } => "contributor_audit",
+            TaskAction::RecordCallbackDelivered { .. } => "record_callback_delivered",
+            TaskAction::RecordCallbackFailed { .. } => "record_callback_failed",
+        }
+    }
+}

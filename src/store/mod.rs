@@ -14,7 +14,7 @@ mod rebuild;
 mod sql;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
-pub use callbacks::{Backlog, Delivery};
+pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;

@@ -293,6 +293,7 @@ pub async fn spawn_app_with(
             callback_timeout_ms: 10_000,
             callback_allow_private_networks: true,
             callback_concurrency: 16,
+            callback_account_concurrency: 4,
         },
         max_body_bytes: 10 * 1024 * 1024,
         idempotency_ttl_secs: 24 * 60 * 60,
