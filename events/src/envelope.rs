@@ -150,32 +150,38 @@ mod micros {
     }
 }
 
+/// An envelope for the unit tests of this crate.
+#[cfg(test)]
+pub(crate) fn sample_envelope(hash_version: u32) -> EventEnvelope {
+    EventEnvelope {
+        event_id: Uuid::nil(),
+        event_type: "TaskCanceled".into(),
+        event_version: 1,
+        task_id: "0190a1b2c3d4e5f601234567".into(),
+        account_id: "acme".into(),
+        sequence: 2,
+        global_position: 7,
+        recorded_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
+        actor: Actor {
+            account_id: "acme".into(),
+            key_id: Some("k1".into()),
+            scope: Scope::Customer,
+        },
+        request_id: None,
+        payload: serde_json::json!({}),
+        prev_hash: GENESIS_HASH.into(),
+        hash: String::new(),
+        hash_version,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
     fn envelope() -> EventEnvelope {
-        EventEnvelope {
-            event_id: Uuid::nil(),
-            event_type: "TaskCanceled".into(),
-            event_version: 1,
-            task_id: "0190a1b2c3d4e5f601234567".into(),
-            account_id: "acme".into(),
-            sequence: 2,
-            global_position: 7,
-            recorded_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
-            actor: Actor {
-                account_id: "acme".into(),
-                key_id: Some("k1".into()),
-                scope: Scope::Customer,
-            },
-            request_id: None,
-            payload: json!({}),
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
-            hash_version: crate::HASH_V2,
-        }
+        sample_envelope(crate::HASH_V2)
     }
 
     #[test]

@@ -190,26 +190,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn envelope(version: u32) -> EventEnvelope {
-        EventEnvelope {
-            event_id: Uuid::nil(),
-            event_type: "TaskCanceled".into(),
-            event_version: 1,
-            task_id: "0190a1b2c3d4e5f601234567".into(),
-            account_id: "acme".into(),
-            sequence: 2,
-            global_position: 7,
-            recorded_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap(),
-            actor: Actor {
-                account_id: "acme".into(),
-                key_id: Some("k1".into()),
-                scope: Scope::Customer,
-            },
-            request_id: None,
-            payload: json!({}),
-            prev_hash: GENESIS_HASH.into(),
-            hash: String::new(),
-            hash_version: version,
-        }
+        crate::envelope::sample_envelope(version)
     }
 
     /// The v1 hash input exactly as the first release computed it, written out

@@ -292,8 +292,38 @@ fn first_release_hash(fields: &[&str]) -> String {
     hex::encode(Sha256::digest(input))
 }
 
-async fn an_event_written_by_the_previous_release_still_verifies(backend: Backend) {
-    let t = TestLedger::new(backend).await;
+/// A store whose schema is where the previous release left it: every migration before
+/// the hash version's.
+async fn store_of_the_previous_release(db: &TestDb) -> Store {
+    let store = Store::connect(&db.url, 4).await.unwrap();
+    let backend = match db.backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("migrations")
+        .join(backend);
+    let previous = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&all).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if name.as_str() < "0004" {
+            std::fs::copy(&path, previous.path().join(&name)).unwrap();
+        }
+    }
+    sqlx::migrate::Migrator::new(previous.path())
+        .await
+        .unwrap()
+        .run(store.pool())
+        .await
+        .unwrap();
+    store
+}
+
+async fn an_event_written_by_the_previous_release_verifies_after_the_upgrade(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let store = store_of_the_previous_release(&db).await;
+    let account_id = store.ensure_account("acme").await.unwrap();
     let payload = r#"{"metadata":{"p":7.65e-25}}"#;
     let event_id = uuid::Uuid::now_v7().to_string();
     let recorded_us = 1_700_000_000_000_000i64;
@@ -304,17 +334,17 @@ async fn an_event_written_by_the_previous_release_still_verifies(backend: Backen
         "TaskMetadataSet",
         "1",
         "t-old",
-        &t.account_id,
+        &account_id,
         "1",
         "1",
         &recorded_us.to_string(),
-        &t.account_id,
+        &account_id,
         "",
         "system",
         "",
         payload,
     ]);
-    // The row as the previous release wrote it: no hash_version column existed.
+    // The row as the previous release wrote it, before the hash_version column existed.
     sqlx::query(
         "INSERT INTO events (global_position, event_id, task_id, account_id, sequence, \
          event_type, event_version, payload, recorded_at_us, actor_account_id, actor_key_id, \
@@ -323,24 +353,47 @@ async fn an_event_written_by_the_previous_release_still_verifies(backend: Backen
          NULL, $5, $6)",
     )
     .bind(&event_id)
-    .bind(&t.account_id)
+    .bind(&account_id)
     .bind(payload)
     .bind(recorded_us)
     .bind(GENESIS_HASH)
     .bind(&hash)
-    .execute(t.store.pool())
+    .execute(store.pool())
     .await
     .unwrap();
     sqlx::query("UPDATE ledger_head SET last_position = 1, last_recorded_us = $1")
         .bind(recorded_us)
-        .execute(t.store.pool())
+        .execute(store.pool())
         .await
         .unwrap();
 
-    let report = t.store.verify(|_| {}).await.unwrap();
+    store.migrate().await.unwrap();
+    // The upgraded release goes on appending, with the current hash input.
+    let actor = crate::helpers::context(&account_id, Scope::Customer).actor;
+    let appended = store
+        .commit_batch(vec![CommandWrite {
+            account_id: account_id.clone(),
+            task_id: TaskId::generate().to_string(),
+            actor,
+            request_id: None,
+            expected_sequence: 0,
+            prev_hash: GENESIS_HASH.into(),
+            prior_view: None,
+            events: vec![created_with_tags(&["new"])],
+            idempotency: None,
+        }])
+        .await
+        .unwrap();
+    assert!(appended[0].is_ok(), "{appended:?}");
+    let report = store.verify(|_| {}).await.unwrap();
     assert!(report.is_intact(), "{:?}", report.failures);
-    let read = t.store.events_after(0, 10, None).await.unwrap();
+    assert_eq!(report.events, 2);
+    let read = store.events_after(0, 10, None).await.unwrap();
     assert_eq!(read[0].hash_version, HASH_V1);
+    assert_eq!(
+        read[1].hash_version,
+        taskledger_events::CURRENT_HASH_VERSION
+    );
     assert!(read[0].hash_matches(), "a consumer recomputes it too");
     let published: EventEnvelope =
         serde_json::from_str(&serde_json::to_string(&read[0]).unwrap()).unwrap();
@@ -461,7 +514,7 @@ on_both_backends!(
     any_json_goes_through_store_read_verify_and_fold_unchanged,
     verify_goes_on_past_a_broken_event_and_names_every_one,
     verify_counts_every_broken_event_but_names_only_the_first_hundred,
-    an_event_written_by_the_previous_release_still_verifies,
+    an_event_written_by_the_previous_release_verifies_after_the_upgrade,
     new_events_record_the_current_hash_version_and_the_payload_text_hashed,
     a_tag_given_twice_is_stored_once_alone_and_in_a_batch,
     a_key_with_a_corrupt_scope_is_refused_not_taken_for_a_customer,
