@@ -62,7 +62,7 @@ fn completing_then_a_customer_rejection_sets_review_status_and_audit() {
     assert_eq!(view.status, TaskStatus::Completed);
     assert_eq!(view.completed_at, Some(at(10)));
     assert_eq!(view.updated_at, at(20));
-    assert_eq!(view.customer_review_status.as_deref(), Some("rejected"));
+    assert_eq!(view.customer_review_status, Some(ReviewStatus::Rejected));
     assert_eq!(view.audits.len(), 1);
     assert_eq!(view.audits[0].audited_at, at(20));
 }
@@ -85,7 +85,7 @@ fn a_fixed_workforce_audit_replaces_the_response() {
         .unwrap()
         .unwrap();
     assert_eq!(view.response, Some(json!({"category": "small"})));
-    assert_eq!(view.customer_review_status.as_deref(), Some("fixed"));
+    assert_eq!(view.customer_review_status, Some(ReviewStatus::Fixed));
 }
 
 #[test]

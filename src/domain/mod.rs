@@ -2,12 +2,18 @@
 
 mod command;
 mod id;
+pub mod limits;
 mod task;
-pub mod validate;
+pub mod values;
 
 pub use command::{CreateTask, TaskAction, TaskCommand};
 pub use id::TaskId;
 pub use task::{LedgerEvent, Task};
+pub use taskledger_projections::{ReviewStatus, TaskStatus};
+pub use values::{
+    AuditResult, CallbackUrl, Identifier, Json, Metadata, Params, Tag, Tags, TaskType, Text,
+    UniqueId, ValueError,
+};
 
 /// Why the aggregate refused a command. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
