@@ -126,6 +126,9 @@ pub struct LenientJson<T>(pub T);
 pub trait LenientBody: DeserializeOwned + Default + Send + 'static {
     /// How errors about the body as a whole (or a bare array's items) name it.
     const ROOT: &'static str;
+    /// Whether the body's top-level keys are the fields errors should name (an object of
+    /// fields), rather than the body being one value named [`Self::ROOT`] (the metadata).
+    const KEYS_ARE_FIELDS: bool = true;
 }
 
 /// Bodies up to this size are parsed on the async worker; larger ones on the blocking pool,
@@ -176,7 +179,8 @@ fn parse_body<T: LenientBody>(bytes: &[u8], form: bool) -> Result<T, ApiError> {
         check_depth(bytes, MAX_JSON_DEPTH + 1).map_err(|key| {
             ApiError::bad_request(format!(
                 "{} is nested deeper than the limit of {MAX_JSON_DEPTH} levels",
-                key.unwrap_or_else(|| T::ROOT.to_string())
+                key.filter(|_| T::KEYS_ARE_FIELDS)
+                    .unwrap_or_else(|| T::ROOT.to_string())
             ))
         })?;
         match serde_json::from_slice::<Value>(bytes) {

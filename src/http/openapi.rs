@@ -22,6 +22,7 @@ use utoipa::openapi::{Components, ContentBuilder, Header, Ref, RefOr, Required, 
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use super::contract::never_answers_409;
+use super::request_id::X_REQUEST_ID;
 use super::Routes;
 use crate::domain::limits::*;
 use crate::domain::{CallbackUrl, Identifier, Json, Metadata, Tag, Tags, TaskType, Text, UniqueId};
@@ -195,7 +196,7 @@ fn error_response(answer: &ErrorAnswer) -> Response {
                 .schema(Some(Ref::from_schema_name("Error")))
                 .build(),
         )
-        .header("x-request-id", request_id_header());
+        .header(X_REQUEST_ID.as_str(), request_id_header());
     if answer.status == 429 {
         let mut retry_after = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
         retry_after.description = Some("Seconds to wait before retrying.".into());
@@ -259,7 +260,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
                 if let RefOr::T(response) = response {
                     response
                         .headers
-                        .insert("x-request-id".into(), request_id_header());
+                        .insert(X_REQUEST_ID.as_str().into(), request_id_header());
                 }
             }
             for status in error_statuses(method, path, op) {
@@ -271,7 +272,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
             let parameters = op.parameters.get_or_insert_with(Vec::new);
             parameters.push(
                 ParameterBuilder::new()
-                    .name("x-request-id")
+                    .name(X_REQUEST_ID.as_str())
                     .parameter_in(ParameterIn::Header)
                     .required(Required::False)
                     .description(Some(
@@ -577,7 +578,7 @@ mod tests {
                     .any(|p| p["name"] == name && p["in"] == "header")
             };
             assert!(op["responses"]["200"].is_object(), "{method} {path}");
-            assert!(param("x-request-id"), "{method} {path}");
+            assert!(param(X_REQUEST_ID.as_str()), "{method} {path}");
             if !path.starts_with("/v1/") {
                 assert!(op.get("security").is_none(), "{method} {path}");
                 continue;

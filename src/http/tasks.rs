@@ -185,6 +185,7 @@ impl LenientBody for Tags {
 
 impl LenientBody for Metadata {
     const ROOT: &'static str = "metadata";
+    const KEYS_ARE_FIELDS: bool = false;
 }
 
 /// With a customer key: the customer's review.

@@ -7,6 +7,7 @@ mod cli;
 mod concurrency;
 mod health;
 mod helpers;
+mod hostile_input;
 mod idempotency_api;
 mod kafka;
 mod list_api;
