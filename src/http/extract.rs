@@ -148,7 +148,11 @@ impl<T: LenientBody> FromRequest<AppState> for LenientJson<T> {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.",
+                    format!(
+                        "The request body is too large: the limit is {} bytes \
+                         (TASKLEDGER_MAX_BODY_BYTES).",
+                        state.settings.max_body_bytes
+                    ),
                 )
             } else {
                 ApiError::bad_request(format!("The request body could not be read: {rejection}"))
@@ -218,13 +222,24 @@ fn field_error(root: &str, e: &serde_path_to_error::Error<serde_json::Error>) ->
 }
 
 /// `"{field} must be ..."` for our own parse errors, `"{field}: ..."` for serde's.
+///
+/// Serde quotes the refused value whole; a message is cut to [`MAX_MESSAGE_CHARS`] so a
+/// megabyte of input does not come back in the answer.
 pub fn field_message(field: &str, error: &str) -> String {
-    if error.starts_with("must ") || error.starts_with("is ") || error.starts_with('(') {
-        format!("{field} {error}")
-    } else {
-        format!("{field}: {error}")
+    let message =
+        if error.starts_with("must ") || error.starts_with("is ") || error.starts_with('(') {
+            format!("{field} {error}")
+        } else {
+            format!("{field}: {error}")
+        };
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message;
     }
+    let cut: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+    format!("{cut}...")
 }
+
+const MAX_MESSAGE_CHARS: usize = 512;
 
 /// Refuses JSON nested deeper than `max` without building it (serde_json would stop at 128
 /// with a message naming nothing). On failure, the top-level key under which it happened,
@@ -400,7 +415,8 @@ pub fn parse_time(value: &str) -> Result<DateTime<Utc>, String> {
     }
     Err(format!(
         "must be a date (2021-04-25), an ISO 8601 time with offset \
-         (2021-04-25T03:14:15-07:00) or 'YYYY-MM-DD HH:MM:SS' in UTC; got {value:?}"
+         (2021-04-25T03:14:15-07:00) or 'YYYY-MM-DD HH:MM:SS' in UTC; got {:?}",
+        value.chars().take(64).collect::<String>()
     ))
 }
 

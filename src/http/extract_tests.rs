@@ -109,3 +109,15 @@ fn the_lenient_body_reads_json_forms_and_nothing_and_names_the_field_it_refuses(
     let e = parse_body::<Tags>(b"[\"ok\", \"\"]", false).unwrap_err();
     assert!(e.message.starts_with("tags"), "{}", e.message);
 }
+
+#[test]
+fn an_error_never_echoes_a_huge_value_whole() {
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Q {
+        n: Option<u64>,
+    }
+    let e = from_value::<Q>("body", json!({ "n": "x".repeat(100_000) })).unwrap_err();
+    assert!(e.message.starts_with("n: "), "{}", e.message);
+    assert!(e.message.len() < 1024, "{} bytes", e.message.len());
+}

@@ -93,8 +93,10 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
     ErrorAnswer {
         status: 400,
         name: "BadRequest",
-        description: "Invalid request: malformed JSON, a wrong type, a bad query value or an \
-                      invalid Idempotency-Key; the message names the offending field.",
+        description: "Invalid request: malformed JSON, a wrong type, a bad query value, a \
+                      value over its documented limit (length, tag count, JSON size or \
+                      nesting), U+0000 in a string, or an invalid Idempotency-Key; the message \
+                      names the offending field and the limit.",
     },
     ErrorAnswer {
         status: 401,
