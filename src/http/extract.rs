@@ -292,7 +292,8 @@ fn check_depth(bytes: &[u8], max: usize) -> Result<(), Option<String>> {
     Ok(())
 }
 
-fn form_object(bytes: &[u8]) -> Value {
+/// Form pairs as an object of strings; a repeated key becomes an array of its values.
+pub(super) fn form_object(bytes: &[u8]) -> Value {
     let mut map = Map::new();
     for (k, v) in url::form_urlencoded::parse(bytes) {
         let v = Value::String(v.into_owned());

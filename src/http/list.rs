@@ -324,21 +324,10 @@ fn reshape(body: &str, options: &Options) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::extract::from_value;
+    use crate::http::extract::{form_object, from_value};
 
     fn params(q: &str) -> Result<Options, ApiError> {
-        let mut map = serde_json::Map::new();
-        for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
-            let v = Value::String(v.into_owned());
-            match map.get_mut(k.as_ref()) {
-                Some(Value::Array(items)) => items.push(v),
-                Some(first) => *first = Value::Array(vec![first.take(), v]),
-                None => {
-                    map.insert(k.into_owned(), v);
-                }
-            }
-        }
-        parse(from_value("query", Value::Object(map))?)
+        parse(from_value("query", form_object(q.as_bytes()))?)
     }
 
     #[test]
