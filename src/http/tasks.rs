@@ -134,12 +134,11 @@ pub struct CreateTaskBody {
     #[schema(nullable = false)]
     metadata: Option<Metadata>,
     /// Distinct tags, order kept; duplicates are dropped.
-    #[serde(default)]
-    tags: Tags,
+    #[schema(nullable = false)]
+    tags: Option<Tags>,
     /// Release the unique_id if the task ends in error.
-    #[serde(default)]
     #[schema(value_type = bool, default = false)]
-    clear_unique_id_on_error: Flag,
+    clear_unique_id_on_error: Option<Flag>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     params: Map<String, Value>,
@@ -161,8 +160,8 @@ impl CreateTaskBody {
             batch: self.batch,
             unique_id: self.unique_id,
             metadata: self.metadata,
-            tags: self.tags,
-            clear_unique_id_on_error: self.clear_unique_id_on_error.0,
+            tags: self.tags.unwrap_or_default(),
+            clear_unique_id_on_error: self.clear_unique_id_on_error.unwrap_or_default().0,
             params,
         })
     }

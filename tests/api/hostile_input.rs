@@ -358,6 +358,22 @@ on_both_backends!(
 mod sqlite_only {
     use super::*;
 
+    /// The typed bodies keep the old leniency: a null common field is an absent one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn null_common_fields_are_absent_ones() {
+        let app = spawn_app(Backend::Sqlite).await;
+        let created = app
+            .create(json!({
+                "project": null, "batch": null, "unique_id": null, "metadata": null,
+                "tags": null, "clear_unique_id_on_error": null, "instruction": null
+            }))
+            .await;
+        assert_eq!(created.status, 200, "{}", created.body);
+        assert_eq!(created.body["metadata"], json!({}));
+        assert!(created.body.get("tags").is_none());
+        assert!(created.body.get("project").is_none());
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_task_holds_at_most_the_tag_limit_and_150k_tags_are_refused() {
         super::a_task_holds_at_most_the_tag_limit_and_150k_tags_are_refused(Backend::Sqlite).await
