@@ -1,8 +1,9 @@
 use taskledger_events::Scope;
 
 use super::values::{
-    AuditResult, CallbackUrl, Identifier, Json, Metadata, Params, Tags, TaskType, Text, UniqueId,
+    AuditResult, CallbackUrl, Identifier, Json, Metadata, Params, Tags, Text, UniqueId,
 };
+use super::TaskType;
 
 /// A request to change one task, with the scope of the key that asked for it: the aggregate
 /// decides what each scope may do, so no route can forget a check.

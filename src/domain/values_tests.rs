@@ -4,6 +4,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::domain::TaskType;
 
 fn long(bytes: usize) -> String {
     "x".repeat(bytes)

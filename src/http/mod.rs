@@ -13,6 +13,7 @@ mod list;
 mod metrics;
 pub mod openapi;
 mod request_id;
+mod task_bodies;
 mod tasks;
 
 pub use error::ApiError;
