@@ -6,7 +6,8 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 use taskledger::domain::limits::{
-    MAX_IDENTIFIER_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_TAGS, MAX_TEXT_BYTES,
+    MAX_IDENTIFIER_BYTES, MAX_JSON_BYTES, MAX_JSON_DEPTH, MAX_METADATA_BYTES, MAX_TAGS,
+    MAX_TEXT_BYTES, MAX_URL_BYTES,
 };
 
 use crate::helpers::{metric_value, on_both_backends, spawn_app, Backend, TestApp};
@@ -346,7 +347,61 @@ async fn bad_requests_among_concurrent_good_ones_never_reach_a_commit_batch(back
     );
 }
 
+/// `bytes` bytes of multi-byte text (plus ASCII to fill), unique by `seed`.
+fn text_of(bytes: usize, seed: usize) -> String {
+    let head = format!("{seed}-");
+    let wide = "é".repeat((bytes - head.len()) / 2);
+    let fill = "x".repeat(bytes - head.len() - wide.len());
+    format!("{head}{wide}{fill}")
+}
+
+/// The largest values the limits allow all fit the store, the list index and the event
+/// stream together: a value the edge accepts never fails later.
+async fn a_task_with_every_field_at_its_limit_is_stored_listed_and_completed(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let identifier = text_of(MAX_IDENTIFIER_BYTES, 0);
+    let tags: Vec<String> = (0..MAX_TAGS)
+        .map(|i| text_of(MAX_IDENTIFIER_BYTES, i))
+        .collect();
+    let url = format!(
+        "https://example.com/{}",
+        "p".repeat(MAX_URL_BYTES - "https://example.com/".len())
+    );
+    // Serialized metadata and the attachment land exactly on their limits.
+    let metadata = json!({ "k": "m".repeat(MAX_METADATA_BYTES - r#"{"k":""}"#.len()) });
+    let attachment = "a".repeat(MAX_JSON_BYTES / 2);
+    let created = app
+        .create(json!({
+            "project": identifier, "batch": identifier, "unique_id": identifier,
+            "tags": tags, "callback_url": url, "metadata": metadata,
+            "instruction": text_of(MAX_TEXT_BYTES, 0),
+            "attachment": attachment, "nested": nested(MAX_JSON_DEPTH),
+        }))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    let id = created.task_id();
+    assert_eq!(created.body["tags"].as_array().unwrap().len(), MAX_TAGS);
+    let query = format!(
+        "/v1/tasks?project={p}&batch={p}&unique_id={p}&tags={t}&tags={u}",
+        p = urlencode(&identifier),
+        t = urlencode(&tags[0]),
+        u = urlencode(&tags[MAX_TAGS - 1])
+    );
+    assert_eq!(app.get(&query).await.body["total"], 1);
+    let done = app
+        .contributor_post(
+            &format!("/v1/task/{id}/complete"),
+            json!({ "response": { "text": "r".repeat(MAX_JSON_BYTES - 100) } }),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(app.history_len(&id).await, 2);
+    let events = app.get("/v1/events").await;
+    assert_eq!(events.body["events"].as_array().unwrap().len(), 2);
+}
+
 on_both_backends!(
+    a_task_with_every_field_at_its_limit_is_stored_listed_and_completed,
     nul_in_any_string_field_is_a_400_naming_the_field,
     identifiers_at_the_limit_are_stored_and_8_kb_ones_are_400s,
     json_nested_past_the_limit_is_a_400_naming_the_field,
