@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use taskledger_events::{Actor, Scope};
 
-use crate::domain::CreateTask;
+use crate::domain::{CreateTask, Params, TaskType, Text};
 use crate::ledger::{CommandContext, Ledger};
 use crate::store::Store;
 
@@ -153,17 +153,20 @@ pub async fn ledger(
         },
         request_id: None,
     };
-    let params =
+    let params = Params::parse(
         json!({"attachment_type": "text", "attachment": "car", "categories": ["big", "small"]})
             .as_object()
             .cloned()
-            .unwrap_or_default();
+            .unwrap_or_default(),
+    )
+    .expect("the bench's params are within the limits");
+    let instruction = Text::parse("Is this big?").expect("a short instruction");
     measure(total, concurrency, progress, move |_| {
         let ledger = ledger.clone();
         let ctx = ctx.clone();
         let create = CreateTask {
-            task_type: "categorization".into(),
-            instruction: Some("Is this big?".into()),
+            task_type: TaskType::Categorization,
+            instruction: Some(instruction.clone()),
             params: params.clone(),
             ..CreateTask::default()
         };

@@ -2,12 +2,15 @@
 //! object), its list-index row and the unique_id index change. No I/O happens here, so the
 //! live write path, `replay` and `?as_of=` share one definition of what a task looks like.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use taskledger_events::{AuditSource, TaskEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
     Pending,
@@ -25,53 +28,130 @@ impl TaskStatus {
             TaskStatus::Error => "error",
         }
     }
+
+    pub const ALL: [TaskStatus; 4] = [
+        TaskStatus::Pending,
+        TaskStatus::Completed,
+        TaskStatus::Canceled,
+        TaskStatus::Error,
+    ];
+
+    pub fn parse(s: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// The customer's verdict on a completed task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum ReviewStatus {
+    Pending,
+    Accepted,
+    Rejected,
+    Fixed,
+}
+
+impl ReviewStatus {
+    pub const ALL: [ReviewStatus; 4] = [
+        ReviewStatus::Pending,
+        ReviewStatus::Accepted,
+        ReviewStatus::Rejected,
+        ReviewStatus::Fixed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewStatus::Pending => "pending",
+            ReviewStatus::Accepted => "accepted",
+            ReviewStatus::Rejected => "rejected",
+            ReviewStatus::Fixed => "fixed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ReviewStatus> {
+        ReviewStatus::ALL.into_iter().find(|t| t.as_str() == s)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Audit))]
 pub struct AuditView {
     pub audited_by: String,
+    /// RFC 3339 UTC with milliseconds.
     #[serde(with = "millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub audited_at: DateTime<Utc>,
+    #[cfg_attr(feature = "openapi", schema(required = true))]
     pub audit_time_secs: Option<u64>,
+    /// accepted, rejected or fixed.
     pub audit_result: String,
     pub audit_source: AuditSource,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub comments: Option<String>,
 }
 
 /// The API's task object. Field order and omission rules are the wire format: keys that
 /// the reference leaves out when empty (`tags`, `unique_id`, ...) are absent, not null.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Task))]
 pub struct TaskView {
+    /// 24 lowercase hex characters, time-ordered.
+    #[cfg_attr(feature = "openapi", schema(example = "0190a1b2c3d4e5f601234567"))]
     pub task_id: String,
+    /// RFC 3339 UTC with milliseconds.
     #[serde(with = "millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at: DateTime<Utc>,
     #[serde(with = "millis")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at: DateTime<Utc>,
+    /// Present once completed.
     #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(value_type = Option<String>, format = DateTime, nullable = false)
+    )]
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(rename = "type")]
     pub task_type: String,
     pub status: TaskStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub instruction: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub callback_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub project: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub batch: Option<String>,
+    /// The type-specific creation fields (attachment_type, attachment, categories,
+    /// geometries, ...) as given.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub params: Value,
+    /// Present once completed (the contributor's answer) or errored (the error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>, nullable = false))]
     pub response: Option<Value>,
+    /// True once a callback was delivered.
     pub callback_completed: bool,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: Value,
     pub audits: Vec<AuditView>,
+    /// Present once the task is completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub customer_review_status: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub customer_review_status: Option<ReviewStatus>,
+    /// Absent when the task has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Absent when the task has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unique_id: Option<String>,
 }
 
@@ -141,14 +221,14 @@ pub fn fold(
         TaskEvent::TaskMetadataSet(e) => view.metadata = e.metadata.clone(),
         TaskEvent::TaskUniqueIdSet(e) => view.unique_id = Some(e.unique_id.clone()),
         TaskEvent::TaskUniqueIdCleared(_) => view.unique_id = None,
-        TaskEvent::TaskTagsAdded(e) => view.tags.extend(e.tags.iter().cloned()),
+        TaskEvent::TaskTagsAdded(e) => add_tags(&mut view.tags, &e.tags),
         TaskEvent::TaskTagsReplaced(e) => view.tags = e.tags.clone(),
-        TaskEvent::TaskTagsRemoved(e) => view.tags.retain(|t| !e.tags.contains(t)),
+        TaskEvent::TaskTagsRemoved(e) => remove_tags(&mut view.tags, &e.tags),
         TaskEvent::TaskCompleted(e) => {
             view.status = TaskStatus::Completed;
             view.completed_at = Some(recorded_at);
             view.response = Some(e.response.clone());
-            view.customer_review_status = Some("pending".into());
+            view.customer_review_status = Some(ReviewStatus::Pending);
         }
         TaskEvent::TaskErrored(e) => {
             view.status = TaskStatus::Error;
@@ -165,13 +245,13 @@ pub fn fold(
             });
             match e.audit_source {
                 AuditSource::Customer => {
-                    view.customer_review_status = Some(e.audit_result.clone());
+                    view.customer_review_status = ReviewStatus::parse(&e.audit_result);
                 }
                 AuditSource::Refonte if e.audit_result == "fixed" => {
                     if let Some(response) = &e.response {
                         view.response = Some(response.clone());
                     }
-                    view.customer_review_status = Some("fixed".into());
+                    view.customer_review_status = Some(ReviewStatus::Fixed);
                 }
                 AuditSource::Refonte => {}
             }
@@ -180,6 +260,22 @@ pub fn fold(
         TaskEvent::CallbackFailed(_) => {}
     }
     Ok(view)
+}
+
+/// Appends the tags not present yet, in order. Sets keep this linear in the tag counts.
+pub fn add_tags(tags: &mut Vec<String>, added: &[String]) {
+    let mut present: HashSet<String> = tags.iter().cloned().collect();
+    for tag in added {
+        if present.insert(tag.clone()) {
+            tags.push(tag.clone());
+        }
+    }
+}
+
+/// Drops every tag in `removed`, keeping the order of the rest.
+pub fn remove_tags(tags: &mut Vec<String>, removed: &[String]) {
+    let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
+    tags.retain(|t| !removed.contains(t.as_str()));
 }
 
 /// Folds a whole history, oldest first.
@@ -238,7 +334,7 @@ impl ListRow {
             status: view.status.as_str(),
             project: view.project.clone(),
             batch: view.batch.clone(),
-            customer_review_status: view.customer_review_status.clone(),
+            customer_review_status: view.customer_review_status.map(|r| r.as_str().to_string()),
             unique_id: view.unique_id.clone(),
             tags: view.tags.clone(),
             created_at_us: view.created_at.timestamp_micros(),

@@ -62,7 +62,7 @@ fn completing_then_a_customer_rejection_sets_review_status_and_audit() {
     assert_eq!(view.status, TaskStatus::Completed);
     assert_eq!(view.completed_at, Some(at(10)));
     assert_eq!(view.updated_at, at(20));
-    assert_eq!(view.customer_review_status.as_deref(), Some("rejected"));
+    assert_eq!(view.customer_review_status, Some(ReviewStatus::Rejected));
     assert_eq!(view.audits.len(), 1);
     assert_eq!(view.audits[0].audited_at, at(20));
 }
@@ -85,7 +85,7 @@ fn a_fixed_workforce_audit_replaces_the_response() {
         .unwrap()
         .unwrap();
     assert_eq!(view.response, Some(json!({"category": "small"})));
-    assert_eq!(view.customer_review_status.as_deref(), Some("fixed"));
+    assert_eq!(view.customer_review_status, Some(ReviewStatus::Fixed));
 }
 
 #[test]
@@ -167,4 +167,34 @@ fn the_list_row_carries_every_filter_column_in_microseconds() {
     assert_eq!(row.project.as_deref(), Some("kittens"));
     assert_eq!(row.tags, vec!["a".to_string()]);
     assert_eq!(row.completed_at_us, None);
+}
+
+#[test]
+fn tags_are_added_without_duplicates_and_removed_keeping_the_order_of_the_rest() {
+    let mut tags: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    add_tags(&mut tags, &["c", "d", "a", "e", "d"].map(String::from));
+    assert_eq!(tags, ["a", "b", "c", "d", "e"]);
+    remove_tags(&mut tags, &["b", "zz", "d"].map(String::from));
+    assert_eq!(tags, ["a", "c", "e"]);
+    // Large inputs keep their meaning: adding the same 100 000 twice adds them once.
+    let many: Vec<String> = (0..100_000).map(|i| format!("t{i}")).collect();
+    let mut all = Vec::new();
+    add_tags(&mut all, &many);
+    add_tags(&mut all, &many);
+    assert_eq!(all.len(), many.len());
+    remove_tags(&mut all, &many);
+    assert!(all.is_empty());
+}
+
+#[test]
+fn review_and_task_statuses_parse_back_from_their_names() {
+    for status in ReviewStatus::ALL {
+        assert_eq!(ReviewStatus::parse(status.as_str()), Some(status));
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
+    for status in TaskStatus::ALL {
+        assert_eq!(TaskStatus::parse(status.as_str()), Some(status));
+    }
+    assert_eq!(ReviewStatus::parse("maybe"), None);
+    assert_eq!(TaskStatus::parse("done"), None);
 }

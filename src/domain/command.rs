@@ -1,5 +1,9 @@
-use serde_json::{Map, Value};
 use taskledger_events::Scope;
+
+use super::values::{
+    AuditResult, CallbackUrl, Identifier, Json, Metadata, Params, Tags, Text, UniqueId,
+};
+use super::TaskType;
 
 /// A request to change one task, with the scope of the key that asked for it: the aggregate
 /// decides what each scope may do, so no route can forget a check.
@@ -9,6 +13,11 @@ pub struct TaskCommand {
     pub action: TaskAction,
 }
 
+/// Each action carries parsed values (see [`super::values`]): the limits and formats hold by
+/// construction, and the aggregate decides only what depends on the task's state.
+// A command lives for one request, so the size of its largest variant (a create with its
+// parsed URL) costs nothing worth a Box at every construction site.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum TaskAction {
     Create(CreateTask),
@@ -16,37 +25,37 @@ pub enum TaskAction {
         clear_unique_id: bool,
     },
     SetMetadata {
-        metadata: Value,
+        metadata: Metadata,
     },
     SetUniqueId {
-        unique_id: String,
+        unique_id: UniqueId,
     },
     ClearUniqueId,
     AddTags {
-        tags: Vec<String>,
+        tags: Tags,
     },
     SetTags {
-        tags: Vec<String>,
+        tags: Tags,
     },
     RemoveTags {
-        tags: Vec<String>,
+        tags: Tags,
     },
     Complete {
-        response: Value,
+        response: Json,
     },
     Error {
-        error: Value,
+        error: Json,
     },
     CustomerAudit {
         audited_by: String,
         accepted: bool,
-        comments: Option<String>,
+        comments: Option<Text>,
     },
     ContributorAudit {
         audited_by: String,
-        audit_result: String,
+        audit_result: AuditResult,
         audit_time_secs: Option<u64>,
-        response: Option<Value>,
+        response: Option<Json>,
     },
     RecordCallbackDelivered {
         delivery_id: String,
@@ -62,20 +71,19 @@ pub enum TaskAction {
     },
 }
 
-/// The body of `POST /v1/task/{type}`: the common fields typed, the type's own fields in
-/// `params` exactly as given.
+/// A create: the common fields typed, the type's own fields in `params` exactly as given.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct CreateTask {
-    pub task_type: String,
-    pub instruction: Option<String>,
-    pub callback_url: Option<String>,
-    pub project: Option<String>,
-    pub batch: Option<String>,
-    pub unique_id: Option<String>,
-    pub metadata: Option<Value>,
-    pub tags: Option<Vec<String>>,
+    pub task_type: TaskType,
+    pub instruction: Option<Text>,
+    pub callback_url: Option<CallbackUrl>,
+    pub project: Option<Identifier>,
+    pub batch: Option<Identifier>,
+    pub unique_id: Option<UniqueId>,
+    pub metadata: Option<Metadata>,
+    pub tags: Tags,
     pub clear_unique_id_on_error: bool,
-    pub params: Map<String, Value>,
+    pub params: Params,
 }
 
 impl TaskCommand {

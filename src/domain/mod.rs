@@ -2,12 +2,20 @@
 
 mod command;
 mod id;
+pub mod limits;
 mod task;
-pub mod validate;
+mod task_type;
+pub mod values;
 
 pub use command::{CreateTask, TaskAction, TaskCommand};
 pub use id::TaskId;
 pub use task::{LedgerEvent, Task};
+pub use task_type::TaskType;
+pub use taskledger_projections::{ReviewStatus, TaskStatus};
+pub use values::{
+    AuditResult, CallbackUrl, Identifier, Json, Metadata, Params, Tag, Tags, Text, UniqueId,
+    ValueError,
+};
 
 /// Why the aggregate refused a command. Each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

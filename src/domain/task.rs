@@ -1,11 +1,14 @@
+use std::collections::HashSet;
+
 use cqrs_es::event_sink::EventSink;
 use cqrs_es::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use taskledger_events::*;
-use taskledger_projections::TaskStatus;
+use taskledger_projections::{add_tags, remove_tags, TaskStatus};
 
-use super::{validate, CreateTask, TaskAction, TaskCommand, TaskError};
+use super::limits::MAX_TAGS;
+use super::{AuditResult, CreateTask, TaskAction, TaskCommand, TaskError};
 
 /// The cqrs-es event type: the contract's [`TaskEvent`] (a foreign type, hence the wrapper).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,9 +77,9 @@ impl Aggregate for Task {
             TaskEvent::TaskMetadataSet(e) => self.metadata = e.metadata,
             TaskEvent::TaskUniqueIdSet(e) => self.unique_id = Some(e.unique_id),
             TaskEvent::TaskUniqueIdCleared(_) => self.unique_id = None,
-            TaskEvent::TaskTagsAdded(e) => self.tags.extend(e.tags),
+            TaskEvent::TaskTagsAdded(e) => add_tags(&mut self.tags, &e.tags),
             TaskEvent::TaskTagsReplaced(e) => self.tags = e.tags,
-            TaskEvent::TaskTagsRemoved(e) => self.tags.retain(|t| !e.tags.contains(t)),
+            TaskEvent::TaskTagsRemoved(e) => remove_tags(&mut self.tags, &e.tags),
             TaskEvent::TaskCompleted(_) => self.status = Some(TaskStatus::Completed),
             TaskEvent::TaskErrored(_) => self.status = Some(TaskStatus::Error),
             TaskEvent::CallbackDelivered(e) => self.callbacks_recorded.push(e.delivery_id),
@@ -136,7 +139,7 @@ impl Task {
             }
             TaskAction::SetMetadata { metadata } => {
                 require_scope(scope, Scope::Customer, "set metadata")?;
-                validate::metadata(&metadata)?;
+                let metadata = metadata.into_value();
                 if metadata == self.metadata {
                     return Ok(vec![]);
                 }
@@ -146,12 +149,11 @@ impl Task {
             }
             TaskAction::SetUniqueId { unique_id } => {
                 require_scope(scope, Scope::Customer, "set unique_id")?;
-                validate::unique_id(&unique_id)?;
                 if self.unique_id.as_deref() == Some(unique_id.as_str()) {
                     return Ok(vec![]);
                 }
                 Ok(vec![TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
-                    unique_id,
+                    unique_id: unique_id.into_string(),
                     previous: self.unique_id.clone(),
                 })])
             }
@@ -164,18 +166,26 @@ impl Task {
             }
             TaskAction::AddTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let new: Vec<String> = validate::tags(&tags)?
+                let present = self.tag_set();
+                let new: Vec<String> = tags
+                    .into_strings()
                     .into_iter()
-                    .filter(|t| !self.tags.contains(t))
+                    .filter(|t| !present.contains(t.as_str()))
                     .collect();
                 if new.is_empty() {
                     return Ok(vec![]);
+                }
+                let total = self.tags.len() + new.len();
+                if total > MAX_TAGS {
+                    return Err(TaskError::invalid(format!(
+                        "tags: a task holds at most {MAX_TAGS} tags; this would make {total}"
+                    )));
                 }
                 Ok(vec![TaskEvent::TaskTagsAdded(TaskTagsAdded { tags: new })])
             }
             TaskAction::SetTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let tags = validate::tags(&tags)?;
+                let tags = tags.into_strings();
                 if tags == self.tags {
                     return Ok(vec![]);
                 }
@@ -183,9 +193,11 @@ impl Task {
             }
             TaskAction::RemoveTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let gone: Vec<String> = validate::tags(&tags)?
+                let present = self.tag_set();
+                let gone: Vec<String> = tags
+                    .into_strings()
                     .into_iter()
-                    .filter(|t| self.tags.contains(t))
+                    .filter(|t| present.contains(t.as_str()))
                     .collect();
                 if gone.is_empty() {
                     return Ok(vec![]);
@@ -197,6 +209,7 @@ impl Task {
             TaskAction::Complete { response } => {
                 require_scope(scope, Scope::Contributor, "complete tasks")?;
                 require_pending(status, "completed")?;
+                let response = response.into_value();
                 if !response.is_object() {
                     return Err(TaskError::invalid("response must be a JSON object"));
                 }
@@ -205,7 +218,7 @@ impl Task {
             TaskAction::Error { error } => {
                 require_scope(scope, Scope::Contributor, "error tasks")?;
                 require_pending(status, "errored")?;
-                let error = match error {
+                let error = match error.into_value() {
                     Value::Object(map) if !map.is_empty() => Value::Object(map),
                     Value::String(s) if !s.trim().is_empty() => json!({ "error": s }),
                     _ => {
@@ -232,7 +245,7 @@ impl Task {
                     audit_source: AuditSource::Customer,
                     audit_result: if accepted { "accepted" } else { "rejected" }.into(),
                     audit_time_secs: None,
-                    comments,
+                    comments: comments.map(|c| c.into_string()),
                     response: None,
                 })])
             }
@@ -244,29 +257,25 @@ impl Task {
             } => {
                 require_scope(scope, Scope::Contributor, "submit workforce audits")?;
                 require_completed(status)?;
-                match (audit_result.as_str(), &response) {
-                    ("fixed", Some(Value::Object(_))) => {}
-                    ("fixed", _) => {
+                let response = response.map(|r| r.into_value());
+                match (audit_result, &response) {
+                    (AuditResult::Fixed, Some(Value::Object(_))) => {}
+                    (AuditResult::Fixed, _) => {
                         return Err(TaskError::invalid(
                             "response (an object) is required when audit_result is fixed",
                         ))
                     }
-                    ("accepted" | "rejected", None) => {}
-                    ("accepted" | "rejected", Some(_)) => {
+                    (AuditResult::Accepted | AuditResult::Rejected, None) => {}
+                    (AuditResult::Accepted | AuditResult::Rejected, Some(_)) => {
                         return Err(TaskError::invalid(
                             "response is only accepted when audit_result is fixed",
                         ))
-                    }
-                    (other, _) => {
-                        return Err(TaskError::invalid(format!(
-                            "audit_result {other:?} must be accepted, fixed or rejected"
-                        )))
                     }
                 }
                 Ok(vec![TaskEvent::TaskAudited(TaskAudited {
                     audited_by,
                     audit_source: AuditSource::Refonte,
-                    audit_result,
+                    audit_result: audit_result.as_str().to_string(),
                     audit_time_secs,
                     comments: None,
                     response,
@@ -309,6 +318,10 @@ impl Task {
         }
     }
 
+    fn tag_set(&self) -> HashSet<&str> {
+        self.tags.iter().map(String::as_str).collect()
+    }
+
     fn clear_unique_id(&self, reason: UniqueIdClearReason) -> Option<TaskEvent> {
         self.unique_id.clone().map(|unique_id| {
             TaskEvent::TaskUniqueIdCleared(TaskUniqueIdCleared { unique_id, reason })
@@ -317,33 +330,20 @@ impl Task {
 }
 
 fn created(create: CreateTask) -> Result<TaskEvent, TaskError> {
-    if !validate::TASK_TYPES.contains(&create.task_type.as_str()) {
-        return Err(TaskError::invalid(format!(
-            "Unknown task type {:?}; expected one of {}",
-            create.task_type,
-            validate::TASK_TYPES.join(", ")
-        )));
-    }
-    if let Some(url) = &create.callback_url {
-        validate::callback_url(url)?;
-    }
-    if let Some(unique_id) = &create.unique_id {
-        validate::unique_id(unique_id)?;
-    }
-    let metadata = create.metadata.unwrap_or_else(|| json!({}));
-    validate::metadata(&metadata)?;
-    let tags = validate::tags(create.tags.as_deref().unwrap_or_default())?;
-    validate::params(&create.task_type, &create.params)?;
+    create
+        .task_type
+        .check_params(&create.params)
+        .map_err(TaskError::Invalid)?;
     Ok(TaskEvent::TaskCreated(TaskCreated {
-        task_type: create.task_type,
-        instruction: create.instruction,
-        callback_url: create.callback_url,
-        project: create.project,
-        batch: create.batch,
-        params: Value::Object(create.params),
-        metadata,
-        tags,
-        unique_id: create.unique_id,
+        task_type: create.task_type.as_str().to_string(),
+        instruction: create.instruction.map(|t| t.into_string()),
+        callback_url: create.callback_url.map(|u| u.into_string()),
+        project: create.project.map(|p| p.into_string()),
+        batch: create.batch.map(|b| b.into_string()),
+        params: Value::Object(create.params.into_map()),
+        metadata: create.metadata.unwrap_or_default().into_value(),
+        tags: create.tags.into_strings(),
+        unique_id: create.unique_id.map(|u| u.into_string()),
         clear_unique_id_on_error: create.clear_unique_id_on_error,
     }))
 }

@@ -1,14 +1,14 @@
 //! `GET /v1/events`: the account's events in global commit order, for consumers without Kafka.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::routing::get;
 use axum::Json;
-use serde::Serialize;
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
 use taskledger_events::EventEnvelope;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::extract::{parse_limit, query_pairs, Caller};
-use super::openapi::EventsParams;
+use super::extract::{Caller, Limit, QueryParams};
 use super::{ApiError, AppState, Routes};
 
 pub(super) fn router() -> Routes {
@@ -19,12 +19,41 @@ pub(super) fn router() -> Routes {
 #[openapi(paths(feed))]
 pub(super) struct Docs;
 
-const MAX_LIMIT: i64 = 1000;
+/// A global position given in a query: an integer >= 0.
+#[derive(Debug, Clone, Copy, Default)]
+struct Position(i64);
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Position)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "must be a global position (an integer >= 0); got {:?}",
+                    s.chars().take(64).collect::<String>()
+                ))
+            })
+    }
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+struct EventsParams {
+    /// A global position: events strictly after it.
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0, default = 0)]
+    after: Option<Position>,
+    /// 1 to 1000.
+    #[param(value_type = Option<i64>, nullable = false, minimum = 1, maximum = 1000, default = 100)]
+    limit: Option<Limit<1000>>,
+}
 
 #[derive(Serialize, ToSchema)]
 #[schema(as = EventPage)]
 pub struct EventsOut {
-    #[schema(value_type = Vec<super::openapi::EventEnvelope>)]
     events: Vec<EventEnvelope>,
     /// Pass as `after` to continue; equal to the request's `after` when nothing is new.
     next_after: i64,
@@ -46,27 +75,10 @@ pub struct EventsOut {
 async fn feed(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    QueryParams(query): QueryParams<EventsParams>,
 ) -> Result<Json<EventsOut>, ApiError> {
-    let mut after = 0;
-    let mut limit = 100;
-    for (name, value) in query_pairs(query.as_deref()) {
-        match name.as_str() {
-            "after" => {
-                after = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "after must be a global position (an integer >= 0); got {value:?}"
-                        ))
-                    })?
-            }
-            "limit" => limit = parse_limit(&value, MAX_LIMIT)?,
-            _ => {}
-        }
-    }
+    let after = query.after.unwrap_or_default().0;
+    let limit = query.limit.map_or(100, |Limit(n)| n);
     let mut events = state
         .ledger
         .store()

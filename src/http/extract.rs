@@ -7,10 +7,14 @@ use axum::http::request::Parts;
 use axum::http::StatusCode;
 use base64::Engine;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::de::{self, DeserializeOwned, Deserializer};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use taskledger_events::Actor;
 
+use super::request_id::X_REQUEST_ID;
 use super::{ApiError, AppState};
+use crate::domain::limits::{MAX_FILTER_VALUES, MAX_JSON_DEPTH};
 use crate::domain::TaskId;
 use crate::ledger::CommandContext;
 use crate::store::Principal;
@@ -92,7 +96,7 @@ impl FromRequestParts<AppState> for Caller {
             principal,
             request_id: parts
                 .headers
-                .get("x-request-id")
+                .get(&X_REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string),
         };
@@ -110,11 +114,28 @@ pub fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "Task with that ID not found.")
 }
 
-/// A JSON body, read whatever the Content-Type says (clients of the reference send JSON with
-/// and without it); a form-encoded body becomes an object of strings, like `curl -d k=v`.
-pub struct Body(pub Value);
+/// A request body parsed into `T`, whatever the Content-Type says (clients of the reference
+/// send JSON with and without it). The documented leniency lives here and only here: a
+/// form-encoded body becomes an object of strings (`curl -d k=v`), and no body (or `null`) is
+/// `T::default()` (the reference SDK sends `{}` and `[]` that way). Every failure is a 400
+/// naming the field: a wrong type, a value over its limit, or nesting past
+/// [`MAX_JSON_DEPTH`], which is refused before anything is built.
+pub struct LenientJson<T>(pub T);
 
-impl FromRequest<AppState> for Body {
+/// A type [`LenientJson`] can read.
+pub trait LenientBody: DeserializeOwned + Default + Send + 'static {
+    /// How errors about the body as a whole (or a bare array's items) name it.
+    const ROOT: &'static str;
+    /// Whether the body's top-level keys are the fields errors should name (an object of
+    /// fields), rather than the body being one value named [`Self::ROOT`] (the metadata).
+    const KEYS_ARE_FIELDS: bool = true;
+}
+
+/// Bodies up to this size are parsed on the async worker; larger ones on the blocking pool,
+/// so a multi-megabyte body cannot hold up other requests.
+const INLINE_PARSE_BYTES: usize = 64 * 1024;
+
+impl<T: LenientBody> FromRequest<AppState> for LenientJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
@@ -127,26 +148,152 @@ impl FromRequest<AppState> for Body {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "The request body is too large.",
+                    format!(
+                        "The request body is too large: the limit is {} bytes \
+                         (TASKLEDGER_MAX_BODY_BYTES).",
+                        state.settings.max_body_bytes
+                    ),
                 )
             } else {
                 ApiError::bad_request(format!("The request body could not be read: {rejection}"))
             }
         })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(Body(Value::Null));
+        if bytes.len() <= INLINE_PARSE_BYTES {
+            return parse_body(&bytes, form).map(LenientJson);
         }
-        match serde_json::from_slice::<Value>(&bytes) {
-            Ok(value) => Ok(Body(value)),
-            Err(_) if form => Ok(Body(form_object(&bytes))),
-            Err(e) => Err(ApiError::bad_request(format!(
-                "The request body is not valid JSON: {e}"
-            ))),
-        }
+        tokio::task::spawn_blocking(move || parse_body::<T>(&bytes, form))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "body parse task failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+            })?
+            .map(LenientJson)
     }
 }
 
-fn form_object(bytes: &[u8]) -> Value {
+fn parse_body<T: LenientBody>(bytes: &[u8], form: bool) -> Result<T, ApiError> {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start else {
+        return Ok(T::default());
+    };
+    let value = if form && !matches!(bytes[start], b'{' | b'[') {
+        form_object(bytes)
+    } else {
+        // One level for the body itself: an object body may hold values MAX_JSON_DEPTH deep.
+        check_depth(bytes, MAX_JSON_DEPTH + 1).map_err(|key| {
+            ApiError::bad_request(format!(
+                "{} is nested deeper than the limit of {MAX_JSON_DEPTH} levels",
+                key.filter(|_| T::KEYS_ARE_FIELDS)
+                    .unwrap_or_else(|| T::ROOT.to_string())
+            ))
+        })?;
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(value) => value,
+            Err(_) if form => form_object(bytes),
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "The request body is not valid JSON: {e}"
+                )))
+            }
+        }
+    };
+    if value.is_null() {
+        return Ok(T::default());
+    }
+    from_value(T::ROOT, value)
+}
+
+/// Deserializes `T` from a JSON value; the error names the field (`root` for the value
+/// itself or an item of a bare array).
+pub fn from_value<T: DeserializeOwned>(root: &str, value: Value) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(value).map_err(|e| field_error(root, &e))
+}
+
+fn field_error(root: &str, e: &serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let field = if path == "." {
+        root.to_string()
+    } else if path.starts_with('[') {
+        format!("{root}{path}")
+    } else {
+        path
+    };
+    ApiError::bad_request(field_message(&field, &e.inner().to_string()))
+}
+
+/// `"{field} must be ..."` for our own parse errors, `"{field}: ..."` for serde's.
+///
+/// Serde quotes the refused value whole; a message is cut to [`MAX_MESSAGE_CHARS`] so a
+/// megabyte of input does not come back in the answer.
+pub fn field_message(field: &str, error: &str) -> String {
+    let message =
+        if error.starts_with("must ") || error.starts_with("is ") || error.starts_with('(') {
+            format!("{field} {error}")
+        } else {
+            format!("{field}: {error}")
+        };
+    if message.chars().count() <= MAX_MESSAGE_CHARS {
+        return message;
+    }
+    let cut: String = message.chars().take(MAX_MESSAGE_CHARS).collect();
+    format!("{cut}...")
+}
+
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// Refuses JSON nested deeper than `max` without building it (serde_json would stop at 128
+/// with a message naming nothing). On failure, the top-level key under which it happened,
+/// if the body is an object. Linear in the body; brackets inside strings do not count.
+fn check_depth(bytes: &[u8], max: usize) -> Result<(), Option<String>> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut top_is_object = false;
+    let mut string_start = 0;
+    let mut last_top_string: Option<(usize, usize)> = None;
+    let mut key: Option<(usize, usize)> = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+                if depth == 1 {
+                    last_top_string = Some((string_start, i + 1));
+                }
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                in_string = true;
+                string_start = i;
+            }
+            b':' if depth == 1 => key = last_top_string,
+            b'{' | b'[' => {
+                if depth == 0 {
+                    top_is_object = b == b'{';
+                }
+                depth += 1;
+                if depth > max {
+                    let name = key.filter(|_| top_is_object).map(|(s, e)| {
+                        serde_json::from_slice::<String>(&bytes[s..e])
+                            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes[s..e]).into())
+                    });
+                    return Err(name);
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Form pairs as an object of strings; a repeated key becomes an array of its values.
+pub(super) fn form_object(bytes: &[u8]) -> Value {
     let mut map = Map::new();
     for (k, v) in url::form_urlencoded::parse(bytes) {
         let v = Value::String(v.into_owned());
@@ -164,125 +311,97 @@ fn form_object(bytes: &[u8]) -> Value {
     Value::Object(map)
 }
 
-impl Body {
-    pub fn object(self, what: &str) -> Result<Map<String, Value>, ApiError> {
-        match self.0 {
-            Value::Object(map) => Ok(map),
-            Value::Null => Ok(Map::new()),
-            _ => Err(ApiError::bad_request(format!(
-                "The request body must be a JSON object ({what})."
+/// A query string parsed into `T`: repeated keys (`tags=a&tags=b`) become arrays, unknown
+/// keys are ignored, and every failure is a 400 naming the parameter.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        from_value("query", form_object(query.as_bytes())).map(QueryParams)
+    }
+}
+
+/// A boolean given as `true`/`false` in any case, in a query or a form body, or as JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flag(pub bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(Flag(b)),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(Flag(true)),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Flag(false)),
+            other => Err(de::Error::custom(format!(
+                "must be a boolean (true or false); got {other}"
             ))),
         }
     }
+}
 
-    /// A body that must be a JSON array of strings (the tags endpoints). No body at all is
-    /// an empty array: the reference SDK sends `[]` as an empty body.
-    pub fn string_array(self, what: &str) -> Result<Vec<String>, ApiError> {
-        let items = match self.0 {
+/// A time in any documented format (see [`parse_time`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Time(pub DateTime<Utc>);
+
+impl<'de> Deserialize<'de> for Time {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_time(&s).map(Time).map_err(de::Error::custom)
+    }
+}
+
+/// A page size from 1 to `MAX`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit<const MAX: i64>(pub i64);
+
+impl<'de, const MAX: i64> Deserialize<'de> for Limit<MAX> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX).contains(n))
+            .map(Limit)
+            .ok_or_else(|| {
+                de::Error::custom(format!("must be an integer from 1 to {MAX}; got {s:?}"))
+            })
+    }
+}
+
+/// A repeatable query parameter: one value, or several (`k=a&k=b`), at most
+/// [`MAX_FILTER_VALUES`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Many<T>(pub Vec<T>);
+
+impl<T> Default for Many<T> {
+    fn default() -> Self {
+        Many(Vec::new())
+    }
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Many<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items = match Value::deserialize(d)? {
             Value::Array(items) => items,
-            Value::Null => Vec::new(),
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "The request body must be a JSON array of strings ({what})."
-                )))
-            }
+            one => vec![one],
         };
+        if items.len() > MAX_FILTER_VALUES {
+            return Err(de::Error::custom(format!(
+                "must be given at most {MAX_FILTER_VALUES} times"
+            )));
+        }
         items
             .into_iter()
-            .map(|item| match item {
-                Value::String(s) => Ok(s),
-                other => Err(ApiError::bad_request(format!(
-                    "{what} must be non-empty strings; got {other}"
-                ))),
-            })
-            .collect()
-    }
-}
-
-/// Optional typed fields of a JSON object, with 400s naming the field.
-pub fn opt_string(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ApiError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "{field} must be a string; got {other}"
-        ))),
-    }
-}
-
-pub fn opt_bool(map: &Map<String, Value>, field: &str) -> Result<Option<bool>, ApiError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) => parse_bool(field, s).map(Some),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "{field} must be a boolean; got {other}"
-        ))),
-    }
-}
-
-pub fn opt_string_array(
-    map: &Map<String, Value>,
-    field: &str,
-) -> Result<Option<Vec<String>>, ApiError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| match i {
-                Value::String(s) => Ok(s.clone()),
-                other => Err(ApiError::bad_request(format!(
-                    "{field} must hold strings; got {other}"
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some),
-        Some(Value::String(s)) => Ok(Some(vec![s.clone()])),
-        Some(other) => Err(ApiError::bad_request(format!(
-            "{field} must be an array of strings; got {other}"
-        ))),
-    }
-}
-
-/// The query string as ordered pairs; keys may repeat (`tags=a&tags=b`).
-pub fn query_pairs(parts_query: Option<&str>) -> Vec<(String, String)> {
-    parts_query
-        .map(|q| {
-            url::form_urlencoded::parse(q.as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A page size `limit` from 1 to `max`.
-pub fn parse_limit(value: &str, max: i64) -> Result<i64, ApiError> {
-    value
-        .parse::<i64>()
-        .ok()
-        .filter(|n| (1..=max).contains(n))
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "limit must be an integer from 1 to {max}; got {value:?}"
-            ))
-        })
-}
-
-pub fn parse_bool(name: &str, value: &str) -> Result<bool, ApiError> {
-    if value.eq_ignore_ascii_case("true") {
-        Ok(true)
-    } else if value.eq_ignore_ascii_case("false") {
-        Ok(false)
-    } else {
-        Err(ApiError::bad_request(format!(
-            "{name} must be true or false; got {value:?}"
-        )))
+            .map(|item| serde_json::from_value(item).map_err(de::Error::custom))
+            .collect::<Result<_, _>>()
+            .map(Many)
     }
 }
 
 /// `2021-04-25`, RFC 3339 with an offset, or `YYYY-MM-DD HH:MM:SS[.ffffff]` (also with a
 /// `T`) without a zone, read as UTC.
-pub fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+pub fn parse_time(value: &str) -> Result<DateTime<Utc>, String> {
     let value = value.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(value) {
         return Ok(t.with_timezone(&Utc));
@@ -295,58 +414,13 @@ pub fn parse_time(name: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
     if let Ok(d) = NaiveDate::parse_from_str(value, "%Y-%m-%d") {
         return Ok(d.and_hms_opt(0, 0, 0).expect("midnight exists").and_utc());
     }
-    Err(ApiError::bad_request(format!(
-        "{name} must be a date (2021-04-25), an ISO 8601 time with offset \
-         (2021-04-25T03:14:15-07:00) or 'YYYY-MM-DD HH:MM:SS' in UTC; got {value:?}"
-    )))
+    Err(format!(
+        "must be a date (2021-04-25), an ISO 8601 time with offset \
+         (2021-04-25T03:14:15-07:00) or 'YYYY-MM-DD HH:MM:SS' in UTC; got {:?}",
+        value.chars().take(64).collect::<String>()
+    ))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_documented_time_format_parses_to_utc() {
-        let cases = [
-            ("2021-04-25", "2021-04-25T00:00:00+00:00"),
-            ("2021-04-25T03:14:15-07:00", "2021-04-25T10:14:15+00:00"),
-            ("2021-04-25T03:14:15Z", "2021-04-25T03:14:15+00:00"),
-            ("2021-04-25 03:14:15", "2021-04-25T03:14:15+00:00"),
-            (
-                "2021-04-25 03:14:15.123456",
-                "2021-04-25T03:14:15.123456+00:00",
-            ),
-        ];
-        for (input, expected) in cases {
-            assert_eq!(
-                parse_time("t", input).unwrap().to_rfc3339(),
-                expected,
-                "{input}"
-            );
-        }
-    }
-
-    #[test]
-    fn malformed_times_and_booleans_are_400s_naming_the_parameter() {
-        for bad in ["yesterday", "2021-13-01", "2021-04-25 25:00:00", ""] {
-            let e = parse_time("start_time", bad).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST);
-            assert!(e.message.contains("start_time"), "{}", e.message);
-        }
-        assert!(parse_bool("x", "TRUE").unwrap());
-        assert!(!parse_bool("x", "False").unwrap());
-        assert!(parse_bool("limited_response", "yes")
-            .unwrap_err()
-            .message
-            .contains("limited_response"));
-    }
-
-    #[test]
-    fn a_form_body_becomes_an_object_with_repeated_keys_as_arrays() {
-        let v = form_object(b"callback_url=http%3A%2F%2Fx&categories=a&categories=b");
-        assert_eq!(
-            v,
-            serde_json::json!({"callback_url": "http://x", "categories": ["a", "b"]})
-        );
-    }
-}
+#[path = "extract_tests.rs"]
+mod tests;

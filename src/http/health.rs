@@ -4,11 +4,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Json;
-use serde_json::{json, Value};
-use utoipa::OpenApi;
+use serde::Serialize;
+use utoipa::{OpenApi, ToSchema};
 
-use super::openapi::ProbeStatus;
 use super::{ApiError, AppState, Routes};
+
+/// The answer of the probes.
+#[derive(Serialize, ToSchema)]
+pub(super) struct ProbeStatus {
+    #[schema(example = "ok")]
+    status: &'static str,
+}
 
 pub(super) fn router() -> Routes {
     Routes::new()
@@ -28,8 +34,8 @@ pub(super) struct Docs;
     operation_id = "healthz",
     responses((status = 200, description = "Always `{\"status\": \"ok\"}`.", body = ProbeStatus))
 )]
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+async fn healthz() -> Json<ProbeStatus> {
+    Json(ProbeStatus { status: "ok" })
 }
 
 /// The process can reach its store.
@@ -40,7 +46,7 @@ async fn healthz() -> Json<Value> {
     operation_id = "readyz",
     responses((status = 200, description = "`{\"status\": \"ready\"}`: the store answered.", body = ProbeStatus))
 )]
-async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn readyz(State(state): State<AppState>) -> Result<Json<ProbeStatus>, ApiError> {
     state.ledger.store().ping().await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check failed");
         ApiError::new(
@@ -48,5 +54,5 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             "The ledger store is unreachable.",
         )
     })?;
-    Ok(Json(json!({ "status": "ready" })))
+    Ok(Json(ProbeStatus { status: "ready" }))
 }

@@ -7,6 +7,7 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
+use super::contract::never_answers_409;
 use super::extract::Caller;
 use super::{ApiError, AppState};
 use crate::store::{IdempotencyState, IdempotencyWrite};
@@ -98,10 +99,7 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
         IdempotencyState::Mismatch => {
             // The contract promises these endpoints never answer 409 (the reference SDK
             // cannot parse a 409 there), so the same refusal is a 400 on them.
-            let path = parts.uri.path();
-            let never_409 = path.ends_with("/tags")
-                || path.ends_with("/cancel")
-                || (parts.method == axum::http::Method::DELETE && path.ends_with("/unique_id"));
+            let never_409 = never_answers_409(parts.method.as_str(), parts.uri.path());
             return Err(ApiError::new(
                 if never_409 {
                     StatusCode::BAD_REQUEST
@@ -131,9 +129,11 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX)
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let body = to_bytes(body, usize::MAX).await.map_err(|e| {
+        // Our own response failed to buffer; the cause is for the log, not the client.
+        tracing::error!(error = %e, "reading the response to record it failed");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+    })?;
     // Success answers were stored by the command's transaction; this records the rest.
     store
         .finish_idempotency_key(&key, status.as_u16(), &String::from_utf8_lossy(&body))

@@ -1,18 +1,21 @@
 //! `GET /v1/tasks`: filters, keyset pagination with an opaque `next_token`.
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
 use base64::Engine;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
 use serde_json::{json, Value};
-use taskledger_projections::TaskView;
-use utoipa::OpenApi;
+use taskledger_projections::{ReviewStatus, TaskStatus, TaskView};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::extract::{parse_bool, parse_limit, parse_time, query_pairs, Caller};
-use super::openapi::{ListParams, TaskPage};
+use super::extract::{Caller, Flag, Limit, Many, QueryParams, Time};
 use super::tasks::task_json;
 use super::{ApiError, AppState, Routes};
-use crate::domain::validate::TASK_TYPES;
+use crate::domain::limits::MAX_TOKEN_BYTES;
+use crate::domain::{Identifier, Tag, TaskType, UniqueId};
 use crate::store::ListQuery;
 
 pub(super) fn router() -> Routes {
@@ -23,8 +26,167 @@ pub(super) fn router() -> Routes {
 #[openapi(paths(list))]
 pub(super) struct Docs;
 
-const STATUSES: &[&str] = &["pending", "completed", "canceled", "error"];
-const REVIEW_STATUSES: &[&str] = &["pending", "accepted", "rejected", "fixed"];
+/// A closed set of names a list filter accepts.
+trait Choice: Sized + 'static {
+    const ALL: &'static [Self];
+    fn name(&self) -> &'static str;
+}
+
+impl Choice for TaskStatus {
+    const ALL: &'static [Self] = &TaskStatus::ALL;
+    fn name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Choice for ReviewStatus {
+    const ALL: &'static [Self] = &ReviewStatus::ALL;
+    fn name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+impl Choice for TaskType {
+    const ALL: &'static [Self] = &TaskType::ALL;
+    fn name(&self) -> &'static str {
+        self.as_str()
+    }
+}
+
+/// Comma-separated names, possibly repeated (`status=pending,error&status=canceled`).
+#[derive(Debug)]
+struct AnyOf<T>(Vec<T>);
+
+impl<T> Default for AnyOf<T> {
+    fn default() -> Self {
+        AnyOf(Vec::new())
+    }
+}
+
+impl<'de, T: Choice + Copy> Deserialize<'de> for AnyOf<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let Many(values) = Many::<String>::deserialize(d)?;
+        let mut out = Vec::new();
+        for value in &values {
+            for v in value.split(',').map(str::trim) {
+                let found = T::ALL.iter().find(|c| c.name() == v).ok_or_else(|| {
+                    let names: Vec<_> = T::ALL.iter().map(Choice::name).collect();
+                    de::Error::custom(format!(
+                        "must be one of {}; got {:?}",
+                        names.join(", "),
+                        v.chars().take(64).collect::<String>()
+                    ))
+                })?;
+                out.push(*found);
+            }
+        }
+        Ok(AnyOf(out))
+    }
+}
+
+/// `GET /v1/tasks`' query. Times accept `2021-04-25`, RFC 3339 with an offset, or
+/// `YYYY-MM-DD HH:MM:SS[.ffffff]` in UTC; booleans `true`/`false` in any case. Parameters not
+/// listed are ignored.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub(super) struct ListParams {
+    /// Created at or after this time.
+    #[param(value_type = Option<String>, nullable = false)]
+    start_time: Option<Time>,
+    /// Created before this time.
+    #[param(value_type = Option<String>, nullable = false)]
+    end_time: Option<Time>,
+    #[param(value_type = Option<String>, nullable = false)]
+    completed_after: Option<Time>,
+    #[param(value_type = Option<String>, nullable = false)]
+    completed_before: Option<Time>,
+    #[param(value_type = Option<String>, nullable = false)]
+    updated_after: Option<Time>,
+    #[param(value_type = Option<String>, nullable = false)]
+    updated_before: Option<Time>,
+    /// Comma-separated, any of: pending, completed, canceled, error.
+    #[param(value_type = Option<String>, nullable = false)]
+    status: AnyOf<TaskStatus>,
+    /// Comma-separated task types, any of.
+    #[serde(rename = "type")]
+    #[param(rename = "type", value_type = Option<String>, nullable = false)]
+    task_type: AnyOf<TaskType>,
+    /// At most 255 bytes, no U+0000.
+    #[param(value_type = Option<String>, nullable = false, max_length = 255)]
+    project: Option<Identifier>,
+    /// At most 255 bytes, no U+0000.
+    #[param(value_type = Option<String>, nullable = false, max_length = 255)]
+    batch: Option<Identifier>,
+    /// Comma-separated, any of: pending, accepted, rejected, fixed.
+    #[param(value_type = Option<String>, nullable = false)]
+    customer_review_status: AnyOf<ReviewStatus>,
+    /// Repeatable (`unique_id=a&unique_id=b`, at most 100): tasks with any of them.
+    #[param(value_type = Option<Vec<UniqueId>>, nullable = false, style = Form, explode, max_items = 100)]
+    unique_id: Many<UniqueId>,
+    /// Repeatable (`tags=a&tags=b`, at most 100): tasks having all of them.
+    #[param(value_type = Option<Vec<Tag>>, nullable = false, style = Form, explode, max_items = 100)]
+    tags: Many<Tag>,
+    /// 1 to 100.
+    #[param(value_type = Option<i64>, nullable = false, minimum = 1, maximum = 100, default = 100)]
+    limit: Option<Limit<100>>,
+    /// Add `attachment_url` (the task's `params.attachment`) to each doc.
+    #[param(value_type = Option<bool>, nullable = false, default = false)]
+    include_attachment_url: Option<Flag>,
+    /// Docs hold only `task_id`, `status`, `metadata` and `project`.
+    #[param(value_type = Option<bool>, nullable = false, default = false)]
+    limited_response: Option<Flag>,
+    /// The previous page's `next_token` (at most 1024 bytes).
+    #[param(nullable = false, max_length = 1024)]
+    next_token: Option<String>,
+}
+
+/// The reduced document of `limited_response=true` ([`TaskView::limited`]).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Documentation only: list pages are spliced from stored bytes.
+pub(super) struct LimitedTask {
+    task_id: String,
+    status: TaskStatus,
+    #[schema(value_type = Object)]
+    metadata: Value,
+    #[schema(nullable = false)]
+    project: Option<String>,
+}
+
+/// A task of a list page.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ListedTask {
+    #[serde(flatten)]
+    task: TaskView,
+    /// With `include_attachment_url=true`: the task's `params.attachment`.
+    #[schema(nullable = false)]
+    attachment_url: Option<String>,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub(super) enum ListedDoc {
+    Task(Box<ListedTask>),
+    Limited(LimitedTask),
+}
+
+/// A page of `GET /v1/tasks`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(super) struct TaskPage {
+    docs: Vec<ListedDoc>,
+    /// Tasks matching the filters, over all pages.
+    total: i64,
+    limit: i64,
+    /// Always 0: pages are reached with `next_token`.
+    offset: i64,
+    has_more: bool,
+    /// Pass back as `next_token` for the next page; null on the last one.
+    #[schema(required = true)]
+    next_token: Option<String>,
+}
 
 struct Options {
     query: ListQuery,
@@ -32,63 +194,45 @@ struct Options {
     limited_response: bool,
 }
 
-fn parse(pairs: Vec<(String, String)>) -> Result<Options, ApiError> {
-    let mut q = ListQuery {
-        limit: 100,
-        ..ListQuery::default()
+fn parse(p: ListParams) -> Result<Options, ApiError> {
+    let micros = |t: Option<Time>| t.map(|Time(t)| t.timestamp_micros());
+    let names = |v: Vec<&'static str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+    let query = ListQuery {
+        limit: p.limit.map_or(100, |Limit(n)| n),
+        created_from_us: micros(p.start_time),
+        created_to_us: micros(p.end_time),
+        completed_after_us: micros(p.completed_after),
+        completed_before_us: micros(p.completed_before),
+        updated_after_us: micros(p.updated_after),
+        updated_before_us: micros(p.updated_before),
+        statuses: names(p.status.0.iter().map(|s| s.as_str()).collect()),
+        task_types: names(p.task_type.0.iter().map(|s| s.as_str()).collect()),
+        review_statuses: names(
+            p.customer_review_status
+                .0
+                .iter()
+                .map(|s| s.as_str())
+                .collect(),
+        ),
+        project: p.project.map(Identifier::into_string),
+        batch: p.batch.map(Identifier::into_string),
+        unique_ids: p
+            .unique_id
+            .0
+            .into_iter()
+            .map(UniqueId::into_string)
+            .collect(),
+        tags: p.tags.0.into_iter().map(Tag::into_string).collect(),
+        after: match p.next_token.filter(|t| !t.is_empty()) {
+            Some(token) => Some(decode_token(&token)?),
+            None => None,
+        },
     };
-    let mut include_attachment_url = false;
-    let mut limited_response = false;
-    let micros = |name: &str, v: &str| parse_time(name, v).map(|t| Some(t.timestamp_micros()));
-    for (name, value) in pairs {
-        match name.as_str() {
-            "start_time" => q.created_from_us = micros(&name, &value)?,
-            "end_time" => q.created_to_us = micros(&name, &value)?,
-            "completed_after" => q.completed_after_us = micros(&name, &value)?,
-            "completed_before" => q.completed_before_us = micros(&name, &value)?,
-            "updated_after" => q.updated_after_us = micros(&name, &value)?,
-            "updated_before" => q.updated_before_us = micros(&name, &value)?,
-            "status" => q.statuses.extend(one_of(&name, &value, STATUSES)?),
-            "type" => q.task_types.extend(one_of(&name, &value, TASK_TYPES)?),
-            "customer_review_status" => {
-                q.review_statuses
-                    .extend(one_of(&name, &value, REVIEW_STATUSES)?)
-            }
-            "project" => q.project = Some(value),
-            "batch" => q.batch = Some(value),
-            "unique_id" => q.unique_ids.push(value),
-            "tags" => q.tags.push(value),
-            "limit" => q.limit = parse_limit(&value, 100)?,
-            "next_token" if !value.is_empty() => q.after = Some(decode_token(&value)?),
-            "include_attachment_url" => include_attachment_url = parse_bool(&name, &value)?,
-            "limited_response" => limited_response = parse_bool(&name, &value)?,
-            // Parameters we do not know are ignored, as clients send extras.
-            _ => {}
-        }
-    }
     Ok(Options {
-        query: q,
-        include_attachment_url,
-        limited_response,
+        query,
+        include_attachment_url: p.include_attachment_url.unwrap_or_default().0,
+        limited_response: p.limited_response.unwrap_or_default().0,
     })
-}
-
-/// A comma-separated list whose every item must be known.
-fn one_of(name: &str, value: &str, allowed: &[&str]) -> Result<Vec<String>, ApiError> {
-    value
-        .split(',')
-        .map(str::trim)
-        .map(|v| {
-            if allowed.contains(&v) {
-                Ok(v.to_string())
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "{name} must be one of {}; got {v:?}",
-                    allowed.join(", ")
-                )))
-            }
-        })
-        .collect()
 }
 
 fn encode_token(created_us: i64, task_id: &str) -> String {
@@ -98,6 +242,9 @@ fn encode_token(created_us: i64, task_id: &str) -> String {
 
 fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
     let invalid = || ApiError::bad_request("next_token is not valid");
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(invalid());
+    }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| invalid())?;
@@ -123,9 +270,9 @@ fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
 async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    RawQuery(query): RawQuery,
+    QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
-    let options = parse(query_pairs(query.as_deref()))?;
+    let options = parse(params)?;
     let page = state
         .ledger
         .store()
@@ -156,8 +303,11 @@ async fn list(
 }
 
 fn reshape(body: &str, options: &Options) -> Result<String, ApiError> {
-    let view: TaskView = serde_json::from_str(body)
-        .map_err(|e| ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let view: TaskView = serde_json::from_str(body).map_err(|e| {
+        // A stored view that does not decode is our bug; the client gets no detail of it.
+        tracing::error!(error = %e, "a stored task view does not decode");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+    })?;
     let mut doc = if options.limited_response {
         view.limited()
     } else {
@@ -174,9 +324,10 @@ fn reshape(body: &str, options: &Options) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::extract::{form_object, from_value};
 
-    fn pairs(q: &str) -> Vec<(String, String)> {
-        query_pairs(Some(q))
+    fn params(q: &str) -> Result<Options, ApiError> {
+        parse(from_value("query", form_object(q.as_bytes()))?)
     }
 
     #[test]
@@ -190,28 +341,31 @@ mod tests {
             )
         );
         assert!(decode_token("not-a-token").is_err());
+        assert!(decode_token(&"A".repeat(MAX_TOKEN_BYTES + 1)).is_err());
     }
 
     #[test]
     fn limits_outside_1_to_100_are_refused() {
         for bad in ["0", "101", "-1", "ten", ""] {
-            let e = parse(pairs(&format!("limit={bad}"))).err().unwrap();
+            let e = params(&format!("limit={bad}")).err().unwrap();
             assert!(e.message.contains("limit"), "{bad}: {}", e.message);
         }
-        assert_eq!(parse(pairs("limit=100")).ok().unwrap().query.limit, 100);
+        assert_eq!(params("limit=100").ok().unwrap().query.limit, 100);
+        assert_eq!(params("").ok().unwrap().query.limit, 100);
     }
 
     #[test]
     fn repeated_and_comma_separated_filters_accumulate() {
-        let o = parse(pairs(
-            "tags=a&tags=b&unique_id=x&unique_id=y&customer_review_status=accepted,fixed&status=pending",
-        ))
+        let o = params(
+            "tags=a&tags=b&unique_id=x&unique_id=y&customer_review_status=accepted,fixed\
+             &status=pending&status=error,canceled&unknown=ignored",
+        )
         .ok()
         .unwrap();
         assert_eq!(o.query.tags, vec!["a", "b"]);
         assert_eq!(o.query.unique_ids, vec!["x", "y"]);
         assert_eq!(o.query.review_statuses, vec!["accepted", "fixed"]);
-        assert_eq!(o.query.statuses, vec!["pending"]);
+        assert_eq!(o.query.statuses, vec!["pending", "error", "canceled"]);
     }
 
     #[test]
@@ -221,12 +375,26 @@ mod tests {
             "type=painting",
             "customer_review_status=maybe",
         ] {
-            let e = parse(pairs(q)).err().unwrap();
+            let e = params(q).err().unwrap();
             assert!(
                 e.message.contains(q.split('=').next().unwrap()),
                 "{}",
                 e.message
             );
         }
+    }
+
+    #[test]
+    fn identifier_filters_with_nul_or_over_the_limit_are_400s_naming_the_parameter() {
+        let long = "x".repeat(crate::domain::limits::MAX_IDENTIFIER_BYTES + 1);
+        for name in ["project", "batch", "unique_id", "tags"] {
+            for bad in ["%00", "a%00b", long.as_str()] {
+                let e = params(&format!("{name}={bad}")).err().unwrap();
+                assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                assert!(e.message.starts_with(name), "{name}={bad}: {}", e.message);
+            }
+        }
+        let many = vec!["tags=t"; crate::domain::limits::MAX_FILTER_VALUES + 1].join("&");
+        assert!(params(&many).err().unwrap().message.contains("tags"));
     }
 }

@@ -3,6 +3,7 @@
 //! Every request gets an `x-request-id` (the client's, if usable, else a UUID v7) before any
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
+mod contract;
 mod error;
 mod events;
 pub mod extract;
@@ -12,6 +13,7 @@ mod list;
 mod metrics;
 pub mod openapi;
 mod request_id;
+mod task_bodies;
 mod tasks;
 
 pub use error::ApiError;

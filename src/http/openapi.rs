@@ -3,26 +3,29 @@
 //!
 //! What every route shares is added in one pass ([`apply_conventions`]) rather than repeated
 //! on each handler: the error answers, authentication, `Idempotency-Key` on the mutating
-//! routes and `x-request-id`. The types below mirror wire formats owned by crates that must
-//! not depend on utoipa (`TaskView`, `EventEnvelope`); the tests hold each mirror to the
-//! fields its original actually serializes.
+//! routes and `x-request-id`. Schemas come from the real types: the wire types of the events
+//! and projections crates derive `ToSchema` behind their `openapi` feature, and the domain's
+//! value types are described below from the limits they enforce.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use serde_json::Value;
+use utoipa::openapi::extensions::ExtensionsBuilder;
 use utoipa::openapi::path::{Operation, Parameter, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::response::{Response, ResponseBuilder};
-use utoipa::openapi::schema::{ObjectBuilder, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Components, ContentBuilder, Header, Ref, RefOr, Required, Schema};
-use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa::{OpenApi, PartialSchema, ToSchema};
 
+use super::contract::never_answers_409;
+use super::request_id::X_REQUEST_ID;
 use super::Routes;
-use crate::domain::validate::TASK_TYPES;
+use crate::domain::limits::*;
+use crate::domain::{CallbackUrl, Identifier, Json, Metadata, Tag, Tags, TaskType, Text, UniqueId};
 
 pub(super) fn router() -> Routes {
     Routes::new().route("/openapi.json", get(openapi_json))
@@ -90,8 +93,10 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
     ErrorAnswer {
         status: 400,
         name: "BadRequest",
-        description: "Invalid request: malformed JSON, a wrong type, a bad query value or an \
-                      invalid Idempotency-Key; the message names the offending field.",
+        description: "Invalid request: malformed JSON, a wrong type, a bad query value, a \
+                      value over its documented limit (length, tag count, JSON size or \
+                      nesting), U+0000 in a string, or an invalid Idempotency-Key; the message \
+                      names the offending field and the limit.",
     },
     ErrorAnswer {
         status: 401,
@@ -118,7 +123,7 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
     ErrorAnswer {
         status: 413,
         name: "PayloadTooLarge",
-        description: "The request body is too large.",
+        description: "The request body is larger than the server's body limit.",
     },
     ErrorAnswer {
         status: 429,
@@ -161,19 +166,12 @@ fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
     }
     if mutating {
         statuses.extend([403, 413, 429]);
-        if !never_409(method, path) {
+        if !never_answers_409(method, path) {
             statuses.push(409);
         }
     }
     statuses.sort_unstable();
     statuses
-}
-
-/// The contract's routes that never answer 409 (an Idempotency-Key mismatch is a 400 there).
-fn never_409(method: &str, path: &str) -> bool {
-    path.ends_with("/tags")
-        || path.ends_with("/cancel")
-        || (method == "delete" && path.ends_with("/unique_id"))
 }
 
 fn string_schema() -> ObjectBuilder {
@@ -200,7 +198,7 @@ fn error_response(answer: &ErrorAnswer) -> Response {
                 .schema(Some(Ref::from_schema_name("Error")))
                 .build(),
         )
-        .header("x-request-id", request_id_header());
+        .header(X_REQUEST_ID.as_str(), request_id_header());
     if answer.status == 429 {
         let mut retry_after = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
         retry_after.description = Some("Seconds to wait before retrying.".into());
@@ -264,7 +262,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
                 if let RefOr::T(response) = response {
                     response
                         .headers
-                        .insert("x-request-id".into(), request_id_header());
+                        .insert(X_REQUEST_ID.as_str().into(), request_id_header());
                 }
             }
             for status in error_statuses(method, path, op) {
@@ -276,7 +274,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
             let parameters = op.parameters.get_or_insert_with(Vec::new);
             parameters.push(
                 ParameterBuilder::new()
-                    .name("x-request-id")
+                    .name(X_REQUEST_ID.as_str())
                     .parameter_in(ParameterIn::Header)
                     .required(Required::False)
                     .description(Some(
@@ -304,7 +302,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
 
     if let Some(RefOr::T(Schema::Object(task))) = components.schemas.get_mut("Task") {
         if let Some(RefOr::T(Schema::Object(task_type))) = task.properties.get_mut("type") {
-            task_type.enum_values = Some(TASK_TYPES.iter().map(|t| Value::from(*t)).collect());
+            task_type.enum_values = Some(task_type_names().map(Value::from).collect());
         }
     }
 }
@@ -328,748 +326,146 @@ fn idempotency_key_parameter() -> Parameter {
 
 fn restrict_to_task_types(parameters: &mut [Parameter]) {
     for parameter in parameters.iter_mut().filter(|p| p.name == "id") {
-        parameter.schema = Some(
-            string_schema()
-                .enum_values(Some(TASK_TYPES.iter().copied()))
-                .into(),
-        );
+        parameter.schema = Some(string_schema().enum_values(Some(task_type_names())).into());
     }
 }
 
-// Documentation types: utoipa reads their shape, nothing ever builds one.
-#[allow(dead_code)]
-mod schemas {
-    use super::*;
+fn task_type_names() -> impl Iterator<Item = &'static str> {
+    TaskType::ALL.into_iter().map(TaskType::as_str)
+}
 
-    /// A task. Keys documented as optional are absent, never null, when they have no value.
-    #[derive(ToSchema)]
-    pub struct Task {
-        /// 24 lowercase hex characters, time-ordered.
-        #[schema(example = "0190a1b2c3d4e5f601234567")]
-        task_id: String,
-        /// RFC 3339 UTC with milliseconds.
-        #[schema(format = DateTime)]
-        created_at: String,
-        #[schema(format = DateTime)]
-        updated_at: String,
-        /// Present once completed.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(format = DateTime, nullable = false)]
-        completed_at: Option<String>,
-        #[serde(rename = "type")]
-        task_type: String,
-        status: TaskStatus,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        instruction: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        callback_url: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        project: Option<String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        batch: Option<String>,
-        /// The type-specific creation fields (attachment_type, attachment, categories,
-        /// geometries, ...) as given.
-        #[schema(value_type = Object)]
-        params: Value,
-        /// Present once completed (the contributor's answer) or errored (the error).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        response: Option<Value>,
-        /// True once a callback was delivered.
-        callback_completed: bool,
-        #[schema(value_type = Object)]
-        metadata: Value,
-        audits: Vec<Audit>,
-        /// Present once the task is completed.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        customer_review_status: Option<ReviewStatus>,
-        /// Absent when the task has none.
-        #[serde(skip_serializing_if = "Vec::is_empty")]
-        tags: Vec<String>,
-        /// Absent when the task has none.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        unique_id: Option<String>,
+// The domain's value types, described from the limits they enforce, so the document cannot
+// drift from the parsers.
+
+fn limited_string(max: usize, description: String) -> ObjectBuilder {
+    string_schema()
+        .max_length(Some(max))
+        .description(Some(description))
+}
+
+fn no_nul(what: &str) -> String {
+    format!("{what} No U+0000 (NUL).")
+}
+
+impl PartialSchema for Identifier {
+    fn schema() -> RefOr<Schema> {
+        limited_string(
+            MAX_IDENTIFIER_BYTES,
+            no_nul(&format!("At most {MAX_IDENTIFIER_BYTES} bytes.")),
+        )
+        .into()
     }
+}
+impl ToSchema for Identifier {}
 
-    #[derive(ToSchema)]
-    #[serde(rename_all = "lowercase")]
-    pub enum TaskStatus {
-        Pending,
-        Completed,
-        Canceled,
-        Error,
+impl PartialSchema for UniqueId {
+    fn schema() -> RefOr<Schema> {
+        limited_string(
+            MAX_IDENTIFIER_BYTES,
+            no_nul(&format!("Not blank, at most {MAX_IDENTIFIER_BYTES} bytes.")),
+        )
+        .min_length(Some(1))
+        .into()
     }
+}
+impl ToSchema for UniqueId {}
 
-    #[derive(ToSchema)]
-    #[serde(rename_all = "lowercase")]
-    pub enum ReviewStatus {
-        Pending,
-        Accepted,
-        Rejected,
-        Fixed,
+impl PartialSchema for Tag {
+    fn schema() -> RefOr<Schema> {
+        limited_string(
+            MAX_IDENTIFIER_BYTES,
+            no_nul(&format!("Not blank, at most {MAX_IDENTIFIER_BYTES} bytes.")),
+        )
+        .min_length(Some(1))
+        .into()
     }
+}
+impl ToSchema for Tag {}
 
-    #[derive(ToSchema)]
-    pub struct Audit {
-        audited_by: String,
-        /// RFC 3339 UTC with milliseconds.
-        #[schema(format = DateTime)]
-        audited_at: String,
-        #[schema(required = true)]
-        audit_time_secs: Option<u64>,
-        /// accepted, rejected or fixed.
-        audit_result: String,
-        audit_source: AuditSource,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        comments: Option<String>,
+impl PartialSchema for Tags {
+    fn schema() -> RefOr<Schema> {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name(Tag::name()))
+            .max_items(Some(MAX_TAGS))
+            .description(Some(format!(
+                "At most {MAX_TAGS} tags; a task holds at most {MAX_TAGS}. Duplicates are \
+                 dropped, order is kept."
+            )))
+            .into()
     }
-
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum AuditSource {
-        Customer,
-        Refonte,
-    }
-
-    /// The reduced document of `limited_response=true`.
-    #[derive(ToSchema)]
-    #[serde(deny_unknown_fields)]
-    pub struct LimitedTask {
-        task_id: String,
-        status: TaskStatus,
-        #[schema(value_type = Object)]
-        metadata: Value,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        project: Option<String>,
-    }
-
-    /// A task of a list page.
-    #[derive(ToSchema)]
-    pub struct ListedTask {
-        #[serde(flatten)]
-        task: Task,
-        /// With `include_attachment_url=true`: the task's `params.attachment`.
-        #[serde(skip_serializing_if = "Option::is_none")]
-        #[schema(nullable = false)]
-        attachment_url: Option<String>,
-    }
-
-    #[derive(ToSchema)]
-    #[serde(untagged)]
-    pub enum ListedDoc {
-        Task(Box<ListedTask>),
-        Limited(LimitedTask),
-    }
-
-    /// A page of `GET /v1/tasks`.
-    #[derive(ToSchema)]
-    pub struct TaskPage {
-        docs: Vec<ListedDoc>,
-        /// Tasks matching the filters, over all pages.
-        total: i64,
-        limit: i64,
-        /// Always 0: pages are reached with `next_token`.
-        offset: i64,
-        has_more: bool,
-        /// Pass back as `next_token` for the next page; null on the last one.
-        #[schema(required = true)]
-        next_token: Option<String>,
-    }
-
-    /// Who caused an event.
-    #[derive(ToSchema)]
-    pub struct Actor {
-        account_id: String,
-        /// Null for taskledger itself (callback records).
-        #[schema(required = true)]
-        key_id: Option<String>,
-        scope: Scope,
-    }
-
-    #[derive(ToSchema)]
-    #[serde(rename_all = "snake_case")]
-    pub enum Scope {
-        Customer,
-        Contributor,
-        System,
-    }
-
-    /// One recorded event, as in `GET /v1/events` and on the Kafka topic.
-    #[derive(ToSchema)]
-    pub struct EventEnvelope {
-        /// UUID v7; the de-duplication key for at-least-once consumers.
-        #[schema(format = "uuid")]
-        event_id: String,
-        event_type: String,
-        event_version: u32,
-        task_id: String,
-        account_id: String,
-        /// 1-based, contiguous within the task.
-        sequence: i64,
-        /// 1-based, contiguous across the ledger, in commit order.
-        global_position: i64,
-        /// RFC 3339 UTC with microseconds.
-        #[schema(format = DateTime)]
-        recorded_at: String,
-        actor: Actor,
-        #[schema(required = true)]
-        request_id: Option<String>,
-        payload: Value,
-        /// Hash of the previous event of the task (64 zeros for the first).
-        prev_hash: String,
-        /// Hex SHA-256 of the event's canonical hash input.
-        hash: String,
-        /// Which hash input `hash` covers: 1 (events of the first release) or 2.
-        hash_version: u32,
-    }
-
-    /// The answer of the probes.
-    #[derive(ToSchema)]
-    pub struct ProbeStatus {
-        #[schema(example = "ok")]
-        status: String,
-    }
-
-    /// The body of `POST /v1/task/{type}`. Besides the common fields, the type's own fields
-    /// (categorization: `attachment`, `attachment_type`, non-empty `categories`;
-    /// imageannotation: `attachment`, `geometries`; others at least `attachment`) land in
-    /// the task's `params`.
-    #[derive(ToSchema)]
-    #[schema(example = json!({
-        "callback_url": "https://example.com/callback",
-        "instruction": "Is this a car?",
-        "attachment_type": "image",
-        "attachment": "https://example.com/car.jpg",
-        "categories": ["car", "not a car"],
-        "unique_id": "car-0001",
-        "tags": ["cars"]
-    }))]
-    pub struct CreateTaskBody {
-        instruction: Option<String>,
-        /// An http or https URL, POSTed when the task completes or errors.
-        callback_url: Option<String>,
-        project: Option<String>,
-        batch: Option<String>,
-        /// Unique per account; a taken one is a 409 naming its task.
-        unique_id: Option<String>,
-        /// An object, at most 10 KB serialized. Default `{}`.
-        #[schema(value_type = Option<Object>)]
-        metadata: Option<Value>,
-        tags: Option<Vec<String>>,
-        /// Release the unique_id if the task ends in error.
-        clear_unique_id_on_error: Option<bool>,
-        #[serde(flatten)]
-        type_fields: HashMap<String, Value>,
-    }
-
-    #[derive(ToSchema)]
-    pub struct UniqueIdBody {
-        unique_id: String,
-    }
-
-    /// A customer's review or a contributor's quality audit, by the key's scope.
-    #[derive(ToSchema)]
-    #[serde(untagged)]
-    pub enum AuditBody {
-        Customer(CustomerAudit),
-        Contributor(ContributorAudit),
-    }
-
-    /// With a customer key.
-    #[derive(ToSchema)]
-    pub struct CustomerAudit {
-        accepted: bool,
-        comments: Option<String>,
-    }
-
-    /// With a contributor key.
-    #[derive(ToSchema)]
-    pub struct ContributorAudit {
-        audit_result: ContributorAuditResult,
-        audit_time_secs: Option<u64>,
-        /// The corrected answer, with `audit_result: fixed`.
-        response: Option<Value>,
-    }
-
-    #[derive(ToSchema)]
-    #[serde(rename_all = "lowercase")]
-    pub enum ContributorAuditResult {
-        Accepted,
-        Fixed,
-        Rejected,
-    }
-
-    #[derive(ToSchema)]
-    pub struct CompleteBody {
-        /// The contributor's answer, any JSON value.
-        response: Value,
-    }
-
-    /// The whole object becomes the task's `response`.
-    #[derive(ToSchema)]
-    pub struct ErrorTaskBody {
-        /// What went wrong, any JSON value.
-        error: Value,
-        #[serde(flatten)]
-        details: HashMap<String, Value>,
-    }
-
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Path)]
-    pub struct TaskPath {
-        /// The task id: 24 lowercase hex characters.
-        id: String,
-    }
-
-    /// Times accept `2021-04-25`, RFC 3339 with an offset, or `YYYY-MM-DD HH:MM:SS[.ffffff]`
-    /// in UTC; booleans `true`/`false` in any case.
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Query)]
-    pub struct ListParams {
-        /// Created at or after this time.
-        #[param(nullable = false)]
-        start_time: Option<String>,
-        /// Created before this time.
-        #[param(nullable = false)]
-        end_time: Option<String>,
-        #[param(nullable = false)]
-        completed_after: Option<String>,
-        #[param(nullable = false)]
-        completed_before: Option<String>,
-        #[param(nullable = false)]
-        updated_after: Option<String>,
-        #[param(nullable = false)]
-        updated_before: Option<String>,
-        /// Comma-separated, any of: pending, completed, canceled, error.
-        #[param(nullable = false)]
-        status: Option<String>,
-        /// Comma-separated task types, any of.
-        #[param(rename = "type", nullable = false)]
-        task_type: Option<String>,
-        #[param(nullable = false)]
-        project: Option<String>,
-        #[param(nullable = false)]
-        batch: Option<String>,
-        /// Comma-separated, any of: pending, accepted, rejected, fixed.
-        #[param(nullable = false)]
-        customer_review_status: Option<String>,
-        /// Repeatable (`unique_id=a&unique_id=b`): tasks with any of them.
-        #[param(nullable = false, style = Form, explode)]
-        unique_id: Option<Vec<String>>,
-        /// Repeatable (`tags=a&tags=b`): tasks having all of them.
-        #[param(nullable = false, style = Form, explode)]
-        tags: Option<Vec<String>>,
-        /// 1 to 100.
-        #[param(nullable = false, minimum = 1, maximum = 100, default = 100)]
-        limit: Option<i64>,
-        /// Add `attachment_url` (the task's `params.attachment`) to each doc.
-        #[param(nullable = false, default = false)]
-        include_attachment_url: Option<bool>,
-        /// Docs hold only `task_id`, `status`, `metadata` and `project`.
-        #[param(nullable = false, default = false)]
-        limited_response: Option<bool>,
-        /// The previous page's `next_token`.
-        #[param(nullable = false)]
-        next_token: Option<String>,
-    }
-
-    #[derive(IntoParams)]
-    #[into_params(parameter_in = Query)]
-    pub struct EventsParams {
-        /// A global position: events strictly after it.
-        #[param(nullable = false, minimum = 0, default = 0)]
-        after: Option<i64>,
-        /// 1 to 1000.
-        #[param(nullable = false, minimum = 1, maximum = 1000, default = 100)]
-        limit: Option<i64>,
+}
+impl ToSchema for Tags {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((Tag::name().into(), Tag::schema()));
     }
 }
 
-pub(super) use schemas::{
-    Actor, AuditBody, CompleteBody, CreateTaskBody, ErrorTaskBody, EventEnvelope, EventsParams,
-    ListParams, ProbeStatus, Task, TaskPage, TaskPath, UniqueIdBody,
-};
+impl PartialSchema for Text {
+    fn schema() -> RefOr<Schema> {
+        limited_string(
+            MAX_TEXT_BYTES,
+            no_nul(&format!("At most {MAX_TEXT_BYTES} bytes.")),
+        )
+        .into()
+    }
+}
+impl ToSchema for Text {}
+
+impl PartialSchema for CallbackUrl {
+    fn schema() -> RefOr<Schema> {
+        limited_string(
+            MAX_URL_BYTES,
+            format!(
+                "An http or https URL with a host, at most {MAX_URL_BYTES} bytes, without NUL \
+                 (raw or %00)."
+            ),
+        )
+        .format(Some(utoipa::openapi::SchemaFormat::Custom("uri".into())))
+        .into()
+    }
+}
+impl ToSchema for CallbackUrl {}
+
+/// `x-max-bytes` and `x-max-depth`: JSON Schema has no keyword for a value's serialized size.
+fn json_limits(builder: ObjectBuilder, max_bytes: usize) -> ObjectBuilder {
+    builder.extensions(Some(
+        ExtensionsBuilder::new()
+            .add("x-max-bytes", max_bytes)
+            .add("x-max-depth", MAX_JSON_DEPTH)
+            .build(),
+    ))
+}
+
+impl PartialSchema for Metadata {
+    fn schema() -> RefOr<Schema> {
+        json_limits(
+            ObjectBuilder::new().schema_type(Type::Object),
+            MAX_METADATA_BYTES,
+        )
+        .description(Some(format!(
+            "A JSON object of at most {MAX_METADATA_BYTES} bytes serialized, nested at most \
+             {MAX_JSON_DEPTH} levels, with no U+0000 in a key or string."
+        )))
+        .into()
+    }
+}
+impl ToSchema for Metadata {}
+
+impl PartialSchema for Json {
+    fn schema() -> RefOr<Schema> {
+        json_limits(
+            ObjectBuilder::new().schema_type(SchemaType::AnyValue),
+            MAX_JSON_BYTES,
+        )
+        .description(Some(format!(
+            "Any JSON value of at most {MAX_JSON_BYTES} bytes serialized, nested at most \
+             {MAX_JSON_DEPTH} levels, with no U+0000 in a key or string."
+        )))
+        .into()
+    }
+}
+impl ToSchema for Json {}
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeSet;
-    use std::time::Duration;
-
-    use axum::body::Body;
-    use axum::http::header::ALLOW;
-    use axum::http::{Method, Request, StatusCode};
-    use chrono::Utc;
-    use serde_json::json;
-    use taskledger_events::{AuditSource, Scope};
-    use taskledger_projections::{AuditView, TaskStatus, TaskView};
-    use tower::ServiceExt;
-
-    use super::*;
-    use crate::http::{routes, AppState, HttpSettings};
-    use crate::ledger::Ledger;
-    use crate::store::Store;
-
-    fn doc_json() -> Value {
-        serde_json::to_value(document()).unwrap()
-    }
-
-    /// `(method, path)` of every documented operation.
-    fn documented(doc: &Value) -> BTreeSet<(String, String)> {
-        doc["paths"]
-            .as_object()
-            .unwrap()
-            .iter()
-            .flat_map(|(path, item)| {
-                item.as_object()
-                    .unwrap()
-                    .keys()
-                    .filter(|k| *k != "parameters" && *k != "summary" && *k != "description")
-                    .map(move |method| (method.clone(), path.clone()))
-            })
-            .collect()
-    }
-
-    async fn app_state(dir: &tempfile::TempDir) -> AppState {
-        let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
-        let store = Store::open(&url, 2).await.unwrap();
-        AppState::new(
-            Ledger::start(store, 1),
-            HttpSettings {
-                max_body_bytes: 1024,
-                idempotency_ttl: Duration::from_secs(60),
-            },
-        )
-    }
-
-    /// The routes are read off the real router: its path templates from `routes()`, and each
-    /// path's methods from the `Allow` header of a 405 to a method nobody routes. A route added
-    /// without documentation, or documentation of a route that is not served, fails here.
-    #[tokio::test]
-    async fn every_routed_method_and_path_is_documented_and_nothing_else() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = app_state(&dir).await;
-        let paths = routes(&state).paths();
-        let app = crate::http::router(state);
-        let mut routed = BTreeSet::new();
-        for path in paths {
-            let uri = path
-                .split('/')
-                .map(|segment| {
-                    if segment.starts_with('{') {
-                        "0123456789abcdef01234567"
-                    } else {
-                        segment
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("/");
-            let probe = Request::builder()
-                .method(Method::from_bytes(b"PROBE").unwrap())
-                .uri(uri)
-                .body(Body::empty())
-                .unwrap();
-            let response = app.clone().oneshot(probe).await.unwrap();
-            assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED, "{path}");
-            let allow = response.headers()[ALLOW].to_str().unwrap().to_string();
-            for method in allow.split(',').map(str::trim) {
-                // axum answers HEAD wherever it answers GET; HEAD is not part of the API.
-                if method != "HEAD" {
-                    routed.insert((method.to_ascii_lowercase(), path.to_string()));
-                }
-            }
-        }
-        let documented = documented(&doc_json());
-        let undocumented: Vec<_> = routed.difference(&documented).collect();
-        let unrouted: Vec<_> = documented.difference(&routed).collect();
-        assert!(
-            undocumented.is_empty(),
-            "routed but not documented: {undocumented:?}"
-        );
-        assert!(
-            unrouted.is_empty(),
-            "documented but not routed: {unrouted:?}"
-        );
-        // Sanity: the probe found the API, not an empty router.
-        assert!(routed.contains(&("put".to_string(), "/v1/task/{id}/tags".to_string())));
-        assert!(routed.contains(&("get".to_string(), "/healthz".to_string())));
-    }
-
-    #[test]
-    fn every_api_operation_has_auth_errors_and_mutations_take_an_idempotency_key() {
-        let doc = doc_json();
-        for (method, path) in documented(&doc) {
-            let op = &doc["paths"][&path][&method];
-            let param = |name: &str| {
-                op["parameters"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["name"] == name && p["in"] == "header")
-            };
-            assert!(op["responses"]["200"].is_object(), "{method} {path}");
-            assert!(param("x-request-id"), "{method} {path}");
-            if !path.starts_with("/v1/") {
-                assert!(op.get("security").is_none(), "{method} {path}");
-                continue;
-            }
-            assert_eq!(
-                op["security"],
-                json!([{"basic": []}, {"bearer": []}]),
-                "{method} {path}"
-            );
-            for status in ["401", "500", "503"] {
-                assert!(
-                    op["responses"][status].is_object(),
-                    "{status} {method} {path}"
-                );
-            }
-            let mutating = method != "get";
-            assert_eq!(param("Idempotency-Key"), mutating, "{method} {path}");
-            if mutating {
-                for status in ["400", "403", "413", "429"] {
-                    assert!(
-                        op["responses"][status].is_object(),
-                        "{status} {method} {path}"
-                    );
-                }
-            }
-        }
-        for name in [
-            "BadRequest",
-            "Unauthorized",
-            "Forbidden",
-            "NotFound",
-            "Conflict",
-            "PayloadTooLarge",
-            "TooManyRequests",
-            "ServiceUnavailable",
-        ] {
-            assert_eq!(
-                doc["components"]["responses"][name]["content"]["application/json"]["schema"]
-                    ["$ref"],
-                "#/components/schemas/Error",
-                "{name}"
-            );
-        }
-        assert_eq!(
-            doc["components"]["schemas"]["Error"]["required"],
-            json!(["status_code", "error"])
-        );
-        for scheme in ["basic", "bearer"] {
-            assert_eq!(
-                doc["components"]["securitySchemes"][scheme]["scheme"],
-                scheme
-            );
-        }
-    }
-
-    #[test]
-    fn routes_the_contract_keeps_free_of_409_do_not_document_one() {
-        let doc = doc_json();
-        for (method, path) in [
-            ("put", "/v1/task/{id}/tags"),
-            ("post", "/v1/task/{id}/tags"),
-            ("delete", "/v1/task/{id}/tags"),
-            ("post", "/v1/task/{id}/cancel"),
-            ("delete", "/v1/task/{id}/unique_id"),
-        ] {
-            assert!(doc["paths"][path][method]["responses"].get("409").is_none());
-        }
-        for (method, path) in [
-            ("post", "/v1/task/{id}"),
-            ("post", "/v1/task/{id}/unique_id"),
-        ] {
-            assert!(doc["paths"][path][method]["responses"]["409"].is_object());
-        }
-        let create = &doc["paths"]["/v1/task/{id}"]["post"];
-        assert!(create["responses"].get("404").is_none());
-        assert_eq!(
-            create["parameters"][0]["schema"]["enum"],
-            json!(TASK_TYPES),
-            "the create route's path segment is the task type"
-        );
-    }
-
-    #[test]
-    fn list_parameters_are_all_documented() {
-        let doc = doc_json();
-        let names: BTreeSet<String> = doc["paths"]["/v1/tasks"]["get"]["parameters"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|p| p["in"] == "query")
-            .map(|p| p["name"].as_str().unwrap().to_string())
-            .collect();
-        let expected: BTreeSet<String> = [
-            "start_time",
-            "end_time",
-            "completed_after",
-            "completed_before",
-            "updated_after",
-            "updated_before",
-            "status",
-            "type",
-            "project",
-            "batch",
-            "customer_review_status",
-            "unique_id",
-            "tags",
-            "limit",
-            "include_attachment_url",
-            "limited_response",
-            "next_token",
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect();
-        assert_eq!(names, expected);
-    }
-
-    /// Whether a property schema explicitly admits `null`.
-    fn admits_null(schema: &Value) -> bool {
-        match &schema["type"] {
-            Value::String(t) => t == "null",
-            Value::Array(types) => types.iter().any(|t| t == "null"),
-            _ => ["oneOf", "anyOf"].iter().any(|k| {
-                schema[*k]
-                    .as_array()
-                    .is_some_and(|alternatives| alternatives.iter().any(admits_null))
-            }),
-        }
-    }
-
-    /// Holds a mirror schema to what its original serializes: `full` has every optional key,
-    /// `minimal` none. Properties must be exactly `full`'s keys, required ones exactly
-    /// `minimal`'s; a key serialized as null must admit null, an optional one must not (it is
-    /// absent instead).
-    fn assert_mirrors(doc: &Value, schema: &str, full: Value, minimal: Value) {
-        let schema_json = &doc["components"]["schemas"][schema];
-        let keys =
-            |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
-        let properties = keys(&schema_json["properties"]);
-        let required: BTreeSet<String> = schema_json["required"]
-            .as_array()
-            .map(|r| r.iter().map(|k| k.as_str().unwrap().to_string()).collect())
-            .unwrap_or_default();
-        assert_eq!(properties, keys(&full), "{schema}: properties");
-        assert_eq!(required, keys(&minimal), "{schema}: required");
-        for (key, property) in schema_json["properties"].as_object().unwrap() {
-            let nullable_on_wire = minimal.get(key).is_some_and(Value::is_null)
-                || full.get(key).is_some_and(Value::is_null);
-            assert_eq!(
-                admits_null(property),
-                nullable_on_wire,
-                "{schema}.{key}: nullable"
-            );
-        }
-    }
-
-    fn audit(full: bool) -> AuditView {
-        AuditView {
-            audited_by: "key_1".into(),
-            audited_at: Utc::now(),
-            audit_time_secs: full.then_some(30),
-            audit_result: "accepted".into(),
-            audit_source: AuditSource::Customer,
-            comments: full.then(|| "fine".to_string()),
-        }
-    }
-
-    fn task(full: bool) -> TaskView {
-        let some = |s: &str| full.then(|| s.to_string());
-        TaskView {
-            task_id: "0123456789abcdef01234567".into(),
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
-            completed_at: full.then(Utc::now),
-            task_type: "categorization".into(),
-            status: TaskStatus::Completed,
-            instruction: some("is it a car?"),
-            callback_url: some("https://example.com/cb"),
-            project: some("p"),
-            batch: some("b"),
-            params: json!({"attachment": "car"}),
-            response: full.then(|| json!({"category": "car"})),
-            callback_completed: false,
-            metadata: json!({}),
-            audits: if full { vec![audit(true)] } else { vec![] },
-            customer_review_status: some("accepted"),
-            tags: if full { vec!["t".into()] } else { vec![] },
-            unique_id: some("u"),
-        }
-    }
-
-    #[test]
-    fn the_task_mirror_lists_exactly_what_a_task_view_serializes() {
-        let doc = doc_json();
-        let json = |v: &TaskView| serde_json::to_value(v).unwrap();
-        assert_mirrors(&doc, "Task", json(&task(true)), json(&task(false)));
-        let audit_json = |a: &AuditView| serde_json::to_value(a).unwrap();
-        assert_mirrors(
-            &doc,
-            "Audit",
-            audit_json(&audit(true)),
-            audit_json(&audit(false)),
-        );
-        let full = task(true);
-        let limited = full.limited();
-        let mut without_project = full.clone();
-        without_project.project = None;
-        assert_mirrors(&doc, "LimitedTask", limited, without_project.limited());
-    }
-
-    #[test]
-    fn the_event_mirrors_list_exactly_what_an_envelope_serializes() {
-        let envelope = |full: bool| taskledger_events::EventEnvelope {
-            event_id: uuid::Uuid::now_v7(),
-            event_type: "TaskCanceled".into(),
-            event_version: 1,
-            task_id: "0123456789abcdef01234567".into(),
-            account_id: "acct".into(),
-            sequence: 2,
-            global_position: 9,
-            recorded_at: Utc::now(),
-            actor: taskledger_events::Actor {
-                account_id: "acct".into(),
-                key_id: full.then(|| "key_1".to_string()),
-                scope: if full { Scope::Customer } else { Scope::System },
-            },
-            request_id: full.then(|| "req-1".to_string()),
-            payload: json!({}),
-            prev_hash: "0".repeat(64),
-            hash: "f".repeat(64),
-            hash_version: taskledger_events::CURRENT_HASH_VERSION,
-        };
-        let doc = doc_json();
-        let json = |full: bool| serde_json::to_value(envelope(full)).unwrap();
-        assert_mirrors(&doc, "EventEnvelope", json(true), json(false));
-        assert_mirrors(
-            &doc,
-            "Actor",
-            json(true)["actor"].clone(),
-            json(false)["actor"].clone(),
-        );
-        let history = |full: bool| {
-            serde_json::to_value(crate::http::tasks::HistoryEntryOut::from(envelope(full))).unwrap()
-        };
-        assert_mirrors(&doc, "HistoryEntry", history(true), history(false));
-    }
-
-    #[test]
-    fn the_document_is_valid_json_with_an_api_version() {
-        let doc = doc_json();
-        if let Ok(path) = std::env::var("TASKLEDGER_DUMP_OPENAPI") {
-            std::fs::write(path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-        }
-        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
-    }
-}
+#[path = "openapi_tests.rs"]
+mod tests;

@@ -68,7 +68,7 @@ mod tests {
         let request = |values: &[&str]| {
             let mut builder = Request::builder();
             for v in values {
-                builder = builder.header("x-request-id", *v);
+                builder = builder.header(&X_REQUEST_ID, *v);
             }
             builder.body(axum::body::Body::empty()).unwrap()
         };

@@ -1,23 +1,23 @@
 //! `/v1/task/...`: create, retrieve (with time travel), history, and every task command.
 
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json};
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use taskledger_events::{Actor, EventEnvelope};
+use taskledger_projections::TaskView as Task;
 use utoipa::{OpenApi, ToSchema};
 
-use super::extract::{
-    self, opt_bool, opt_string, opt_string_array, parse_bool, parse_time, query_pairs, Body, Caller,
-};
-use super::openapi::{
-    AuditBody, CompleteBody, CreateTaskBody, ErrorTaskBody, Task, TaskPath, UniqueIdBody,
+use super::extract::{self, field_message, Caller, LenientBody, LenientJson, QueryParams, Time};
+use super::task_bodies::{
+    AuditBody, CancelParams, CompleteBody, ContributorAuditBody, CreateTaskBody, CustomerAuditBody,
+    ErrorTaskBody, RetrieveParams, TaskPath, UniqueIdBody,
 };
 use super::{ApiError, AppState, Routes};
-use crate::domain::{CreateTask, TaskAction, TaskCommand};
+use crate::domain::{Json as JsonValue, Metadata, Tags, TaskAction, TaskCommand, TaskType};
 use crate::store::IdempotencyWrite;
 
 /// The routes that change tasks; the idempotency layer is added around exactly these.
@@ -92,18 +92,6 @@ async fn run(
     Ok(task_json(committed.view.to_json()))
 }
 
-/// Fields every task type shares; everything else in the body is the type's `params`.
-const COMMON_FIELDS: &[&str] = &[
-    "instruction",
-    "callback_url",
-    "project",
-    "batch",
-    "unique_id",
-    "metadata",
-    "tags",
-    "clear_unique_id_on_error",
-];
-
 #[utoipa::path(
     post,
     path = "/v1/task/{id}",
@@ -116,7 +104,7 @@ const COMMON_FIELDS: &[&str] = &[
     params((
         "id" = String,
         Path,
-        description = "The task type (categorization, imageannotation, ...)."
+        description = "The task type."
     )),
     request_body(content = CreateTaskBody, content_type = "application/json"),
     responses((status = 200, description = "The new task.", body = Task))
@@ -126,27 +114,10 @@ async fn create(
     caller: Caller,
     Path(task_type): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(body): LenientJson<CreateTaskBody>,
 ) -> Result<Response, ApiError> {
-    let mut map = body.object("the task's fields")?;
-    let create = CreateTask {
-        task_type,
-        instruction: opt_string(&map, "instruction")?,
-        callback_url: opt_string(&map, "callback_url")?,
-        project: opt_string(&map, "project")?,
-        batch: opt_string(&map, "batch")?,
-        unique_id: opt_string(&map, "unique_id")?,
-        metadata: match map.get("metadata") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.clone()),
-        },
-        tags: opt_string_array(&map, "tags")?,
-        clear_unique_id_on_error: opt_bool(&map, "clear_unique_id_on_error")?.unwrap_or(false),
-        params: {
-            map.retain(|k, _| !COMMON_FIELDS.contains(&k.as_str()));
-            std::mem::take(&mut map)
-        },
-    };
+    let task_type = TaskType::parse(&task_type).map_err(|e| ApiError::bad_request(e.0))?;
+    let create = body.into_command(task_type)?;
     let committed = state
         .ledger
         .create(&caller.context(), create, idem.map(|Extension(i)| i))
@@ -160,33 +131,18 @@ async fn create(
     tag = "tasks",
     operation_id = "retrieve_task",
     summary = "Retrieve a task",
-    params(
-        TaskPath,
-        (
-            "as_of" = Option<String>,
-            Query,
-            nullable = false,
-            description = "The task as it stood at this time, rebuilt from its events \
-                           (`2021-04-25`, RFC 3339 with offset, or `YYYY-MM-DD HH:MM:SS` in \
-                           UTC). 404 if it did not exist yet."
-        )
-    ),
+    params(TaskPath, RetrieveParams),
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn retrieve(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    QueryParams(query): QueryParams<RetrieveParams>,
 ) -> Result<Response, ApiError> {
     let task_id = extract::task_id(&id)?;
-    let as_of = query_pairs(query.as_deref())
-        .into_iter()
-        .find(|(k, _)| k == "as_of")
-        .map(|(_, v)| parse_time("as_of", &v))
-        .transpose()?;
-    let body = match as_of {
-        Some(t) => state
+    let body = match query.as_of {
+        Some(Time(t)) => state
             .ledger
             .task_as_of(caller.account_id(), &task_id, t)
             .await?
@@ -214,7 +170,6 @@ pub struct HistoryEntryOut {
     /// RFC 3339 UTC with microseconds.
     #[schema(format = DateTime)]
     recorded_at: String,
-    #[schema(value_type = super::openapi::Actor)]
     actor: Actor,
     #[schema(required = true)]
     request_id: Option<String>,
@@ -288,31 +243,17 @@ async fn history(
     summary = "Cancel a pending task",
     description = "Pending: canceled. Already canceled: 200 without a new event. Completed or \
                    errored: 400. Never answers 409.",
-    params(
-        TaskPath,
-        (
-            "clear_unique_id" = Option<bool>,
-            Query,
-            nullable = false,
-            description = "Also release the task's unique_id (even if already canceled)."
-        )
-    ),
+    params(TaskPath, CancelParams),
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+    QueryParams(query): QueryParams<CancelParams>,
     idem: Idem,
 ) -> Result<Response, ApiError> {
-    let clear_unique_id = match query_pairs(query.as_deref())
-        .into_iter()
-        .find(|(k, _)| k == "clear_unique_id")
-    {
-        Some((_, v)) => parse_bool("clear_unique_id", &v)?,
-        None => false,
-    };
+    let clear_unique_id = query.clear_unique_id.unwrap_or_default().0;
     run(
         &state,
         &caller,
@@ -332,9 +273,9 @@ async fn cancel(
     description = "The same value again answers 200 without a new event.",
     params(TaskPath),
     request_body(
-        content = Option<Object>,
+        content = Metadata,
         content_type = "application/json",
-        description = "The new metadata object itself, at most 10 KB serialized. No body is `{}`."
+        description = "The new metadata object itself. No body is `{}`."
     ),
     responses((status = 200, description = "The task.", body = Task))
 )]
@@ -343,14 +284,8 @@ async fn set_metadata(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    Body(metadata): Body,
+    LenientJson(metadata): LenientJson<Metadata>,
 ) -> Result<Response, ApiError> {
-    // No body is the empty object: the reference SDK sends `{}` that way.
-    let metadata = if metadata.is_null() {
-        Value::Object(Map::new())
-    } else {
-        metadata
-    };
     run(
         &state,
         &caller,
@@ -378,10 +313,10 @@ async fn set_unique_id(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(body): LenientJson<UniqueIdBody>,
 ) -> Result<Response, ApiError> {
-    let map = body.object("{\"unique_id\": \"...\"}")?;
-    let unique_id = opt_string(&map, "unique_id")?
+    let unique_id = body
+        .unique_id
         .ok_or_else(|| ApiError::bad_request("unique_id is required"))?;
     run(
         &state,
@@ -421,9 +356,9 @@ async fn clear_unique_id(
     description = "Tags already present are ignored; order is kept. Never answers 409.",
     params(TaskPath),
     request_body(
-        content = Option<Vec<String>>,
+        content = Tags,
         content_type = "application/json",
-        description = "Non-empty tags to add. No body is `[]`."
+        description = "Tags to add. No body is `[]`."
     ),
     responses((status = 200, description = "The task.", body = Task))
 )]
@@ -432,9 +367,8 @@ async fn add_tags(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
-    let tags = body.string_array("tags")?;
     run(&state, &caller, &id, TaskAction::AddTags { tags }, idem).await
 }
 
@@ -447,9 +381,9 @@ async fn add_tags(
     description = "Deduplicated, order kept. Never answers 409.",
     params(TaskPath),
     request_body(
-        content = Option<Vec<String>>,
+        content = Tags,
         content_type = "application/json",
-        description = "The task's new tags, each non-empty. No body is `[]`."
+        description = "The task's new tags. No body is `[]`."
     ),
     responses((status = 200, description = "The task.", body = Task))
 )]
@@ -458,9 +392,8 @@ async fn set_tags(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
-    let tags = body.string_array("tags")?;
     run(&state, &caller, &id, TaskAction::SetTags { tags }, idem).await
 }
 
@@ -473,9 +406,9 @@ async fn set_tags(
     description = "Absent tags are ignored. Never answers 409.",
     params(TaskPath),
     request_body(
-        content = Option<Vec<String>>,
+        content = Tags,
         content_type = "application/json",
-        description = "Non-empty tags to remove. No body is `[]`."
+        description = "Tags to remove. No body is `[]`."
     ),
     responses((status = 200, description = "The task.", body = Task))
 )]
@@ -484,9 +417,8 @@ async fn remove_tags(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
-    let tags = body.string_array("tags")?;
     run(&state, &caller, &id, TaskAction::RemoveTags { tags }, idem).await
 }
 
@@ -508,38 +440,47 @@ async fn audit(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(body): LenientJson<Value>,
 ) -> Result<Response, ApiError> {
-    let map = body.object("the audit")?;
     let audited_by = caller.principal.key_id.clone();
+    // The same route takes two bodies; the key's scope says which one this is.
     let action = match caller.principal.scope {
-        taskledger_events::Scope::Contributor => TaskAction::ContributorAudit {
-            audited_by,
-            audit_result: opt_string(&map, "audit_result")?
-                .ok_or_else(|| ApiError::bad_request("audit_result is required"))?,
-            audit_time_secs: opt_u64(&map, "audit_time_secs")?,
-            response: match map.get("response") {
-                None | Some(Value::Null) => None,
-                Some(v) => Some(v.clone()),
-            },
-        },
-        _ => TaskAction::CustomerAudit {
-            audited_by,
-            accepted: opt_bool(&map, "accepted")?
-                .ok_or_else(|| ApiError::bad_request("accepted (true or false) is required"))?,
-            comments: opt_string(&map, "comments")?,
-        },
+        taskledger_events::Scope::Contributor => {
+            let body: ContributorAuditBody = audit_body(body)?;
+            TaskAction::ContributorAudit {
+                audited_by,
+                audit_result: body
+                    .audit_result
+                    .ok_or_else(|| ApiError::bad_request("audit_result is required"))?,
+                audit_time_secs: body.audit_time_secs,
+                response: body.response,
+            }
+        }
+        _ => {
+            let body: CustomerAuditBody = audit_body(body)?;
+            TaskAction::CustomerAudit {
+                audited_by,
+                accepted: body
+                    .accepted
+                    .ok_or_else(|| ApiError::bad_request("accepted (true or false) is required"))?
+                    .0,
+                comments: body.comments,
+            }
+        }
     };
     run(&state, &caller, &id, action, idem).await
 }
 
-fn opt_u64(map: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
-    match map.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_u64().map(Some).ok_or_else(|| {
-            ApiError::bad_request(format!("{field} must be a non-negative integer; got {v}"))
-        }),
+/// The audit body of one scope; no body is `{}`.
+fn audit_body<T: serde::de::DeserializeOwned + Default>(body: Value) -> Result<T, ApiError> {
+    if body.is_null() {
+        return Ok(T::default());
     }
+    extract::from_value("body", body)
+}
+
+impl LenientBody for Value {
+    const ROOT: &'static str = "body";
 }
 
 #[utoipa::path(
@@ -557,12 +498,10 @@ async fn complete(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(body): LenientJson<CompleteBody>,
 ) -> Result<Response, ApiError> {
-    let map = body.object("{\"response\": {...}}")?;
-    let response = map
-        .get("response")
-        .cloned()
+    let response = body
+        .response
         .ok_or_else(|| ApiError::bad_request("response is required"))?;
     run(
         &state,
@@ -591,20 +530,14 @@ async fn error(
     caller: Caller,
     Path(id): Path<String>,
     idem: Idem,
-    body: Body,
+    LenientJson(body): LenientJson<ErrorTaskBody>,
 ) -> Result<Response, ApiError> {
-    let map = body.object("{\"error\": \"...\"}")?;
-    if !map.contains_key("error") {
-        return Err(ApiError::bad_request("error is required"));
-    }
-    run(
-        &state,
-        &caller,
-        &id,
-        TaskAction::Error {
-            error: Value::Object(map),
-        },
-        idem,
-    )
-    .await
+    let error = body
+        .error
+        .ok_or_else(|| ApiError::bad_request("error is required"))?;
+    let mut whole = body.details;
+    whole.insert("error".into(), error);
+    let error = JsonValue::parse(Value::Object(whole))
+        .map_err(|e| ApiError::bad_request(field_message("error", &e.0)))?;
+    run(&state, &caller, &id, TaskAction::Error { error }, idem).await
 }

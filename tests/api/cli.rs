@@ -82,7 +82,7 @@ async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
         &task,
         Scope::Customer,
         TaskAction::SetMetadata {
-            metadata: json!({"x": 1}),
+            metadata: json!({"x": 1}).try_into().unwrap(),
         },
     )
     .await
@@ -107,7 +107,7 @@ async fn replay_rebuilds_the_views_from_the_events(backend: Backend) {
         &task,
         Scope::Customer,
         TaskAction::AddTags {
-            tags: vec!["z".into()],
+            tags: vec!["z".into()].try_into().unwrap(),
         },
     )
     .await

@@ -31,7 +31,7 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
         let task = task.clone();
         handles.push(tokio::spawn(async move {
             let add = TaskAction::AddTags {
-                tags: vec![format!("tag-{i}")],
+                tags: vec![format!("tag-{i}")].try_into().unwrap(),
             };
             ledger
                 .execute(&ctx, &task, TaskCommand::new(Scope::Customer, add), None)

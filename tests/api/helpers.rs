@@ -159,13 +159,17 @@ pub fn categorization(unique_id: Option<&str>) -> CreateTask {
     .cloned()
     .unwrap();
     CreateTask {
-        task_type: "categorization".into(),
-        instruction: Some("Would you say this item is big or small?".into()),
-        callback_url: Some("http://www.example.com/callback".into()),
-        project: Some("kittens".into()),
-        unique_id: unique_id.map(str::to_string),
-        tags: Some(vec!["experiment_1".into()]),
-        params,
+        task_type: "categorization".try_into().unwrap(),
+        instruction: Some(
+            "Would you say this item is big or small?"
+                .try_into()
+                .unwrap(),
+        ),
+        callback_url: Some("http://www.example.com/callback".try_into().unwrap()),
+        project: Some("kittens".try_into().unwrap()),
+        unique_id: unique_id.map(|u| u.try_into().unwrap()),
+        tags: vec!["experiment_1".to_string()].try_into().unwrap(),
+        params: params.try_into().unwrap(),
         ..CreateTask::default()
     }
 }

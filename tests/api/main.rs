@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod health;
 mod helpers;
+mod hostile_input;
 mod idempotency_api;
 mod kafka;
 mod list_api;

@@ -65,25 +65,25 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
         (
             Scope::Customer,
             TaskAction::SetMetadata {
-                metadata: json!({"k": "v"}),
+                metadata: json!({"k": "v"}).try_into().unwrap(),
             },
         ),
         (
             Scope::Customer,
             TaskAction::AddTags {
-                tags: vec!["b".into()],
+                tags: vec!["b".into()].try_into().unwrap(),
             },
         ),
         (
             Scope::Customer,
             TaskAction::SetUniqueId {
-                unique_id: "u-2".into(),
+                unique_id: "u-2".try_into().unwrap(),
             },
         ),
         (
             Scope::Contributor,
             TaskAction::Complete {
-                response: json!({"category": "big"}),
+                response: json!({"category": "big"}).try_into().unwrap(),
             },
         ),
         (
@@ -163,7 +163,7 @@ async fn commands_that_change_nothing_append_nothing(backend: Backend) {
             &task,
             Scope::Customer,
             TaskAction::SetMetadata {
-                metadata: json!({}),
+                metadata: json!({}).try_into().unwrap(),
             },
         )
         .await
@@ -174,7 +174,7 @@ async fn commands_that_change_nothing_append_nothing(backend: Backend) {
             &task,
             Scope::Customer,
             TaskAction::AddTags {
-                tags: vec!["experiment_1".into()],
+                tags: vec!["experiment_1".into()].try_into().unwrap(),
             },
         )
         .await
@@ -264,7 +264,7 @@ async fn a_taken_unique_id_is_refused_naming_its_task_until_released(backend: Ba
             &second,
             Scope::Customer,
             TaskAction::SetUniqueId {
-                unique_id: "dup".into(),
+                unique_id: "dup".try_into().unwrap(),
             },
         )
         .await;
@@ -283,7 +283,7 @@ async fn a_taken_unique_id_is_refused_naming_its_task_until_released(backend: Ba
         &second,
         Scope::Customer,
         TaskAction::SetUniqueId {
-            unique_id: "dup".into(),
+            unique_id: "dup".try_into().unwrap(),
         },
     )
     .await
@@ -311,15 +311,15 @@ async fn a_refused_command_in_a_batch_leaves_nothing_and_spares_the_others(backe
         let created = {
             let create = categorization(Some(unique_id));
             TaskEvent::TaskCreated(taskledger_events::TaskCreated {
-                task_type: create.task_type,
-                instruction: create.instruction,
-                callback_url: create.callback_url,
-                project: create.project,
+                task_type: create.task_type.as_str().into(),
+                instruction: create.instruction.map(|t| t.into_string()),
+                callback_url: create.callback_url.map(|u| u.into_string()),
+                project: create.project.map(|p| p.into_string()),
                 batch: None,
-                params: serde_json::Value::Object(create.params),
+                params: serde_json::Value::Object(create.params.into_map()),
                 metadata: json!({}),
                 tags: vec!["x".into()],
-                unique_id: create.unique_id,
+                unique_id: create.unique_id.map(|u| u.into_string()),
                 clear_unique_id_on_error: false,
             })
         };
@@ -408,7 +408,7 @@ async fn replay_rebuilds_projections_equal_to_the_live_ones(backend: Backend) {
                     &task,
                     Scope::Contributor,
                     TaskAction::Complete {
-                        response: json!({"category": "big"}),
+                        response: json!({"category": "big"}).try_into().unwrap(),
                     },
                 )
                 .await
@@ -418,9 +418,9 @@ async fn replay_rebuilds_projections_equal_to_the_live_ones(backend: Backend) {
                     Scope::Contributor,
                     TaskAction::ContributorAudit {
                         audited_by: "qa".into(),
-                        audit_result: "fixed".into(),
+                        audit_result: taskledger::domain::AuditResult::Fixed,
                         audit_time_secs: Some(5),
-                        response: Some(json!({"category": "small"})),
+                        response: Some(json!({"category": "small"}).try_into().unwrap()),
                     },
                 )
                 .await
@@ -442,7 +442,7 @@ async fn replay_rebuilds_projections_equal_to_the_live_ones(backend: Backend) {
                     &task,
                     Scope::Customer,
                     TaskAction::SetTags {
-                        tags: vec!["p".into(), "q".into()],
+                        tags: vec!["p".into(), "q".into()].try_into().unwrap(),
                     },
                 )
                 .await
@@ -451,7 +451,7 @@ async fn replay_rebuilds_projections_equal_to_the_live_ones(backend: Backend) {
                     &task,
                     Scope::Customer,
                     TaskAction::SetMetadata {
-                        metadata: json!({"n": i}),
+                        metadata: json!({"n": i}).try_into().unwrap(),
                     },
                 )
                 .await
@@ -487,7 +487,7 @@ async fn verify_names_the_first_event_altered_behind_the_databases_back(backend:
         &task,
         Scope::Customer,
         TaskAction::SetMetadata {
-            metadata: json!({"a": 1}),
+            metadata: json!({"a": 1}).try_into().unwrap(),
         },
     )
     .await
@@ -496,7 +496,7 @@ async fn verify_names_the_first_event_altered_behind_the_databases_back(backend:
         &task,
         Scope::Customer,
         TaskAction::SetMetadata {
-            metadata: json!({"a": 2}),
+            metadata: json!({"a": 2}).try_into().unwrap(),
         },
     )
     .await
@@ -523,7 +523,7 @@ async fn as_of_rebuilds_the_task_as_it_stood_then(backend: Backend) {
         &task,
         Scope::Customer,
         TaskAction::SetMetadata {
-            metadata: json!({"v": 1}),
+            metadata: json!({"v": 1}).try_into().unwrap(),
         },
     )
     .await
@@ -534,7 +534,7 @@ async fn as_of_rebuilds_the_task_as_it_stood_then(backend: Backend) {
         &task,
         Scope::Customer,
         TaskAction::SetMetadata {
-            metadata: json!({"v": 2}),
+            metadata: json!({"v": 2}).try_into().unwrap(),
         },
     )
     .await

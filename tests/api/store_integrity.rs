@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use taskledger::domain::{TaskAction, TaskId};
+use taskledger::domain::{Metadata, TaskAction, TaskId};
 use taskledger::store::{CommandWrite, Store, StoreError, VERIFY_NAMED_MAX};
 use taskledger_events::{
     canonical_json, EventEnvelope, Scope, TaskCreated, TaskEvent, GENESIS_HASH, HASH_V1,
@@ -24,7 +24,7 @@ async fn set_metadata(t: &TestLedger, task: &TaskId, text: &str) -> usize {
         task,
         Scope::Customer,
         TaskAction::SetMetadata {
-            metadata: parse(text),
+            metadata: Metadata::parse(parse(text)).expect("valid metadata"),
         },
     )
     .await
