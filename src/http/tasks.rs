@@ -177,6 +177,9 @@ pub struct HistoryEntryOut {
     payload: Value,
     prev_hash: String,
     hash: String,
+    /// Which hash input `hash` was computed over (1: the first release's, 2: current); a
+    /// reader recomputing hashes needs it.
+    hash_version: u32,
 }
 
 impl From<EventEnvelope> for HistoryEntryOut {
@@ -195,6 +198,7 @@ impl From<EventEnvelope> for HistoryEntryOut {
             payload: e.payload,
             prev_hash: e.prev_hash,
             hash: e.hash,
+            hash_version: e.hash_version,
         }
     }
 }
