@@ -1,9 +1,9 @@
 //! The Kafka relay: publishes every event, in global order, at least once.
 //!
 //! One relay is active among the processes sharing a ledger (a lease, see
-//! [`crate::follower::Follower`]). It reads events after its durable checkpoint, produces them with an
-//! idempotent producer (`acks=all`), and moves the checkpoint only over events the broker
-//! acknowledged. A crash between acknowledgement and checkpoint republishes a few events:
+//! [`crate::follower::Follower`]). It reads events after its durable checkpoint, produces them
+//! with an idempotent producer (`acks=all`), and moves the checkpoint only over events the
+//! broker acknowledged. The Kafka client helpers live in [`crate::kafka`]. A crash between acknowledgement and checkpoint republishes a few events:
 //! consumers de-duplicate by `event_id`. A broker that is down or hung only delays the relay;
 //! commands never wait for it. An error that retrying cannot fix (a record the broker refuses
 //! for good) halts the relay loudly instead of skipping the event.
