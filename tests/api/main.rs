@@ -11,6 +11,7 @@ mod helpers;
 mod idempotency_api;
 mod kafka;
 mod list_api;
+mod relay_halts;
 mod sdk;
 mod store;
 mod tasks_api;
