@@ -40,9 +40,10 @@ async fn wait_for_relay(app: &TestApp, what: &str, done: impl Fn(f64, f64, f64) 
     }
 }
 
-/// Appends an event of a task of its own at the head of the ledger, behind the API, the way
-/// the append path does (moving the head first).
-async fn append_raw_event(app: &TestApp, event_type: &str, payload: &str) {
+/// Appends an event of acme, for a task of its own, at the head of the ledger behind the
+/// API's back, the way the append path does (moving the head first), so the readers of the
+/// global order meet it before anything committed after it.
+pub async fn append_raw_event(app: &TestApp, event_type: &str, payload: &str) {
     let account: String = sqlx::query_scalar("SELECT account_id FROM accounts WHERE name = 'acme'")
         .fetch_one(app.store.pool())
         .await
