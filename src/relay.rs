@@ -1,12 +1,13 @@
 //! The Kafka relay: publishes every event, in global order, at least once.
 //!
 //! One relay is active among the processes sharing a ledger (a lease, see
-//! [`crate::follower::Follower`]). It reads events after its durable checkpoint, produces them with an
-//! idempotent producer (`acks=all`), and moves the checkpoint only over events the broker
-//! acknowledged. A crash between acknowledgement and checkpoint republishes a few events:
+//! [`crate::follower::Follower`]). It reads events after its durable checkpoint, produces them
+//! with an idempotent producer (`acks=all`), and moves the checkpoint only over events the
+//! broker acknowledged. The Kafka client helpers live in [`crate::kafka`]. A crash between acknowledgement and checkpoint republishes a few events:
 //! consumers de-duplicate by `event_id`. A broker that is down or hung only delays the relay;
 //! commands never wait for it. An error that retrying cannot fix (a record the broker refuses
-//! for good) halts the relay loudly instead of skipping the event.
+//! for good, a stored event that cannot be read) halts the relay loudly instead of skipping
+//! the event.
 
 use std::time::Duration;
 
@@ -18,7 +19,7 @@ use tokio::sync::watch;
 use crate::follower::Follower;
 use crate::kafka::ensure_topic;
 use crate::metrics::Metrics;
-use crate::store::{Leadership, Store, StoreError};
+use crate::store::{now_micros, Leadership, Store, StoreError};
 
 // Re-exported where they were before `kafka` took them, for `tail`, the example consumer and
 // the tests.
@@ -57,7 +58,8 @@ pub enum RelayState {
     Active = 1,
     /// Retrying: the broker is unreachable or refused a batch for now.
     Retrying = 2,
-    /// Halted on an error that retrying cannot fix; needs an operator.
+    /// Halted on an error that retrying cannot fix (a record the broker refuses for good, a
+    /// stored event that cannot be read); needs an operator.
     Failed = 3,
 }
 
@@ -153,19 +155,20 @@ impl Relay {
                     backoff = Duration::from_millis(100);
                 }
                 Err(RelayError::Delivery(DeliveryError::Final(e))) => {
-                    self.set_state(RelayState::Failed);
                     tracing::error!(
                         error = %e,
                         "relay halted: the broker refuses an event for good; it is not skipped, \
                          fix the cause and restart"
                     );
-                    // Keep the lease so no other process skips it either; only report.
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(5)).await;
-                        if !lease.still_held().await {
-                            return;
-                        }
-                    }
+                    return self.halt(lease).await;
+                }
+                Err(RelayError::Store(e @ StoreError::Corrupt { .. })) => {
+                    tracing::error!(
+                        error = %e,
+                        "relay halted: a stored event cannot be read; it is not skipped, \
+                         repair it (taskledger verify names it) and restart"
+                    );
+                    return self.halt(lease).await;
                 }
                 Err(e) => {
                     self.set_state(RelayState::Retrying);
@@ -173,6 +176,18 @@ impl Relay {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+        }
+    }
+
+    /// Stays halted, and loud, until the lease is lost. The lease is kept so that no other
+    /// process skips the event either.
+    async fn halt(&self, mut lease: Leadership) {
+        self.set_state(RelayState::Failed);
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            if !lease.still_held().await {
+                return;
             }
         }
     }
@@ -272,12 +287,10 @@ async fn report_lag(store: &Store, reader: &str, metrics: &Metrics) {
     let lag = async {
         let checkpoint = store.reader_checkpoint(reader).await?;
         let head = store.head_position().await?;
-        let oldest = store.events_after(checkpoint, 1, None).await?;
-        let seconds = oldest.first().map_or(0.0, |e| {
-            (chrono::Utc::now() - e.recorded_at)
-                .num_milliseconds()
-                .max(0) as f64
-                / 1000.0
+        // Undecoded: the lag of a relay halted on an unreadable event is still reported.
+        let oldest = store.next_event_after(checkpoint).await?;
+        let seconds = oldest.map_or(0.0, |e| {
+            (now_micros() - e.recorded_at_us).max(0) as f64 / 1e6
         });
         Ok::<_, StoreError>((head - checkpoint, seconds))
     };

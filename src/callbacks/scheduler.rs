@@ -99,9 +99,10 @@ impl Scheduler {
                 Ok(events.len())
             }
             Err(StoreError::Corrupt { event_id, message }) => {
-                let Some(position) = self.store().position_after(checkpoint).await? else {
+                let Some(next) = self.store().next_event_after(checkpoint).await? else {
                     return Ok(0);
                 };
+                let position = next.global_position;
                 tracing::error!(
                     %event_id,
                     global_position = position,

@@ -218,18 +218,3 @@ impl Store {
         )
     }
 }
-
-impl Store {
-    /// The position of the first event after `after`, without decoding it: how the callback
-    /// scheduler steps over an event too corrupt to read.
-    pub async fn position_after(&self, after: i64) -> Result<Option<i64>, StoreError> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT MIN(global_position) FROM events WHERE global_position > $1",
-            )
-            .bind(after)
-            .fetch_one(&self.pool)
-            .await?,
-        )
-    }
-}

@@ -4,6 +4,7 @@
 
 mod append;
 mod callbacks;
+mod follow;
 mod idempotency;
 mod keys;
 mod lease;
@@ -15,6 +16,7 @@ mod sql;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
+pub use follow::NextEvent;
 pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;

@@ -16,6 +16,7 @@ use crate::helpers::{
     free_port, metric_value, on_both_backends, spawn_app_with, tamper_with_event, Backend,
     ServerProcess, TestApp, TestDb,
 };
+use crate::relay_halts::append_raw_event;
 
 /// Polls `check` until it returns `Some`, for at most 30 s.
 async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
@@ -179,8 +180,8 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
     })
     .await;
     // Completions no reader can decode: one that is not even JSON, one of the wrong shape.
-    append_raw_completion(&app, "{not json").await;
-    append_raw_completion(&app, "\"not a completion\"").await;
+    append_raw_event(&app, "TaskCompleted", "{not json").await;
+    append_raw_event(&app, "TaskCompleted", "\"not a completion\"").await;
 
     let id = app.completed(json!({"callback_url": url})).await;
     wait_for_event(&app, &app.key, &id, "CallbackDelivered").await;
@@ -191,40 +192,6 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
         "{metrics}"
     );
     assert_eq!(log.lock().unwrap().len(), 1);
-}
-
-/// Appends a `TaskCompleted` with `payload` at the head of acme's ledger, the way the append
-/// path does (moving the head first), so the scheduler meets it before anything committed
-/// after it.
-async fn append_raw_completion(app: &TestApp, payload: &str) {
-    let account: String = sqlx::query_scalar("SELECT account_id FROM accounts WHERE name = 'acme'")
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
-    let mut tx = app.store.pool().begin().await.unwrap();
-    let position: i64 = sqlx::query_scalar(
-        "UPDATE ledger_head SET last_position = last_position + 1 WHERE id = 1 RETURNING last_position",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO events (global_position, event_id, task_id, account_id, sequence, event_type, \
-         event_version, payload, recorded_at_us, actor_account_id, actor_key_id, actor_scope, \
-         request_id, prev_hash, hash) \
-         VALUES ($1, $2, $3, $4, 1, 'TaskCompleted', 1, $5, $6, $4, NULL, 'contributor', NULL, $7, $7)",
-    )
-    .bind(position)
-    .bind(uuid::Uuid::now_v7().to_string())
-    .bind(format!("task_undecodable_{position}"))
-    .bind(&account)
-    .bind(payload)
-    .bind(chrono::Utc::now().timestamp_micros())
-    .bind("0".repeat(64))
-    .execute(&mut *tx)
-    .await
-    .unwrap();
-    tx.commit().await.unwrap();
 }
 
 /// A receiver that accepts connections and never answers; returns its URL and how many

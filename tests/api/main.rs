@@ -12,6 +12,7 @@ mod hostile_input;
 mod idempotency_api;
 mod kafka;
 mod list_api;
+mod relay_halts;
 mod sdk;
 mod store;
 mod store_integrity;
