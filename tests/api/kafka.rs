@@ -251,15 +251,20 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
         Duration::from_secs(60),
     )
     .await;
-    let states = (
-        a.metric("taskledger_relay_state").await.map(|v| v as i64),
-        b.metric("taskledger_relay_state").await.map(|v| v as i64),
-    );
-    let active_is_a = match states {
-        (Some(1), Some(0)) => true,
-        (Some(0), Some(1)) => false,
-        other => panic!("exactly one relay must be active: {other:?}"),
-    };
+    // One relay holds the lease and the other stands by; the two gauges are read one after
+    // the other, so wait for a pair that agrees rather than judging one read of each.
+    let active_is_a = eventually(PATIENCE, "exactly one active relay", async || {
+        let states = (
+            a.metric("taskledger_relay_state").await,
+            b.metric("taskledger_relay_state").await,
+        );
+        match states {
+            (Some(1.0), Some(0.0)) => Ok(true),
+            (Some(0.0), Some(1.0)) => Ok(false),
+            other => Err(other),
+        }
+    })
+    .await;
     let (dead, survivor) = if active_is_a {
         (&mut a, &b)
     } else {
