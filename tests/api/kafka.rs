@@ -314,9 +314,8 @@ async fn tail_prints_one_envelope_per_line_and_filters_by_task() {
     let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let mut got = Vec::new();
     while got.len() < 2 {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        let line = within(PATIENCE, "tail to print", lines.next_line())
             .await
-            .expect("tail prints")
             .unwrap()
             .expect("a line");
         let envelope: EventEnvelope =
