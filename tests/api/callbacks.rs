@@ -182,7 +182,9 @@ async fn app_for_callbacks(backend: Backend, attempts: u32, base_ms: u64) -> Tes
         s.callbacks.callback_max_attempts = attempts;
         s.callbacks.callback_retry_base_ms = base_ms;
         s.callbacks.callback_retry_span_secs = 0;
-        s.callbacks.callback_timeout_ms = 300;
+        // Ample for a receiver that answers at once, even on a loaded machine: only a
+        // scripted hang, far longer, runs into it.
+        s.callbacks.callback_timeout_ms = 2_000;
     })
     .await
 }
@@ -337,7 +339,7 @@ async fn failed_and_hung_attempts_are_retried_with_backoff_under_one_delivery_id
     let (url, log) = receiver_watching(
         vec![
             Step::Answer(500),
-            // Far longer than the 300 ms attempt timeout: only the timeout ends this attempt.
+            // Far longer than the 2 s attempt timeout: only the timeout ends this attempt.
             Step::Hang(Duration::from_secs(30)),
             Step::Answer(503),
             Step::Answer(204),
@@ -456,7 +458,8 @@ async fn private_addresses_are_refused_unless_allowed(backend: Backend) {
     assert!(log.lock().unwrap().is_empty(), "nothing was sent");
 }
 
-async fn serve(db: &TestDb, port: u16) -> ServerProcess {
+/// A server process whose callback attempts time out after `timeout_ms`.
+async fn serve(db: &TestDb, port: u16, timeout_ms: &str) -> ServerProcess {
     ServerProcess::start(
         db,
         port,
@@ -464,7 +467,7 @@ async fn serve(db: &TestDb, port: u16) -> ServerProcess {
             ("CALLBACK_ALLOW_PRIVATE_NETWORKS", "true"),
             ("CALLBACK_RETRY_BASE_MS", "100"),
             ("CALLBACK_RETRY_SPAN_SECS", "0"),
-            ("CALLBACK_TIMEOUT_MS", "3000"),
+            ("CALLBACK_TIMEOUT_MS", timeout_ms),
         ],
     )
     .await
@@ -550,7 +553,7 @@ async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
     let db = TestDb::new(backend).await;
     let api = ProcessClient::new(&db).await;
     let port = free_port();
-    let mut server = serve(&db, port).await;
+    let mut server = serve(&db, port, "3000").await;
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(api.completed_task(&server.url, &url, i).await);
@@ -562,7 +565,7 @@ async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
     .await;
     server.kill9();
 
-    server = serve(&db, port).await;
+    server = serve(&db, port, "3000").await;
     api.wait_called_back(&server.url, &ids).await;
     for id in &ids {
         let history = api.get(&server.url, &format!("/task/{id}/history")).await;
@@ -658,8 +661,10 @@ async fn two_servers_attempt_each_delivery_once() {
     let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(300))]).await;
     let db = TestDb::new(Backend::Postgres).await;
     let api = ProcessClient::new(&db).await;
-    let a = serve(&db, free_port()).await;
-    let b = serve(&db, free_port()).await;
+    // Attempts take 300 ms; a timeout far beyond it means a second attempt of a delivery
+    // could only come from the other server.
+    let a = serve(&db, free_port(), "30000").await;
+    let b = serve(&db, free_port(), "30000").await;
     let mut ids = Vec::new();
     for i in 0..16 {
         let server = if i % 2 == 0 { &a.url } else { &b.url };
