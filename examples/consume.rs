@@ -1,12 +1,12 @@
 //! A downstream consumer of the taskledger stream: decodes each record with
-//! `taskledger-events` and drops the duplicates that at-least-once delivery allows.
+//! `taskledger-events` and drops the duplicates that at-least-once delivery allows
+//! (the logic is `taskledger::consume`).
 //!
 //! ```sh
 //! cargo run --example consume -- 127.0.0.1:9092 taskledger.task-events
 //! ```
 
-use rdkafka::Message;
-use taskledger_events::{Deduplicator, EventEnvelope, TaskEvent};
+use taskledger::consume::{run, Seen};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -15,29 +15,11 @@ async fn main() -> anyhow::Result<()> {
     let topic = args
         .next()
         .unwrap_or_else(|| "taskledger.task-events".into());
-    let consumer = taskledger::relay::stream_consumer(&brokers, &topic, true)?;
-    let mut seen = Deduplicator::new(100_000);
-    loop {
-        let message = consumer.recv().await?;
-        let Some(payload) = message.payload() else {
-            continue;
-        };
-        let envelope: EventEnvelope = serde_json::from_slice(payload)?;
-        if !seen.first_time(envelope.event_id) {
-            continue;
+    run(&brokers, &topic, |seen| {
+        if let Seen::New(line) = seen {
+            println!("{line}");
         }
-        match envelope.event()? {
-            TaskEvent::TaskCompleted(done) => println!(
-                "task {} completed at {}: {}",
-                envelope.task_id, envelope.recorded_at, done.response
-            ),
-            other => println!(
-                "task {} #{} {} (position {})",
-                envelope.task_id,
-                envelope.sequence,
-                other.event_type(),
-                envelope.global_position
-            ),
-        }
-    }
+    })
+    .await?;
+    Ok(())
 }

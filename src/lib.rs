@@ -7,6 +7,7 @@ pub mod bench;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub mod consume;
 pub mod domain;
 pub mod follower;
 pub mod http;

@@ -37,12 +37,11 @@ where
 /// The task's history, read once, so every fact a test derives from it is consistent.
 async fn history(app: &TestApp, key: &str, id: &str) -> Vec<Value> {
     let reply = app
+        .as_key(key)
         .send(
             reqwest::Method::GET,
             &format!("/v1/task/{id}/history"),
-            key,
             None,
-            &[],
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
@@ -74,10 +73,10 @@ async fn globex_contributor(app: &TestApp) -> String {
 /// A task of globex calling back `url`, completed; returns its id.
 async fn globex_completed(app: &TestApp, contributor: &str, url: &str) -> String {
     let created = app
+        .as_key(&app.other_key)
         .send(
             reqwest::Method::POST,
             "/v1/task/categorization",
-            &app.other_key,
             Some(json!({
                 "instruction": "big or small?",
                 "callback_url": url,
@@ -85,17 +84,15 @@ async fn globex_completed(app: &TestApp, contributor: &str, url: &str) -> String
                 "attachment": "boat",
                 "categories": ["big", "small"],
             })),
-            &[],
         )
         .await
         .task_id();
     let done = app
+        .as_key(contributor)
         .send(
             reqwest::Method::POST,
             &format!("/v1/task/{created}/complete"),
-            contributor,
             Some(json!({"response": {"category": "small"}})),
-            &[],
         )
         .await;
     assert_eq!(done.status, 200, "{}", done.body);
@@ -104,7 +101,8 @@ async fn globex_completed(app: &TestApp, contributor: &str, url: &str) -> String
 
 async fn complete(app: &TestApp, id: &str) {
     let done = app
-        .contributor_post(
+        .as_key(&app.contributor_key)
+        .post(
             &format!("/v1/task/{id}/complete"),
             json!({"response": {"category": "big"}}),
         )

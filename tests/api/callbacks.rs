@@ -2,9 +2,8 @@
 //! back-off, timeouts, final failure, the private-network guard, and a SIGKILL of the server.
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -13,10 +12,13 @@ use axum::Router;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
+use taskledger::store::Store;
 use taskledger_events::Scope;
 
+use crate::helpers::process::taskledger;
 use crate::helpers::{
-    free_port, on_both_backends, spawn_app_with, Backend, ServerProcess, TestApp, TestDb,
+    eventually, free_port, metric_value, ok_if, on_both_backends, spawn_app_with, Backend,
+    ServerProcess, TestApp, TestDb, PATIENCE,
 };
 
 /// What the receiver does with the n-th attempt (1-based) of a delivery.
@@ -28,9 +30,43 @@ pub enum Step {
 
 #[derive(Clone, Debug)]
 pub struct Received {
-    pub at: Instant,
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
+    /// The delivery's row as the server left it when this attempt arrived (receivers made by
+    /// [`receiver_watching`] only).
+    pub row: Option<DeliveryRow>,
+}
+
+/// What the server had recorded of a delivery when an attempt of it arrived.
+#[derive(Clone, Debug)]
+pub struct DeliveryRow {
+    /// Attempts recorded before this one.
+    pub attempts: i64,
+    /// When the scheduler planned this attempt, after the previous one failed.
+    pub next_attempt_at_us: i64,
+    /// When this attempt was claimed (the claim is the row's last update).
+    pub claimed_at_us: i64,
+    /// The previous attempt's error.
+    pub last_error: Option<String>,
+}
+
+async fn delivery_row(store: &Store, delivery_id: &str) -> Option<DeliveryRow> {
+    let row: Option<(i64, i64, i64, Option<String>)> = sqlx::query_as(
+        "SELECT attempts, next_attempt_at_us, updated_at_us, last_error \
+         FROM callback_deliveries WHERE delivery_id = $1",
+    )
+    .bind(delivery_id)
+    .fetch_optional(store.pool())
+    .await
+    .expect("read the delivery");
+    row.map(
+        |(attempts, next_attempt_at_us, claimed_at_us, last_error)| DeliveryRow {
+            attempts,
+            next_attempt_at_us,
+            claimed_at_us,
+            last_error,
+        },
+    )
 }
 
 impl Received {
@@ -46,6 +82,7 @@ impl Received {
 struct Receiver {
     script: Arc<Vec<Step>>,
     log: Arc<Mutex<Vec<Received>>>,
+    store: Option<Store>,
 }
 
 async fn hook(
@@ -61,12 +98,16 @@ async fn hook(
         .get("refonte-callback-id")
         .cloned()
         .unwrap_or_default();
+    let row = match &r.store {
+        Some(store) => delivery_row(store, &id).await,
+        None => None,
+    };
     let attempt = {
         let mut log = r.log.lock().unwrap();
         log.push(Received {
-            at: Instant::now(),
             headers,
             body: body.to_vec(),
+            row,
         });
         log.iter()
             .filter(|x| x.headers.get("refonte-callback-id") == Some(&id))
@@ -91,19 +132,36 @@ async fn hook(
 /// Where a followed redirect would land; it records under the id `redirected`.
 async fn elsewhere(State(r): State<Receiver>) -> StatusCode {
     r.log.lock().unwrap().push(Received {
-        at: Instant::now(),
         headers: HashMap::from([("refonte-callback-id".to_string(), "redirected".to_string())]),
         body: b"{}".to_vec(),
+        row: None,
     });
     StatusCode::OK
 }
 
 /// A receiver on a random port; returns its URL and the log of what it received.
 pub async fn receiver(script: Vec<Step>) -> (String, Arc<Mutex<Vec<Received>>>) {
+    serve_receiver(script, None).await
+}
+
+/// A receiver that also records, with each attempt, the delivery's row in `store` as the
+/// server left it: the schedule it decided, read from its state rather than from a clock.
+pub async fn receiver_watching(
+    script: Vec<Step>,
+    store: Store,
+) -> (String, Arc<Mutex<Vec<Received>>>) {
+    serve_receiver(script, Some(store)).await
+}
+
+async fn serve_receiver(
+    script: Vec<Step>,
+    store: Option<Store>,
+) -> (String, Arc<Mutex<Vec<Received>>>) {
     let log = Arc::new(Mutex::new(Vec::new()));
     let state = Receiver {
         script: Arc::new(script),
         log: log.clone(),
+        store,
     };
     let app = Router::new()
         .route("/hook", post(hook))
@@ -124,34 +182,36 @@ async fn app_for_callbacks(backend: Backend, attempts: u32, base_ms: u64) -> Tes
         s.callbacks.callback_max_attempts = attempts;
         s.callbacks.callback_retry_base_ms = base_ms;
         s.callbacks.callback_retry_span_secs = 0;
-        s.callbacks.callback_timeout_ms = 300;
+        // Ample for a receiver that answers at once, even on a loaded machine: only a
+        // scripted hang, far longer, runs into it.
+        s.callbacks.callback_timeout_ms = 2_000;
     })
     .await
 }
 
-/// Waits until the task's callback_completed (or its history) satisfies `done`.
-async fn wait_for(
+/// Waits until the task's history satisfies `done`, then reads the task.
+///
+/// The history is the one source: it is read in one request, and events are only ever
+/// appended, so once `done` holds it keeps holding. The task is read after it, so it shows
+/// at least those events; reading the two the other way round (or checking one against the
+/// other while deliveries still land) races.
+async fn settled(
     app: &TestApp,
     id: &str,
     what: &str,
-    done: impl Fn(&Value, &[Value]) -> bool,
+    done: impl Fn(&[Value]) -> bool,
 ) -> (Value, Vec<Value>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let task = app.get(&format!("/v1/task/{id}")).await.body;
-        let history = app.get(&format!("/v1/task/{id}/history")).await.body["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        if done(&task, &history) {
-            return (task, history);
+    let history = eventually(PATIENCE, what, async || {
+        let history = app.history(id).await;
+        if done(&history) {
+            Ok(history)
+        } else {
+            Err(history)
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    let task = app.get(&format!("/v1/task/{id}")).await.body;
+    (task, history)
 }
 
 fn events_of(history: &[Value], event_type: &str) -> Vec<Value> {
@@ -162,7 +222,8 @@ fn events_of(history: &[Value], event_type: &str) -> Vec<Value> {
         .collect()
 }
 
-fn verify_signature(secret: &str, r: &Received) {
+/// Verifies the signature, and that it was made between `since` (seconds) and now.
+fn verify_signature(secret: &str, r: &Received, since: i64) {
     let header = &r.headers["refonte-callback-signature"];
     let (t, v1) = header
         .strip_prefix("t=")
@@ -174,11 +235,15 @@ fn verify_signature(secret: &str, r: &Received) {
     mac.update(&r.body);
     mac.verify_slice(&hex::decode(v1).unwrap())
         .expect("the signature verifies");
-    let age = chrono::Utc::now().timestamp() - t.parse::<i64>().unwrap();
-    assert!((0..60).contains(&age), "a fresh timestamp");
+    let signed_at = t.parse::<i64>().unwrap();
+    assert!(
+        (since..=chrono::Utc::now().timestamp()).contains(&signed_at),
+        "a timestamp of the moment of sending: {signed_at}"
+    );
 }
 
 async fn completing_erroring_and_workforce_audits_call_back_signed(backend: Backend) {
+    let since = chrono::Utc::now().timestamp();
     let (url, log) = receiver(vec![]).await;
     let app = app_for_callbacks(backend, 3, 50).await;
     let secret = app
@@ -189,33 +254,37 @@ async fn completing_erroring_and_workforce_audits_call_back_signed(backend: Back
         .unwrap();
     let done = app.completed(json!({"callback_url": url})).await;
     let failed = app.create(json!({"callback_url": url})).await.task_id();
-    app.contributor_post(
-        &format!("/v1/task/{failed}/error"),
-        json!({"error": "unreadable"}),
-    )
-    .await;
+    let worker = app.as_key(&app.contributor_key);
+    worker
+        .post(
+            &format!("/v1/task/{failed}/error"),
+            json!({"error": "unreadable"}),
+        )
+        .await;
     app.post(
         &format!("/v1/task/{done}/audit"),
         json!({"accepted": false}),
     )
     .await;
-    app.contributor_post(
-        &format!("/v1/task/{done}/audit"),
-        json!({"audit_result": "fixed", "response": {"category": "small"}}),
-    )
-    .await;
+    worker
+        .post(
+            &format!("/v1/task/{done}/audit"),
+            json!({"audit_result": "fixed", "response": {"category": "small"}}),
+        )
+        .await;
     let silent = app.completed(json!({})).await;
 
-    let (task, history) = wait_for(&app, &done, "two deliveries", |_, h| {
+    let (task, history) = settled(&app, &done, "two deliveries", |h| {
         events_of(h, "CallbackDelivered").len() == 2
     })
     .await;
-    assert_eq!(task["callback_completed"], true);
-    let (task_b, _) = wait_for(&app, &failed, "the error callback", |t, _| {
-        t["callback_completed"] == true
+    assert_eq!(task["callback_completed"], true, "{task}");
+    let (task_b, _) = settled(&app, &failed, "the error callback", |h| {
+        !events_of(h, "CallbackDelivered").is_empty()
     })
     .await;
     assert_eq!(task_b["status"], "error");
+    assert_eq!(task_b["callback_completed"], true, "{task_b}");
 
     let received = log.lock().unwrap().clone();
     assert_eq!(
@@ -226,7 +295,7 @@ async fn completing_erroring_and_workforce_audits_call_back_signed(backend: Back
     for r in &received {
         assert_eq!(r.headers["refonte-callback-auth"], secret);
         assert_eq!(r.headers["content-type"], "application/json");
-        verify_signature(&secret, r);
+        verify_signature(&secret, r, since);
         let body = r.json();
         assert_eq!(body["task_id"], body["task"]["task_id"]);
         assert_eq!(body["response"], body["task"]["response"]);
@@ -266,22 +335,27 @@ async fn completing_erroring_and_workforce_audits_call_back_signed(backend: Back
 }
 
 async fn failed_and_hung_attempts_are_retried_with_backoff_under_one_delivery_id(backend: Backend) {
-    let (url, log) = receiver(vec![
-        Step::Answer(500),
-        Step::Hang(Duration::from_secs(2)),
-        Step::Answer(503),
-        Step::Answer(204),
-    ])
-    .await;
     let app = app_for_callbacks(backend, 6, 200).await;
+    let (url, log) = receiver_watching(
+        vec![
+            Step::Answer(500),
+            // Far longer than the 2 s attempt timeout: only the timeout ends this attempt.
+            Step::Hang(Duration::from_secs(30)),
+            Step::Answer(503),
+            Step::Answer(204),
+        ],
+        app.store.clone(),
+    )
+    .await;
     let id = app.completed(json!({"callback_url": url})).await;
-    let (task, history) = wait_for(&app, &id, "delivery", |t, _| {
-        t["callback_completed"] == true
+    let (task, history) = settled(&app, &id, "the delivery", |h| {
+        !events_of(h, "CallbackDelivered").is_empty()
     })
     .await;
     assert_eq!(task["callback_completed"], true);
     let delivered = events_of(&history, "CallbackDelivered");
     assert_eq!(delivered.len(), 1);
+    // The hung attempt would have answered 200 had it been waited for: it was cut.
     assert_eq!(delivered[0]["payload"]["attempts"], 4);
     assert_eq!(delivered[0]["payload"]["status_code"], 204);
 
@@ -291,24 +365,47 @@ async fn failed_and_hung_attempts_are_retried_with_backoff_under_one_delivery_id
     for (i, r) in received.iter().enumerate() {
         assert_eq!(r.delivery_id(), first, "one stable delivery id");
         assert_eq!(r.headers["refonte-callback-attempt"], (i + 1).to_string());
-    }
-    // The schedule never shrinks below the 200 ms base (jitter is at most ±20 %), and the
-    // hung attempt was cut by the 300 ms timeout before the next one.
-    for pair in received.windows(2) {
-        let gap = pair[1].at - pair[0].at;
-        assert!(
-            gap >= Duration::from_millis(160),
-            "back-off honoured: {gap:?}"
+        let row = r.row.as_ref().expect("the delivery was scheduled first");
+        assert_eq!(
+            row.attempts, i as i64,
+            "each failure recorded before the next try"
         );
     }
-    assert!(received[2].at - received[1].at >= Duration::from_millis(300 + 160));
+    // Each failure was recorded with its cause ...
+    let errors: Vec<String> = received[1..]
+        .iter()
+        .map(|r| {
+            r.row
+                .as_ref()
+                .unwrap()
+                .last_error
+                .clone()
+                .unwrap_or_default()
+        })
+        .collect();
+    assert!(errors[0].contains("500"), "{errors:?}");
+    assert!(
+        !errors[1].contains("answered"),
+        "the hung attempt got no answer: {errors:?}"
+    );
+    assert!(errors[2].contains("503"), "{errors:?}");
+    // ... and the next try planned no sooner than the 200 ms base after the failed one was
+    // claimed (jitter is at most ±20 %), by the server's own record of both moments.
+    for pair in received.windows(2) {
+        let (failed, next) = (pair[0].row.as_ref().unwrap(), pair[1].row.as_ref().unwrap());
+        let planned_after_us = next.next_attempt_at_us - failed.claimed_at_us;
+        assert!(
+            planned_after_us >= 160_000,
+            "back-off honoured: {planned_after_us} µs"
+        );
+    }
 }
 
 async fn the_last_failed_attempt_is_recorded_and_nothing_more_is_tried(backend: Backend) {
     let (url, log) = receiver(vec![Step::Answer(500); 10]).await;
     let app = app_for_callbacks(backend, 3, 50).await;
     let id = app.completed(json!({"callback_url": url})).await;
-    let (task, history) = wait_for(&app, &id, "the failure", |_, h| {
+    let (task, history) = settled(&app, &id, "the failure", |h| {
         !events_of(h, "CallbackFailed").is_empty()
     })
     .await;
@@ -319,17 +416,24 @@ async fn the_last_failed_attempt_is_recorded_and_nothing_more_is_tried(backend: 
         .as_str()
         .unwrap()
         .contains("500"));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(log.lock().unwrap().len(), 3);
-    let metrics = app.metrics().await;
-    assert!(
-        metrics.contains("taskledger_callback_deliveries_total{outcome=\"failed\"} 1"),
-        "{metrics}"
-    );
+    // The delivery is closed as failed (the metric counts it once that is stored) ...
+    let metrics = eventually(PATIENCE, "the failure to be counted", async || {
+        let text = app.metrics().await;
+        let failed = metric_value(
+            &text,
+            "taskledger_callback_deliveries_total{outcome=\"failed\"}",
+        );
+        ok_if(failed == Some(1.0), text.clone()).map(|()| text)
+    })
+    .await;
     assert!(
         metrics.contains("taskledger_callback_deliveries_total{outcome=\"retry\"} 2"),
         "{metrics}"
     );
+    // ... so nothing is left for the scheduler to try: the three attempts were all.
+    let backlog = app.store.delivery_backlog().await.unwrap();
+    assert_eq!(backlog.pending, 0, "{backlog:?}");
+    assert_eq!(log.lock().unwrap().len(), 3);
 }
 
 async fn private_addresses_are_refused_unless_allowed(backend: Backend) {
@@ -339,7 +443,7 @@ async fn private_addresses_are_refused_unless_allowed(backend: Backend) {
     })
     .await;
     let id = app.completed(json!({"callback_url": url})).await;
-    let (_, history) = wait_for(&app, &id, "the refusal", |_, h| {
+    let (_, history) = settled(&app, &id, "the refusal", |h| {
         !events_of(h, "CallbackFailed").is_empty()
     })
     .await;
@@ -354,7 +458,8 @@ async fn private_addresses_are_refused_unless_allowed(backend: Backend) {
     assert!(log.lock().unwrap().is_empty(), "nothing was sent");
 }
 
-async fn serve(db: &TestDb, port: u16) -> ServerProcess {
+/// A server process whose callback attempts time out after `timeout_ms`.
+async fn serve(db: &TestDb, port: u16, timeout_ms: &str) -> ServerProcess {
     ServerProcess::start(
         db,
         port,
@@ -362,7 +467,7 @@ async fn serve(db: &TestDb, port: u16) -> ServerProcess {
             ("CALLBACK_ALLOW_PRIVATE_NETWORKS", "true"),
             ("CALLBACK_RETRY_BASE_MS", "100"),
             ("CALLBACK_RETRY_SPAN_SECS", "0"),
-            ("CALLBACK_TIMEOUT_MS", "3000"),
+            ("CALLBACK_TIMEOUT_MS", timeout_ms),
         ],
     )
     .await
@@ -427,35 +532,40 @@ impl ProcessClient {
 
     /// Waits until every task says `callback_completed`.
     async fn wait_called_back(&self, server: &str, ids: &[String]) {
-        let deadline = Instant::now() + Duration::from_secs(60);
         for id in ids {
-            while self.get(server, &format!("/task/{id}")).await["callback_completed"] != true {
-                assert!(Instant::now() < deadline, "task {id} was never called back");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            eventually(
+                PATIENCE,
+                &format!("task {id} to be called back"),
+                async || {
+                    let task = self.get(server, &format!("/task/{id}")).await;
+                    ok_if(task["callback_completed"] == true, task)
+                },
+            )
+            .await;
         }
     }
 }
 
 async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {
-    // The first attempts are answered slowly, so they are in flight when the server dies.
-    let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(1500))]).await;
+    // The first attempt of each delivery is never answered (only its 3 s timeout ends it),
+    // so the attempts that have started are in flight when the server dies.
+    let (url, log) = receiver(vec![Step::Hang(Duration::from_secs(60))]).await;
     let db = TestDb::new(backend).await;
     let api = ProcessClient::new(&db).await;
     let port = free_port();
-    let mut server = serve(&db, port).await;
+    let mut server = serve(&db, port, "3000").await;
     let mut ids = Vec::new();
     for i in 0..12 {
         ids.push(api.completed_task(&server.url, &url, i).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while log.lock().unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "no delivery started");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(PATIENCE, "a delivery to start", async || {
+        let started = log.lock().unwrap().len();
+        ok_if(started > 0, started)
+    })
+    .await;
     server.kill9();
 
-    server = serve(&db, port).await;
+    server = serve(&db, port, "3000").await;
     api.wait_called_back(&server.url, &ids).await;
     for id in &ids {
         let history = api.get(&server.url, &format!("/task/{id}/history")).await;
@@ -503,11 +613,7 @@ async fn the_callback_secret_is_shown_and_rotated_by_the_cli(backend: Backend) {
     let store = db.store().await;
     store.ensure_account("acme").await.unwrap();
     let run = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_taskledger"))
-            .args(args)
-            .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
+        let out = taskledger(&db.url, args);
         assert!(out.status.success(), "{out:?}");
         String::from_utf8(out.stdout)
             .unwrap()
@@ -533,8 +639,8 @@ async fn redirects_are_not_followed(backend: Backend) {
     let (url, log) = receiver(vec![Step::Answer(302), Step::Answer(200)]).await;
     let app = app_for_callbacks(backend, 3, 50).await;
     let id = app.completed(json!({"callback_url": url})).await;
-    let (_, history) = wait_for(&app, &id, "delivery", |t, _| {
-        t["callback_completed"] == true
+    let (_, history) = settled(&app, &id, "the delivery", |h| {
+        !events_of(h, "CallbackDelivered").is_empty()
     })
     .await;
     assert_eq!(
@@ -555,8 +661,10 @@ async fn two_servers_attempt_each_delivery_once() {
     let (url, log) = receiver(vec![Step::Hang(Duration::from_millis(300))]).await;
     let db = TestDb::new(Backend::Postgres).await;
     let api = ProcessClient::new(&db).await;
-    let a = serve(&db, free_port()).await;
-    let b = serve(&db, free_port()).await;
+    // Attempts take 300 ms; a timeout far beyond it means a second attempt of a delivery
+    // could only come from the other server.
+    let a = serve(&db, free_port(), "30000").await;
+    let b = serve(&db, free_port(), "30000").await;
     let mut ids = Vec::new();
     for i in 0..16 {
         let server = if i % 2 == 0 { &a.url } else { &b.url };

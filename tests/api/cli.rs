@@ -1,22 +1,15 @@
 //! The `taskledger` binary, run as an operator would.
 
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use serde_json::json;
 use taskledger::domain::TaskAction;
 use taskledger_events::Scope;
 
-use crate::helpers::{on_both_backends, tamper_with_event, Backend, TestLedger};
-
-fn taskledger(database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_taskledger"))
-        .args(args)
-        .env("DATABASE_URL", database_url)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run the taskledger binary")
-}
+use crate::helpers::process::taskledger;
+use crate::helpers::{
+    eventually, free_port, on_both_backends, tamper_with_event, Backend, TestLedger, PATIENCE,
+};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
@@ -142,11 +135,7 @@ on_both_backends!(
 #[tokio::test]
 async fn serve_with_no_configuration_answers_healthz_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskledger"))
         .arg("serve")
         .current_dir(dir.path())
@@ -157,17 +146,12 @@ async fn serve_with_no_configuration_answers_healthz_and_stops_cleanly_on_sigter
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/healthz");
-    let mut answered = None;
-    for _ in 0..100 {
-        if let Ok(r) = client.get(&url).send().await {
-            answered = Some(r.status());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(answered.map(|s| s.as_u16()), Some(200));
+    let answered = eventually(PATIENCE, "serve to answer /healthz", async || {
+        reqwest::get(&url).await.map(|r| r.status().as_u16())
+    })
+    .await;
+    assert_eq!(answered, 200);
     assert!(
         dir.path().join("taskledger.db").exists(),
         "the SQLite ledger is created in place"
@@ -178,16 +162,11 @@ async fn serve_with_no_configuration_answers_healthz_and_stops_cleanly_on_sigter
         .status()
         .unwrap();
     assert!(status.success());
-    let mut exited = None;
-    for _ in 0..100 {
-        if let Some(s) = child.try_wait().unwrap() {
-            exited = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let _ = child.kill();
-    assert!(exited.expect("serve exits after SIGTERM").success());
+    let exited = eventually(PATIENCE, "serve to exit after SIGTERM", async || {
+        child.try_wait().unwrap().ok_or("still running")
+    })
+    .await;
+    assert!(exited.success(), "{exited:?}");
 }
 
 /// `taskledger bench` measures the ledger against the database's own commit rate.

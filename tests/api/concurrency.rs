@@ -3,23 +3,22 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 use taskledger::domain::{TaskAction, TaskCommand};
-use taskledger::ledger::{Ledger, LedgerError};
-use taskledger::store::CommandWrite;
+use taskledger::ledger::LedgerError;
 use taskledger_events::{Scope, TaskEvent};
 
 use crate::helpers::{
-    assert_ledger_intact, categorization, metric_value, on_both_backends, Backend, TestLedger,
+    assert_ledger_intact, categorization, eventually, metric_value, ok_if, on_both_backends,
+    Backend, TestLedger, PATIENCE,
 };
 
 async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
     // Two ledgers = two committers, like two server processes on one database.
-    let other = Ledger::start(t.db.store().await, 8);
+    let other = t.second_ledger().await;
     let mut handles = Vec::new();
     for i in 0..24 {
         let ledger = if i % 2 == 0 {
@@ -62,7 +61,7 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
 
 async fn racing_creates_with_one_unique_id_give_exactly_one_task(backend: Backend) {
     let t = TestLedger::new(backend).await;
-    let other = Ledger::start(t.db.store().await, 8);
+    let other = t.second_ledger().await;
     let mut handles = Vec::new();
     for i in 0..20 {
         let ledger = if i % 2 == 0 {
@@ -108,42 +107,53 @@ async fn a_reader_never_sees_a_later_position_before_a_late_committing_lower_one
     let slow_task = t.create(None).await;
     let head = t.store.head_position().await.unwrap();
 
-    let history = t
-        .store
-        .task_events(&t.account_id, slow_task.as_str(), None)
-        .await
-        .unwrap();
-    let prior = t
-        .ledger
-        .task_as_of(&t.account_id, &slow_task, chrono::Utc::now())
-        .await
-        .unwrap();
+    let write = t
+        .decided_write(
+            &slow_task,
+            vec![TaskEvent::TaskMetadataSet(
+                taskledger_events::TaskMetadataSet {
+                    metadata: json!({"slow": true}),
+                },
+            )],
+        )
+        .await;
     let mut slow = t.store.begin_append().await.unwrap();
     assert_eq!(slow.next_position(), head + 1);
-    slow.write(CommandWrite {
-        account_id: t.account_id.clone(),
-        task_id: slow_task.to_string(),
-        actor: t.customer().actor,
-        request_id: None,
-        expected_sequence: 1,
-        prev_hash: history[0].hash.clone(),
-        prior_view: prior,
-        events: vec![TaskEvent::TaskMetadataSet(
-            taskledger_events::TaskMetadataSet {
-                metadata: json!({"slow": true}),
-            },
-        )],
-        idempotency: None,
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    slow.write(write).await.unwrap().unwrap();
 
-    // A fast writer starts while the slow one holds position head+1.
+    // A fast writer starts while the slow one holds position head+1 ...
     let ledger = t.ledger.clone();
     let ctx = t.customer();
     let fast = tokio::spawn(async move { ledger.create(&ctx, categorization(None), None).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // ... and gets as far as it can: into its own transaction, and on PostgreSQL until it
+    // waits for the slow one's lock.
+    eventually(
+        PATIENCE,
+        "the fast writer to be in its transaction",
+        async || {
+            let pool = t.store.pool();
+            let busy = pool.size() as usize - pool.num_idle();
+            ok_if(busy >= 2, busy)
+        },
+    )
+    .await;
+    if backend == Backend::Postgres {
+        eventually(
+            PATIENCE,
+            "the fast writer to wait for the lock",
+            async || {
+                let waiting: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                 WHERE NOT l.granted AND a.datname = current_database()",
+                )
+                .fetch_one(t.store.pool())
+                .await
+                .unwrap();
+                ok_if(waiting > 0, waiting)
+            },
+        )
+        .await;
+    }
     let seen = t.store.events_after(head, 100, None).await.unwrap();
     assert!(
         seen.is_empty(),
@@ -166,32 +176,14 @@ async fn a_reader_never_sees_a_later_position_before_a_late_committing_lower_one
 async fn a_rolled_back_writer_leaves_no_gap_in_the_global_order(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
-    let prior = t
-        .ledger
-        .task_as_of(&t.account_id, &task, chrono::Utc::now())
-        .await
-        .unwrap();
+    let write = t
+        .decided_write(
+            &task,
+            vec![TaskEvent::TaskCanceled(taskledger_events::TaskCanceled {})],
+        )
+        .await;
     let mut doomed = t.store.begin_append().await.unwrap();
-    doomed
-        .write(CommandWrite {
-            account_id: t.account_id.clone(),
-            task_id: task.to_string(),
-            actor: t.customer().actor,
-            request_id: None,
-            expected_sequence: 1,
-            prev_hash: history[0].hash.clone(),
-            prior_view: prior,
-            events: vec![TaskEvent::TaskCanceled(taskledger_events::TaskCanceled {})],
-            idempotency: None,
-        })
-        .await
-        .unwrap()
-        .unwrap();
+    doomed.write(write).await.unwrap().unwrap();
     doomed.rollback().await.unwrap();
     t.create(None).await;
     let positions: Vec<i64> = t
@@ -210,7 +202,7 @@ async fn a_rolled_back_writer_leaves_no_gap_in_the_global_order(backend: Backend
 /// continues exactly where the last one ended, and the reader ends with everything.
 async fn a_following_reader_sees_every_position_once_in_order_under_load(backend: Backend) {
     let t = TestLedger::new(backend).await;
-    let other = Ledger::start(t.db.store().await, 8);
+    let other = t.second_ledger().await;
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let store = t.store.clone();

@@ -1,4 +1,4 @@
-use crate::helpers::{on_both_backends, spawn_app, Backend};
+use crate::helpers::{eventually, ok_if, on_sqlite, spawn_app, within, Backend, PATIENCE};
 
 async fn healthz_and_readyz_answer_200_when_the_store_is_reachable(backend: Backend) {
     let app = spawn_app(backend).await;
@@ -27,7 +27,7 @@ async fn an_unknown_path_answers_a_404_with_the_error_body(backend: Backend) {
     assert!(body["error"].is_string());
 }
 
-on_both_backends!(
+on_sqlite!(
     healthz_and_readyz_answer_200_when_the_store_is_reachable,
     an_unknown_path_answers_a_404_with_the_error_body,
 );
@@ -48,31 +48,31 @@ async fn an_unreachable_store_answers_503_and_readyz_says_so() {
     ] {
         sqlx::query(&sql).execute(&mut conn).await.unwrap();
     }
-    let started = std::time::Instant::now();
-    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    // The answers come (a hang fails the test), and they are 503s.
+    let ready = within(PATIENCE, "/readyz to answer", async {
+        app.client.get(app.url("/readyz")).send().await.unwrap()
+    })
+    .await;
     assert_eq!(ready.status(), 503);
-    let create = app.create(serde_json::json!({})).await;
+    let create = within(
+        PATIENCE,
+        "a create to answer",
+        app.create(serde_json::json!({})),
+    )
+    .await;
     create.assert_error(503, "unavailable");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(25),
-        "{:?}",
-        started.elapsed()
-    );
     sqlx::query(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
         .execute(&mut conn)
         .await
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    loop {
-        let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
-        if ready.status() == 200 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the service recovers with its store"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    eventually(
+        PATIENCE,
+        "the service to recover with its store",
+        async || {
+            let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+            ok_if(ready.status() == 200, ready.status())
+        },
+    )
+    .await;
     assert_eq!(app.create(serde_json::json!({})).await.status, 200);
 }

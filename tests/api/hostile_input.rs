@@ -80,15 +80,14 @@ async fn nul_in_any_string_field_is_a_400_naming_the_field(backend: Backend) {
     .await
     .assert_error(400, "unique_id");
     for method in [Method::PUT, Method::POST, Method::DELETE] {
-        app.send(
-            method,
-            &format!("/v1/task/{id}/tags"),
-            &app.key,
-            Some(json!(["\u{0}"])),
-            &[],
-        )
-        .await
-        .assert_error(400, "tags");
+        app.as_key(&app.key)
+            .send(
+                method,
+                &format!("/v1/task/{id}/tags"),
+                Some(json!(["\u{0}"])),
+            )
+            .await
+            .assert_error(400, "tags");
     }
     assert_eq!(app.history_len(&id).await, 1);
 }
@@ -175,24 +174,27 @@ async fn json_nested_past_the_limit_is_a_400_naming_the_field(backend: Backend) 
     )
     .await
     .assert_error(400, "metadata");
-    app.contributor_post(
-        &format!("/v1/task/{id}/complete"),
-        json!({ "response": nested(127) }),
-    )
-    .await
-    .assert_error(400, "response");
-    app.contributor_post(
-        &format!("/v1/task/{id}/error"),
-        json!({ "error": "bad", "detail": nested(127) }),
-    )
-    .await
-    .assert_error(400, "detail");
-    app.contributor_post(
-        &format!("/v1/task/{id}/error"),
-        json!({ "error": nested(MAX_JSON_DEPTH + 1) }),
-    )
-    .await
-    .assert_error(400, "error");
+    app.as_key(&app.contributor_key)
+        .post(
+            &format!("/v1/task/{id}/complete"),
+            json!({ "response": nested(127) }),
+        )
+        .await
+        .assert_error(400, "response");
+    app.as_key(&app.contributor_key)
+        .post(
+            &format!("/v1/task/{id}/error"),
+            json!({ "error": "bad", "detail": nested(127) }),
+        )
+        .await
+        .assert_error(400, "detail");
+    app.as_key(&app.contributor_key)
+        .post(
+            &format!("/v1/task/{id}/error"),
+            json!({ "error": nested(MAX_JSON_DEPTH + 1) }),
+        )
+        .await
+        .assert_error(400, "error");
     assert_eq!(total_tasks(&app).await, 1);
     assert_eq!(app.history_len(&id).await, 1, "no refused command appended");
 }
@@ -239,25 +241,22 @@ async fn a_task_holds_at_most_the_tag_limit_and_150k_tags_are_refused(backend: B
         .task_id();
     let path = format!("/v1/task/{id}/tags");
     let added = app
-        .send(
-            Method::PUT,
-            &path,
-            &app.key,
-            Some(json!(tags(0, MAX_TAGS))),
-            &[],
-        )
+        .as_key(&app.key)
+        .send(Method::PUT, &path, Some(json!(tags(0, MAX_TAGS))))
         .await;
     assert_eq!(added.status, 200, "{}", added.body);
     assert_eq!(added.body["tags"].as_array().unwrap().len(), MAX_TAGS);
     let reply = app
-        .send(Method::PUT, &path, &app.key, Some(json!(["one-more"])), &[])
+        .as_key(&app.key)
+        .send(Method::PUT, &path, Some(json!(["one-more"])))
         .await;
     reply.assert_error(400, "tags");
     reply.assert_error(400, &MAX_TAGS.to_string());
     // 150 000 distinct tags: refused from the first one past the limit.
     let huge = tags(0, 150_000);
     for method in [Method::POST, Method::PUT, Method::DELETE] {
-        app.send(method, &path, &app.key, Some(json!(huge)), &[])
+        app.as_key(&app.key)
+            .send(method, &path, Some(json!(huge)))
             .await
             .assert_error(400, "tags");
     }
@@ -292,12 +291,13 @@ async fn values_over_their_size_limit_are_400s_naming_the_field_and_the_limit(ba
         .await
         .assert_error(400, "params");
     let id = app.create(json!({})).await.task_id();
-    app.contributor_post(
-        &format!("/v1/task/{id}/complete"),
-        json!({ "response": { "text": "x".repeat(MAX_JSON_BYTES) } }),
-    )
-    .await
-    .assert_error(400, "response");
+    app.as_key(&app.contributor_key)
+        .post(
+            &format!("/v1/task/{id}/complete"),
+            json!({ "response": { "text": "x".repeat(MAX_JSON_BYTES) } }),
+        )
+        .await
+        .assert_error(400, "response");
     assert_eq!(total_tasks(&app).await, 1);
 }
 
@@ -389,7 +389,8 @@ async fn a_task_with_every_field_at_its_limit_is_stored_listed_and_completed(bac
     );
     assert_eq!(app.get(&query).await.body["total"], 1);
     let done = app
-        .contributor_post(
+        .as_key(&app.contributor_key)
+        .post(
             &format!("/v1/task/{id}/complete"),
             json!({ "response": { "text": "r".repeat(MAX_JSON_BYTES - 100) } }),
         )

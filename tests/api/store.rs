@@ -3,12 +3,12 @@
 use serde_json::json;
 use taskledger::domain::{TaskAction, TaskError, TaskId};
 use taskledger::ledger::LedgerError;
-use taskledger::store::{CommandWrite, WriteError};
+use taskledger::store::WriteError;
 use taskledger_events::{Scope, TaskEvent, GENESIS_HASH};
 
 use crate::helpers::{
-    assert_ledger_intact, categorization, context, on_both_backends, projection_snapshot,
-    tamper_with_event, Backend, TestLedger,
+    a_moment_between, assert_ledger_intact, categorization, context, on_both_backends,
+    projection_snapshot, tamper_with_event, Backend, TestLedger,
 };
 
 async fn a_created_task_has_one_event_with_a_complete_envelope(backend: Backend) {
@@ -305,41 +305,24 @@ async fn a_refused_command_in_a_batch_leaves_nothing_and_spares_the_others(backe
     let t = TestLedger::new(backend).await;
     t.create(Some("taken")).await;
     let before = projection_snapshot(&t.store).await;
-    let ctx = t.customer();
-    let write = |unique_id: &str| {
-        let task_id = TaskId::generate();
-        let created = {
-            let create = categorization(Some(unique_id));
-            TaskEvent::TaskCreated(taskledger_events::TaskCreated {
-                task_type: create.task_type.as_str().into(),
-                instruction: create.instruction.map(|t| t.into_string()),
-                callback_url: create.callback_url.map(|u| u.into_string()),
-                project: create.project.map(|p| p.into_string()),
-                batch: None,
-                params: serde_json::Value::Object(create.params.into_map()),
-                metadata: json!({}),
-                tags: vec!["x".into()],
-                unique_id: create.unique_id.map(|u| u.into_string()),
-                clear_unique_id_on_error: false,
-            })
-        };
-        CommandWrite {
-            account_id: t.account_id.clone(),
-            task_id: task_id.to_string(),
-            actor: ctx.actor.clone(),
-            request_id: None,
-            expected_sequence: 0,
-            prev_hash: GENESIS_HASH.into(),
-            prior_view: None,
-            events: vec![created],
-            idempotency: None,
-        }
+    let write = async |unique_id: &str| {
+        let create = categorization(Some(unique_id));
+        let created = TaskEvent::TaskCreated(taskledger_events::TaskCreated {
+            task_type: create.task_type.as_str().into(),
+            instruction: create.instruction.map(|t| t.into_string()),
+            callback_url: create.callback_url.map(|u| u.into_string()),
+            project: create.project.map(|p| p.into_string()),
+            batch: None,
+            params: serde_json::Value::Object(create.params.into_map()),
+            metadata: json!({}),
+            tags: vec!["x".into()],
+            unique_id: create.unique_id.map(|u| u.into_string()),
+            clear_unique_id_on_error: false,
+        });
+        t.decided_write(&TaskId::generate(), vec![created]).await
     };
-    let results = t
-        .store
-        .commit_batch(vec![write("a"), write("taken"), write("b")])
-        .await
-        .unwrap();
+    let batch = vec![write("a").await, write("taken").await, write("b").await];
+    let results = t.store.commit_batch(batch).await.unwrap();
     assert!(results[0].is_ok());
     assert!(matches!(results[1], Err(WriteError::UniqueIdTaken { .. })));
     assert!(results[2].is_ok());
@@ -361,35 +344,18 @@ async fn an_append_transaction_that_never_commits_leaves_nothing(backend: Backen
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
     let before = projection_snapshot(&t.store).await;
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
-    let view = t
-        .ledger
-        .task_as_of(&t.account_id, &task, chrono::Utc::now())
-        .await
-        .unwrap();
-    let mut tx = t.store.begin_append().await.unwrap();
-    let written = tx
-        .write(CommandWrite {
-            account_id: t.account_id.clone(),
-            task_id: task.to_string(),
-            actor: t.customer().actor,
-            request_id: None,
-            expected_sequence: 1,
-            prev_hash: history[0].hash.clone(),
-            prior_view: view,
-            events: vec![TaskEvent::TaskTagsReplaced(
+    let write = t
+        .decided_write(
+            &task,
+            vec![TaskEvent::TaskTagsReplaced(
                 taskledger_events::TaskTagsReplaced {
                     tags: vec!["never".into()],
                 },
             )],
-            idempotency: None,
-        })
-        .await
-        .unwrap();
+        )
+        .await;
+    let mut tx = t.store.begin_append().await.unwrap();
+    let written = tx.write(write).await.unwrap();
     assert!(written.is_ok());
     // The process dies here: the transaction is dropped without a commit.
     drop(tx);
@@ -528,8 +494,7 @@ async fn as_of_rebuilds_the_task_as_it_stood_then(backend: Backend) {
     )
     .await
     .unwrap();
-    let between = chrono::Utc::now();
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let between = a_moment_between().await;
     t.run(
         &task,
         Scope::Customer,
