@@ -12,6 +12,7 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod relay;
+pub mod soak;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -251,8 +251,8 @@ pub fn command_outcome(result: &Result<Committed, LedgerError>) -> &'static str 
     match result {
         Ok(committed) if committed.envelopes.is_empty() => "noop",
         Ok(_) => "ok",
-        Err(LedgerError::Rejected(_)) => "rejected",
-        Err(LedgerError::UniqueIdTaken { .. }) => "conflict",
+        Err(LedgerError::Rejected(_) | LedgerError::EventTooLarge { .. }) => "rejected",
+        Err(LedgerError::UniqueIdTaken { .. } | LedgerError::IdempotencyClaimLost) => "conflict",
         Err(LedgerError::Contended | LedgerError::Unavailable(_) | LedgerError::Internal(_)) => {
             "error"
         }

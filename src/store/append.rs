@@ -30,12 +30,12 @@ pub struct CommandWrite {
 }
 
 /// The stored answer of a request carrying an `Idempotency-Key`; on success it is the task
-/// object, written in the same transaction as the command's events.
+/// object, written in the same transaction as the command's events, by the holder of the
+/// key's current claim only.
 #[derive(Debug, Clone)]
 pub struct IdempotencyWrite {
     pub key: String,
-    pub fingerprint: String,
-    pub expires_at_us: i64,
+    pub claim_token: super::ClaimToken,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +54,9 @@ pub enum WriteError {
     UniqueIdTaken { unique_id: String, task_id: String },
     #[error("the events do not fold into a task view: {0}")]
     Projection(#[from] FoldError),
+    /// The command's `Idempotency-Key` claim was taken over or already answered.
+    #[error("the idempotency key's claim is no longer held")]
+    IdempotencyClaimLost,
 }
 
 /// An open append transaction holding the ledger head: every other append waits for it, which
@@ -248,8 +251,12 @@ impl AppendTx {
         } = prepared;
         if envelopes.is_empty() {
             if let Some(idem) = &write.idempotency {
-                self.insert_idempotency(idem, &write.account_id, &view)
-                    .await?;
+                if !self
+                    .insert_idempotency(idem, &write.account_id, &view)
+                    .await?
+                {
+                    return Ok(Err(WriteError::IdempotencyClaimLost));
+                }
             }
             return Ok(Ok(Committed { view, envelopes }));
         }
@@ -277,8 +284,12 @@ impl AppendTx {
             return Ok(Err(WriteError::Conflict));
         }
         if let Some(idem) = &write.idempotency {
-            self.insert_idempotency(idem, &write.account_id, &view)
-                .await?;
+            if !self
+                .insert_idempotency(idem, &write.account_id, &view)
+                .await?
+            {
+                return Ok(Err(WriteError::IdempotencyClaimLost));
+            }
         }
         Ok(Ok(Committed { view, envelopes }))
     }
@@ -467,8 +478,12 @@ impl AppendTx {
         }
         for p in prepared {
             if let Some(idem) = &p.write.idempotency {
-                self.insert_idempotency(idem, &p.write.account_id, &p.view)
-                    .await?;
+                if !self
+                    .insert_idempotency(idem, &p.write.account_id, &p.view)
+                    .await?
+                {
+                    return Ok(false);
+                }
             }
         }
         Ok(true)
@@ -728,27 +743,14 @@ impl AppendTx {
         unique_violation_as_false(inserted)
     }
 
+    /// `false`: the claim is no longer the command's, which must then not commit.
     async fn insert_idempotency(
         &mut self,
         idem: &IdempotencyWrite,
         account_id: &str,
         view: &TaskView,
-    ) -> Result<(), StoreError> {
-        // The row may already exist as the in-flight marker of this very request.
-        sqlx::query(
-            "INSERT INTO idempotency_keys (idem_key, account_id, fingerprint, status_code, \
-             response_body, created_at_us, expires_at_us) VALUES ($1, $2, $3, 200, $4, $5, $6) \
-             ON CONFLICT (idem_key) DO UPDATE SET status_code = 200, response_body = $4",
-        )
-        .bind(&idem.key)
-        .bind(account_id)
-        .bind(&idem.fingerprint)
-        .bind(view.to_json())
-        .bind(now_micros())
-        .bind(idem.expires_at_us)
-        .execute(&mut *self.tx)
-        .await?;
-        Ok(())
+    ) -> Result<bool, StoreError> {
+        super::idempotency::record_answer(&mut self.tx, idem, account_id, &view.to_json()).await
     }
 }
 

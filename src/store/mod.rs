@@ -13,7 +13,7 @@ mod rebuild;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery};
-pub use idempotency::{IdempotencyRecord, IdempotencyState};
+pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde_json::json;
 use taskledger::domain::{TaskAction, TaskCommand};
-use taskledger::ledger::{Ledger, LedgerError};
+use taskledger::ledger::{Ledger, LedgerError, LedgerSettings};
+use taskledger::metrics::Metrics;
 use taskledger::store::CommandWrite;
 use taskledger_events::{Scope, TaskEvent};
 
@@ -19,7 +20,11 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
     // Two ledgers = two committers, like two server processes on one database.
-    let other = Ledger::start(t.db.store().await, 8);
+    let other = Ledger::start(
+        t.db.store().await,
+        LedgerSettings::with_max_batch(8),
+        Metrics::new(),
+    );
     let mut handles = Vec::new();
     for i in 0..24 {
         let ledger = if i % 2 == 0 {
@@ -62,7 +67,11 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
 
 async fn racing_creates_with_one_unique_id_give_exactly_one_task(backend: Backend) {
     let t = TestLedger::new(backend).await;
-    let other = Ledger::start(t.db.store().await, 8);
+    let other = Ledger::start(
+        t.db.store().await,
+        LedgerSettings::with_max_batch(8),
+        Metrics::new(),
+    );
     let mut handles = Vec::new();
     for i in 0..20 {
         let ledger = if i % 2 == 0 {
@@ -210,7 +219,11 @@ async fn a_rolled_back_writer_leaves_no_gap_in_the_global_order(backend: Backend
 /// continues exactly where the last one ended, and the reader ends with everything.
 async fn a_following_reader_sees_every_position_once_in_order_under_load(backend: Backend) {
     let t = TestLedger::new(backend).await;
-    let other = Ledger::start(t.db.store().await, 8);
+    let other = Ledger::start(
+        t.db.store().await,
+        LedgerSettings::with_max_batch(8),
+        Metrics::new(),
+    );
     let done = Arc::new(AtomicBool::new(false));
     let reader = {
         let store = t.store.clone();

@@ -3,7 +3,8 @@ use sqlx::Connection;
 use taskledger::callbacks::CallbackSettings;
 use taskledger::config::{DatabaseSettings, ServeSettings};
 use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
-use taskledger::ledger::{CommandContext, Ledger};
+use taskledger::ledger::{CommandContext, Ledger, LedgerSettings};
+use taskledger::metrics::Metrics;
 use taskledger::relay::RelaySettings;
 use taskledger::startup::Application;
 use taskledger::store::Store;
@@ -101,7 +102,11 @@ impl TestLedger {
     pub async fn new(backend: Backend) -> TestLedger {
         let db = TestDb::new(backend).await;
         let store = db.store().await;
-        let ledger = Ledger::start(store.clone(), 64);
+        let ledger = Ledger::start(
+            store.clone(),
+            LedgerSettings::with_max_batch(64),
+            Metrics::new(),
+        );
         let account_id = store.ensure_account("acme").await.unwrap();
         TestLedger {
             db,
@@ -297,6 +302,12 @@ pub async fn spawn_app_with(
         max_body_bytes: 10 * 1024 * 1024,
         idempotency_ttl_secs: 24 * 60 * 60,
         max_batch: 64,
+        limits: taskledger::config::ServerLimits {
+            header_read_timeout_secs: 30,
+            body_read_timeout_secs: 30,
+            request_timeout_secs: 60,
+            max_connections: 1024,
+        },
     };
     configure(&mut serve);
     let app = Application::build(
