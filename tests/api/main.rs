@@ -11,5 +11,6 @@ mod idempotency_api;
 mod kafka;
 mod list_api;
 mod sdk;
+mod server_limits;
 mod store;
 mod tasks_api;
