@@ -8,6 +8,7 @@ mod concurrency;
 mod health;
 mod helpers;
 mod idempotency_api;
+mod idempotency_fencing;
 mod kafka;
 mod list_api;
 mod sdk;
