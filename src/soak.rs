@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use axum::body::Bytes;
 use clap::{Args, Parser};
 use serde_json::{json, Value};
 use taskledger_events::Scope;
@@ -41,6 +42,9 @@ pub struct SoakSettings {
     /// open until it cuts them off).
     #[arg(long, default_value_t = 2)]
     pub header_read_timeout_secs: u64,
+    /// The kinds of hostile request to send, in turn (all of them by default).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Hostile::ALL)]
+    pub hostile: Vec<Hostile>,
     /// Exit 1 when the p99 ratio exceeds this (the issue's target is 1.5).
     #[arg(long, default_value_t = 1.5)]
     pub max_p99_ratio: f64,
@@ -58,7 +62,7 @@ pub struct Run {
 }
 
 /// Every kind of hostile request the soak sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Hostile {
     NulProject,
     LongTag,
@@ -163,12 +167,35 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
     let Command::Serve(serve) = cli.command else {
         unreachable!("parsed as serve");
     };
-    let app = Application::build(db, &serve).await?;
-    let address = format!("127.0.0.1:{}", app.port());
+    // The server gets a runtime (and threads) of its own, so the load generator's work,
+    // building megabyte bodies included, does not run on the workers being measured.
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let (ready, port) = tokio::sync::oneshot::channel::<u16>();
+    let server = {
+        let db = db.clone();
+        let serve = serve.clone();
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the server's runtime")?;
+            runtime.block_on(async move {
+                let app = Application::build(&db, &serve).await?;
+                let _ = ready.send(app.port());
+                app.run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        })
+    };
+    let Ok(port) = port.await else {
+        return Err(match server.join() {
+            Ok(Err(e)) => e,
+            _ => anyhow::anyhow!("the soaked server did not start"),
+        });
+    };
+    let address = format!("127.0.0.1:{port}");
 
     let store = Store::open(&db.database_url, 4).await?;
     let (_, good_key) = store.create_key("soak-good", Scope::Customer).await?;
@@ -182,8 +209,10 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
         address,
         good_key,
         hostile_key,
-        max_body_bytes: serve.max_body_bytes,
         header_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
+        bodies: Arc::new(
+            tokio::task::spawn_blocking(move || HostileBodies::build(serve.max_body_bytes)).await?,
+        ),
     };
 
     let health = HealthProbe::start(target.clone());
@@ -193,7 +222,9 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
     let (healthz_worst, healthz_failures) = health.stop().await;
 
     let _ = stop.send(());
-    server.await.context("the soaked server panicked")??;
+    tokio::task::spawn_blocking(move || server.join())
+        .await?
+        .map_err(|_| anyhow::anyhow!("the soaked server panicked"))??;
 
     // The operator's own commands, as they print and judge.
     let verify_clean = crate::cli::verify(&store).await? == ExitCode::SUCCESS;
@@ -218,8 +249,49 @@ struct Target {
     address: String,
     good_key: String,
     hostile_key: String,
-    max_body_bytes: usize,
     header_timeout: Duration,
+    bodies: Arc<HostileBodies>,
+}
+
+/// The hostile request bodies, encoded once.
+struct HostileBodies {
+    nul_project: Bytes,
+    long_tag: Bytes,
+    deep_json: Bytes,
+    many_tags: Bytes,
+    oversize_body: Bytes,
+    oversize_event: Bytes,
+}
+
+impl HostileBodies {
+    fn build(max_body_bytes: usize) -> HostileBodies {
+        let with = |field: &str, value: Value| {
+            let mut body = json!({
+                "instruction": "hostile",
+                "attachment_type": "text",
+                "attachment": "car",
+                "categories": ["big", "small"],
+            });
+            body[field] = value;
+            Bytes::from(body.to_string())
+        };
+        let tags: Vec<String> = (0..150_000).map(|n| format!("tag-{n}")).collect();
+        // Written out by hand: serde_json refuses to build (or print) this deep a value.
+        let deep = format!(
+            "{{\"attachment_type\": \"text\", \"attachment\": \"car\", \
+             \"categories\": [\"big\", \"small\"], \"metadata\": {{\"deep\": {}1{}}}}}",
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        HostileBodies {
+            nul_project: with("project", json!("a\u{0}b")),
+            long_tag: with("tags", json!(["t".repeat(8192)])),
+            deep_json: Bytes::from(deep),
+            many_tags: with("tags", json!(tags)),
+            oversize_body: with("attachment", json!("x".repeat(max_body_bytes + 1))),
+            oversize_event: with("attachment", json!("x".repeat(1_500_000))),
+        }
+    }
 }
 
 type HostileLog = Arc<Mutex<Vec<(Hostile, Outcome)>>>;
@@ -233,6 +305,11 @@ async fn good_run(target: &Target, settings: &SoakSettings, hostile: Option<Host
     } else {
         u64::MAX
     };
+    let kinds: Arc<[Hostile]> = if settings.hostile.is_empty() {
+        Hostile::ALL.into()
+    } else {
+        settings.hostile.clone().into()
+    };
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
@@ -242,6 +319,7 @@ async fn good_run(target: &Target, settings: &SoakSettings, hostile: Option<Host
         let target = target.clone();
         let hostile = hostile.clone();
         let hostile_tasks = hostile_tasks.clone();
+        let kinds = kinds.clone();
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = Vec::new();
@@ -253,7 +331,7 @@ async fn good_run(target: &Target, settings: &SoakSettings, hostile: Option<Host
                 }
                 if let Some(log) = &hostile {
                     if i % every == every / 2 {
-                        let kind = Hostile::ALL[((i / every) as usize) % Hostile::ALL.len()];
+                        let kind = kinds[((i / every) as usize) % kinds.len()];
                         let target = target.clone();
                         let log = log.clone();
                         let task = tokio::spawn(async move {
@@ -341,41 +419,22 @@ async fn good_request(
 }
 
 async fn send_hostile(target: &Target, kind: Hostile) -> Outcome {
-    let create = |body: Value| {
+    let create = |body: &Bytes| {
         target
             .client
             .post(format!("{}/v1/task/categorization", target.base))
             .basic_auth(&target.hostile_key, Some(""))
-            .json(&body)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.clone())
     };
-    let base = json!({
-        "instruction": "hostile",
-        "attachment_type": "text",
-        "attachment": "car",
-        "categories": ["big", "small"],
-    });
-    let with = |field: &str, value: Value| {
-        let mut body = base.clone();
-        body[field] = value;
-        body
-    };
+    let bodies = &target.bodies;
     let request = match kind {
-        Hostile::NulProject => create(with("project", json!("a\u{0}b"))),
-        Hostile::LongTag => create(with("tags", json!(["t".repeat(8192)]))),
-        Hostile::DeepJson => {
-            let deep = format!("{}1{}", "[".repeat(127), "]".repeat(127));
-            let deep: Value = serde_json::from_str(&deep).unwrap_or(Value::Null);
-            create(with("metadata", json!({ "deep": deep })))
-        }
-        Hostile::ManyTags => {
-            let tags: Vec<String> = (0..150_000).map(|n| format!("tag-{n}")).collect();
-            create(with("tags", json!(tags)))
-        }
-        Hostile::OversizeBody => create(with(
-            "attachment",
-            json!("x".repeat(target.max_body_bytes + 1)),
-        )),
-        Hostile::OversizeEvent => create(with("attachment", json!("x".repeat(1_500_000)))),
+        Hostile::NulProject => create(&bodies.nul_project),
+        Hostile::LongTag => create(&bodies.long_tag),
+        Hostile::DeepJson => create(&bodies.deep_json),
+        Hostile::ManyTags => create(&bodies.many_tags),
+        Hostile::OversizeBody => create(&bodies.oversize_body),
+        Hostile::OversizeEvent => create(&bodies.oversize_event),
         Hostile::NulListFilter => target
             .client
             .get(format!("{}/v1/tasks?project=%00", target.base))

@@ -13,5 +13,6 @@ mod kafka;
 mod list_api;
 mod sdk;
 mod server_limits;
+mod soak;
 mod store;
 mod tasks_api;
