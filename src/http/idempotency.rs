@@ -127,6 +127,11 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
         // "Still being processed" (this claim was taken over meanwhile): not an answer.
+        let mut response = response;
+        response
+            .headers_mut()
+            .entry(RETRY_AFTER)
+            .or_insert_with(|| "1".parse().expect("a valid header"));
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
