@@ -253,3 +253,150 @@ on_both_backends!(
     a_taken_over_claim_cannot_be_released_by_its_previous_holder,
     a_command_whose_commit_reply_was_lost_is_not_run_again_by_its_retry,
 );
+
+/// Forwards PostgreSQL traffic; once armed, lets the next `COMMIT` through, waits for the
+/// server's reply (so the commit is done) and drops it, closing the connection: the client
+/// never learns that its transaction committed.
+async fn commit_reply_eating_proxy(
+    upstream: String,
+    armed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::net::SocketAddr {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let (mut from_client, mut to_client) = client.into_split();
+                let (mut from_server, mut to_server) = server.into_split();
+                let (eat, mut eating) = tokio::sync::watch::channel(false);
+                let up = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_client.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        if chunk.windows(6).any(|w| w == b"COMMIT")
+                            && armed.swap(false, Ordering::SeqCst)
+                        {
+                            let _ = eat.send(true);
+                        }
+                        if to_server.write_all(chunk).await.is_err() {
+                            return;
+                        }
+                        if *eat.borrow() {
+                            // Nothing more goes up this connection.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                };
+                let down = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match from_server.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        if *eating.borrow_and_update() {
+                            // The COMMIT's reply: dropped, and the connection with it.
+                            return;
+                        }
+                        if to_client.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    () = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    address
+}
+
+/// PostgreSQL only: the connection really is lost at COMMIT, after the commit went through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_create_whose_commit_reply_is_lost_answers_503_and_its_retry_replays_the_task() {
+    use clap::Parser;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use taskledger::cli::{Cli, Command};
+    use taskledger::startup::Application;
+
+    let db = crate::helpers::TestDb::new(Backend::Postgres).await;
+    let url = url::Url::parse(&db.url).unwrap();
+    let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5432));
+    let armed = Arc::new(AtomicBool::new(false));
+    let proxy = commit_reply_eating_proxy(upstream, armed.clone()).await;
+    let mut proxied = url.clone();
+    proxied.set_port(Some(proxy.port())).unwrap();
+
+    let cli = Cli::parse_from([
+        "taskledger",
+        "--database-url",
+        proxied.as_str(),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let Command::Serve(serve) = cli.command else {
+        panic!("parsed as serve");
+    };
+    let app = Application::build(&cli.db, &serve).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until(std::future::pending()));
+    let store = db.store().await;
+    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
+    let client = reqwest::Client::new();
+    let create = || {
+        client
+            .post(format!("{base}{CREATE}"))
+            .basic_auth(&key, Some(""))
+            .header("Idempotency-Key", "lost-at-commit")
+            .json(&task_body())
+            .send()
+    };
+
+    armed.store(true, Ordering::SeqCst);
+    let first = create().await.unwrap();
+    assert_eq!(
+        first.status().as_u16(),
+        503,
+        "the outcome is unknown to the server"
+    );
+    assert!(!armed.load(Ordering::SeqCst), "the COMMIT reply was eaten");
+    let tasks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tasks, 1, "the commit went through");
+
+    let retry = create().await.unwrap();
+    assert_eq!(retry.status().as_u16(), 200);
+    assert_eq!(retry.headers()["idempotent-replayed"], "true");
+    let body: Value = retry.json().await.unwrap();
+    let task_id: String = sqlx::query_scalar("SELECT task_id FROM tasks")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        body["task_id"],
+        task_id.as_str(),
+        "the retry replays the committed task"
+    );
+    let tasks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(tasks, 1, "the retry did not run the create again");
+}
