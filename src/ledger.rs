@@ -451,6 +451,20 @@ async fn run_committer(
                 let job = batch.pop().expect("one job");
                 let _ = job.reply.send(Err(CommitFailure::Store(e.into())));
             }
+            Err(e) if e.is_unavailable() => {
+                // The connection failed, perhaps at COMMIT with the batch committed: running
+                // its commands again could apply them twice. Each gets a 503; a retry with
+                // its Idempotency-Key finds the answer if the batch did commit.
+                tracing::error!(error = %e, size = batch.len(), "append transaction failed");
+                let cause = Arc::new(e);
+                for job in batch.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Err(CommitFailure::Store(LedgerError::Unavailable(
+                            Box::new(cause.clone()),
+                        ))));
+                }
+            }
             Err(e) => {
                 // One command may have broken the shared transaction: commit each alone so
                 // only the guilty one fails.
