@@ -215,8 +215,16 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
         ),
     };
 
+    // Untimed: the first requests pay for cold caches and a growing database, which would
+    // flatter whichever run came second.
+    let warmup = SoakSettings {
+        requests: settings.requests / 10,
+        ..settings.clone()
+    };
+    let warm = good_run(&target, &warmup, None).await;
     let health = HealthProbe::start(target.clone());
-    let clean = good_run(&target, settings, None).await;
+    let mut clean = good_run(&target, settings, None).await;
+    clean.failures.extend(warm.failures);
     let hostile = Arc::new(Mutex::new(Vec::new()));
     let mixed = good_run(&target, settings, Some(hostile.clone())).await;
     let (healthz_worst, healthz_failures) = health.stop().await;
