@@ -144,7 +144,11 @@ pub async fn ledger(
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Measurement> {
     let account_id = store.ensure_account("bench").await?;
-    let ledger = Ledger::start(store.clone(), max_batch);
+    let ledger = Ledger::start(
+        store.clone(),
+        crate::ledger::LedgerSettings::with_max_batch(max_batch),
+        crate::metrics::Metrics::new(),
+    );
     let ctx = CommandContext {
         actor: Actor {
             account_id,

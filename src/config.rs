@@ -48,4 +48,37 @@ pub struct ServeSettings {
     /// The most commands one append transaction may carry (group commit).
     #[arg(long, env = "TASKLEDGER_MAX_BATCH", default_value_t = 256)]
     pub max_batch: usize,
+
+    #[command(flatten)]
+    pub limits: ServerLimits,
+}
+
+/// How the server protects itself from clients that are slow, stalled or too many.
+#[derive(Debug, Clone, Args)]
+pub struct ServerLimits {
+    /// Seconds a connection may take to send a request's headers (also how long an idle
+    /// keep-alive connection is kept); a client that never finishes them is disconnected.
+    #[arg(long, env = "TASKLEDGER_HEADER_READ_TIMEOUT_SECS",
+        value_parser = clap::value_parser!(u64).range(1..),
+        default_value_t = 30)]
+    pub header_read_timeout_secs: u64,
+
+    /// Seconds a request body may pause between two of its pieces; a stalled body answers 408.
+    #[arg(long, env = "TASKLEDGER_BODY_READ_TIMEOUT_SECS",
+        value_parser = clap::value_parser!(u64).range(1..),
+        default_value_t = 30)]
+    pub body_read_timeout_secs: u64,
+
+    /// Seconds a request may take from its headers to its answer, body reading included;
+    /// a longer one answers 503.
+    #[arg(long, env = "TASKLEDGER_REQUEST_TIMEOUT_SECS",
+        value_parser = clap::value_parser!(u64).range(1..),
+        default_value_t = 60)]
+    pub request_timeout_secs: u64,
+
+    /// Connections served at once; further ones wait in the listen backlog until one closes.
+    #[arg(long, env = "TASKLEDGER_MAX_CONNECTIONS",
+        value_parser = clap::value_parser!(u32).range(1..),
+        default_value_t = 1024)]
+    pub max_connections: u32,
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use taskledger_events::{Actor, EventEnvelope, TaskEvent, GENESIS_HASH};
 use taskledger_projections::{fold_all, TaskView};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
+use uuid::Uuid;
 
 use crate::domain::{CreateTask, Task, TaskAction, TaskCommand, TaskError, TaskId};
 use crate::metrics::Metrics;
@@ -33,6 +34,60 @@ pub struct CommandContext {
     pub request_id: Option<String>,
 }
 
+/// A cause kept for the logs; never shown to a client.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bytes a published record needs beyond its JSON value: the key (the task id is counted
+/// apart), the routing headers and the record's own framing, with room to spare.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
+
+/// How the ledger records.
+#[derive(Debug, Clone)]
+pub struct LedgerSettings {
+    /// The most commands one append transaction may carry (group commit).
+    pub max_batch: usize,
+    /// The largest record the event stream takes (`KAFKA_MESSAGE_MAX_BYTES`), checked whether
+    /// or not a relay runs: an event that could never be published is never recorded.
+    pub max_event_bytes: usize,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            max_batch: 256,
+            max_event_bytes: 1_000_000,
+        }
+    }
+}
+
+impl LedgerSettings {
+    /// The defaults, with `max_batch` commands per transaction.
+    pub fn with_max_batch(max_batch: usize) -> LedgerSettings {
+        LedgerSettings {
+            max_batch,
+            ..LedgerSettings::default()
+        }
+    }
+}
+
+/// Context for an internal failure, with its cause as the source.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct Failed {
+    what: String,
+    #[source]
+    source: BoxError,
+}
+
+impl Failed {
+    pub fn new(what: impl Into<String>, source: impl Into<BoxError>) -> Failed {
+        Failed {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error(transparent)]
@@ -41,19 +96,34 @@ pub enum LedgerError {
     UniqueIdTaken { unique_id: String, task_id: String },
     #[error("the task is being changed by too many concurrent requests; retry")]
     Contended,
-    #[error("the ledger store is unavailable: {0}")]
-    Unavailable(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    #[error(
+        "The task's event would be {size} bytes, over the event stream's limit of {limit} \
+         bytes (KAFKA_MESSAGE_MAX_BYTES); make the attachment, params or metadata smaller."
+    )]
+    EventTooLarge { size: usize, limit: usize },
+    /// The request's `Idempotency-Key` claim was taken over by a retry (or already answered)
+    /// before this command could record its answer: only the current holder may.
+    #[error("A request with this Idempotency-Key is still being processed; retry shortly.")]
+    IdempotencyClaimLost,
+    #[error("the ledger store is unavailable")]
+    Unavailable(#[source] BoxError),
+    #[error("internal error")]
+    Internal(#[source] BoxError),
 }
 
 impl From<StoreError> for LedgerError {
     fn from(e: StoreError) -> Self {
         if e.is_unavailable() {
-            LedgerError::Unavailable(e.to_string())
+            LedgerError::Unavailable(e.into())
         } else {
-            LedgerError::Internal(e.to_string())
+            LedgerError::Internal(e.into())
         }
+    }
+}
+
+impl LedgerError {
+    fn internal(what: impl Into<String>, source: impl Into<BoxError>) -> LedgerError {
+        LedgerError::Internal(Failed::new(what, source).into())
     }
 }
 
@@ -74,23 +144,20 @@ pub struct Ledger {
     task_locks: Arc<Vec<Mutex<()>>>,
     metrics: Metrics,
     commits: watch::Sender<u64>,
+    max_event_bytes: usize,
 }
 
 impl Ledger {
-    /// Starts the committer; it stops when the last `Ledger` clone is dropped. Its metrics
-    /// go to a registry of its own that nobody exposes.
-    pub fn start(store: Store, max_batch: usize) -> Ledger {
-        Ledger::start_with_metrics(store, max_batch, Metrics::new())
-    }
-
-    /// Like [`Ledger::start`], counting commands and appends in `metrics`.
-    pub fn start_with_metrics(store: Store, max_batch: usize, metrics: Metrics) -> Ledger {
-        let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+    /// Starts the committer; it stops when the last `Ledger` clone is dropped. Commands and
+    /// appends are counted in `metrics`.
+    pub fn start(store: Store, settings: LedgerSettings, metrics: Metrics) -> Ledger {
+        let max_batch = settings.max_batch.max(1);
+        let (tx, rx) = mpsc::channel(max_batch * 4);
         let (commits, _) = watch::channel(0u64);
         tokio::spawn(run_committer(
             store.clone(),
             rx,
-            max_batch.max(1),
+            max_batch,
             metrics.clone(),
             commits.clone(),
         ));
@@ -100,6 +167,7 @@ impl Ledger {
             task_locks: Arc::new((0..TASK_LOCK_STRIPES).map(|_| Mutex::new(())).collect()),
             metrics,
             commits,
+            max_event_bytes: settings.max_event_bytes,
         }
     }
 
@@ -215,11 +283,18 @@ impl Ledger {
         let sink = EventSink::default();
         task.handle(command, &(), &sink).await?;
         let decided: Vec<TaskEvent> = sink.collect().await.into_iter().map(|e| e.0).collect();
+        let size = largest_record(ctx, task_id, &decided);
+        if size > self.max_event_bytes {
+            return Err(LedgerError::EventTooLarge {
+                size,
+                limit: self.max_event_bytes,
+            });
+        }
         let prior_view = fold_all(
             task_id.as_str(),
             history.iter().map(|e| e.recorded_at).zip(events.iter()),
         )
-        .map_err(|e| LedgerError::Internal(format!("task {task_id} does not fold: {e}")))?;
+        .map_err(|e| LedgerError::internal(format!("task {task_id} does not fold"), e))?;
         let write = CommandWrite {
             account_id: ctx.actor.account_id.clone(),
             task_id: task_id.to_string(),
@@ -239,8 +314,12 @@ impl Ledger {
             Err(CommitFailure::Refused(WriteError::UniqueIdTaken { unique_id, task_id })) => {
                 Err(LedgerError::UniqueIdTaken { unique_id, task_id })
             }
-            Err(CommitFailure::Refused(WriteError::Projection(e))) => {
-                Err(LedgerError::Internal(e.to_string()))
+            Err(CommitFailure::Refused(WriteError::Projection(e))) => Err(LedgerError::internal(
+                format!("task {task_id} does not fold after the command"),
+                e,
+            )),
+            Err(CommitFailure::Refused(WriteError::IdempotencyClaimLost)) => {
+                Err(LedgerError::IdempotencyClaimLost)
             }
             Err(CommitFailure::Store(e)) => Err(e),
         }
@@ -273,7 +352,7 @@ impl Ledger {
             task_id.as_str(),
             history.iter().map(|e| e.recorded_at).zip(events.iter()),
         )
-        .map_err(|e| LedgerError::Internal(format!("task {task_id} does not fold: {e}")))
+        .map_err(|e| LedgerError::internal(format!("task {task_id} does not fold"), e))
     }
 }
 
@@ -282,10 +361,58 @@ fn decode_all(history: &[EventEnvelope]) -> Result<Vec<TaskEvent>, LedgerError> 
         .iter()
         .map(|e| {
             e.event().map_err(|err| {
-                LedgerError::Internal(format!("event {} does not decode: {err}", e.event_id))
+                LedgerError::internal(format!("event {} does not decode", e.event_id), err)
             })
         })
         .collect()
+}
+
+/// The size of the largest record the relay would publish for `events`: each one's envelope
+/// JSON, with placeholders as long as the ids, positions and hashes the store will assign
+/// (positions at their widest), plus the key and a margin for headers and framing.
+fn largest_record(ctx: &CommandContext, task_id: &TaskId, events: &[TaskEvent]) -> usize {
+    events
+        .iter()
+        .map(|event| {
+            let envelope = EventEnvelope {
+                event_id: Uuid::nil(),
+                event_type: event.event_type().to_string(),
+                event_version: event.event_version(),
+                task_id: task_id.to_string(),
+                account_id: ctx.actor.account_id.clone(),
+                sequence: i64::MAX,
+                global_position: i64::MAX,
+                recorded_at: Utc::now(),
+                actor: ctx.actor.clone(),
+                request_id: ctx.request_id.clone(),
+                payload: event.payload(),
+                prev_hash: GENESIS_HASH.to_string(),
+                hash: GENESIS_HASH.to_string(),
+                hash_version: taskledger_events::CURRENT_HASH_VERSION,
+            };
+            let mut counter = ByteCounter(0);
+            match serde_json::to_writer(&mut counter, &envelope) {
+                Ok(()) => counter.0 + task_id.as_str().len() + RECORD_OVERHEAD_BYTES,
+                // Not encodable is not publishable either.
+                Err(_) => usize::MAX,
+            }
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// Counts what is written, to size a JSON encoding without holding it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The events a committed transaction appended, for the metrics.
@@ -326,6 +453,20 @@ async fn run_committer(
                 let job = batch.pop().expect("one job");
                 let _ = job.reply.send(Err(CommitFailure::Store(e.into())));
             }
+            Err(e) if e.is_unavailable() => {
+                // The connection failed, perhaps at COMMIT with the batch committed: running
+                // its commands again could apply them twice. Each gets a 503; a retry with
+                // its Idempotency-Key finds the answer if the batch did commit.
+                tracing::error!(error = %e, size = batch.len(), "append transaction failed");
+                let cause = Arc::new(e);
+                for job in batch.drain(..) {
+                    let _ = job
+                        .reply
+                        .send(Err(CommitFailure::Store(LedgerError::Unavailable(
+                            Box::new(cause.clone()),
+                        ))));
+                }
+            }
             Err(e) => {
                 // One command may have broken the shared transaction: commit each alone so
                 // only the guilty one fails.
@@ -356,8 +497,8 @@ impl LedgerError {
     /// The metrics `outcome` label of a command that failed this way.
     pub fn outcome(&self) -> &'static str {
         match self {
-            LedgerError::Rejected(_) => "rejected",
-            LedgerError::UniqueIdTaken { .. } => "conflict",
+            LedgerError::Rejected(_) | LedgerError::EventTooLarge { .. } => "rejected",
+            LedgerError::UniqueIdTaken { .. } | LedgerError::IdempotencyClaimLost => "conflict",
             LedgerError::Contended | LedgerError::Unavailable(_) | LedgerError::Internal(_) => {
                 "error"
             }

@@ -1,15 +1,23 @@
 //! Builds the running service: store, ledger, HTTP server. Tests build it on port 0.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+use tower_http::timeout::TimeoutBody;
 
 use crate::callbacks::Reactor;
-use crate::config::{DatabaseSettings, ServeSettings};
+use crate::config::{DatabaseSettings, ServeSettings, ServerLimits};
 use crate::http::{self, AppState, HttpSettings};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerSettings};
 use crate::metrics::Metrics;
 use crate::relay::Relay;
 use crate::store::Store;
@@ -18,6 +26,7 @@ pub struct Application {
     listener: TcpListener,
     router: axum::Router,
     store: Store,
+    limits: ServerLimits,
     /// Held while serving a SQLite ledger: one process owns it (relay, callbacks, commits).
     _sqlite_owner: Option<std::fs::File>,
 }
@@ -36,7 +45,14 @@ impl Application {
             .await
             .with_context(|| format!("binding {}", serve.listen))?;
         let metrics = Metrics::new();
-        let ledger = Ledger::start_with_metrics(store.clone(), serve.max_batch, metrics.clone());
+        let ledger = Ledger::start(
+            store.clone(),
+            LedgerSettings {
+                max_batch: serve.max_batch,
+                max_event_bytes: serve.relay.kafka_message_max_bytes,
+            },
+            metrics.clone(),
+        );
         match &serve.kafka_brokers {
             Some(brokers) => {
                 let relay = Relay::new(
@@ -61,8 +77,12 @@ impl Application {
         );
         Ok(Application {
             listener,
-            router: http::router(state),
+            router: http::router_with_timeout(
+                state,
+                Some(Duration::from_secs(serve.limits.request_timeout_secs)),
+            ),
             store,
+            limits: serve.limits.clone(),
             _sqlite_owner: sqlite_owner,
         })
     }
@@ -78,22 +98,106 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests.
+    ///
+    /// hyper is driven directly rather than through `axum::serve` because the protections
+    /// against slow and numerous clients live there: a header-read deadline (which needs a
+    /// timer), a deadline between the pieces of a request body, and a cap on connections.
     pub async fn run_until(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "taskledger listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")?;
-        self.store.close().await;
+        let Application {
+            listener,
+            router,
+            store,
+            limits,
+            _sqlite_owner,
+        } = self;
+        let connections = Arc::new(Semaphore::new(limits.max_connections as usize));
+        let (stop, stopping) = watch::channel(false);
+        // Every connection task holds a clone of `open`; `closed()` resolves once all are gone.
+        let (all_closed, open) = watch::channel(());
+        tokio::pin!(shutdown);
+        loop {
+            // A permit before accepting: over the cap, connections wait in the kernel's
+            // backlog instead of being accepted and starved.
+            let permit = tokio::select! {
+                permit = connections.clone().acquire_owned() => {
+                    permit.expect("the connection semaphore is never closed")
+                }
+                () = &mut shutdown => break,
+            };
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let connection =
+                serve_connection(stream, router.clone(), limits.clone(), stopping.clone());
+            let open = open.clone();
+            tokio::spawn(async move {
+                connection.await;
+                drop(permit);
+                drop(open);
+            });
+        }
+        drop(listener);
+        let _ = stop.send(true);
+        drop(open);
+        all_closed.closed().await;
+        store.close().await;
+        drop(_sqlite_owner);
         Ok(())
     }
 
     /// Serves until SIGTERM or Ctrl-C.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         self.run_until(shutdown_signal()).await
+    }
+}
+
+/// Serves one connection until the client leaves, a deadline cuts it off, or a graceful stop
+/// has let its in-flight request finish.
+async fn serve_connection(
+    stream: TcpStream,
+    router: axum::Router,
+    limits: ServerLimits,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let body_timeout = Duration::from_secs(limits.body_read_timeout_secs);
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
+        router.clone().oneshot(request)
+    });
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(e) = served {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|stop| *stop), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+        }
     }
 }
 

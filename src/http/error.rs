@@ -65,6 +65,12 @@ impl From<LedgerError> for ApiError {
             e @ LedgerError::UniqueIdTaken { .. } => {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
+            e @ LedgerError::EventTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            e @ LedgerError::IdempotencyClaimLost => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, e.to_string())
+            }
             e @ LedgerError::Contended => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use super::contract::never_answers_409;
 use super::extract::Caller;
 use super::{ApiError, AppState};
-use crate::store::{IdempotencyState, IdempotencyWrite};
+use crate::store::{Claimant, IdempotencyState, IdempotencyWrite};
 
 /// How long a claim may go unanswered before another request may take it over.
 const LEASE_US: i64 = 60_000_000;
@@ -39,12 +39,7 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
     let caller = Caller::from_request_parts(&mut parts, &state).await?;
     let bytes = to_bytes(body, state.settings.max_body_bytes)
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "The request body is too large.",
-            )
-        })?;
+        .map_err(|e| body_refusal(&e, state.settings.max_body_bytes))?;
     let mut fingerprint = Vec::with_capacity(bytes.len() + 128);
     fingerprint.extend_from_slice(parts.method.as_str().as_bytes());
     fingerprint.push(b'\n');
@@ -62,15 +57,13 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
     let store = state.ledger.store();
     let now = chrono::Utc::now().timestamp_micros();
     let expires_at_us = now + state.settings.idempotency_ttl.as_micros() as i64;
-    match store
-        .claim_idempotency_key(
-            &key,
-            caller.account_id(),
-            &fingerprint,
-            now,
-            expires_at_us,
-            LEASE_US,
-        )
+    let account_id = caller.account_id().to_string();
+    let claimant = Claimant {
+        account_id: &account_id,
+        key_id: &caller.principal.key_id,
+    };
+    let token = match store
+        .claim_idempotency_key(&key, claimant, &fingerprint, now, expires_at_us, LEASE_US)
         .await?
     {
         IdempotencyState::Replay(record) => {
@@ -97,46 +90,107 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
             return Ok(response);
         }
         IdempotencyState::Mismatch => {
-            // The contract promises these endpoints never answer 409 (the reference SDK
-            // cannot parse a 409 there), so the same refusal is a 400 on them.
-            let never_409 = never_answers_409(parts.method.as_str(), parts.uri.path());
             return Err(ApiError::new(
-                if never_409 {
-                    StatusCode::BAD_REQUEST
-                } else {
-                    StatusCode::CONFLICT
-                },
+                refusal_status(&parts),
                 format!(
                     "The Idempotency-Key {key:?} was already used for a different request; \
                      use a new key for a new request."
                 ),
             ));
         }
-        IdempotencyState::Claimed => {}
-    }
+        IdempotencyState::OtherApiKey => {
+            return Err(ApiError::new(
+                refusal_status(&parts),
+                format!(
+                    "The Idempotency-Key {key:?} was already used by another API key of this \
+                     account; use a new key for a new request."
+                ),
+            ));
+        }
+        IdempotencyState::Claimed(token) => token,
+    };
     parts.extensions.insert(IdempotencyWrite {
         key: key.clone(),
-        fingerprint,
-        expires_at_us,
+        claim_token: token.clone(),
     });
     let response = next
         .run(Request::from_parts(parts, Body::from(bytes)))
         .await;
     let status = response.status();
     if status.is_server_error() {
-        // Our failure, not the request's: let a retry run it again.
-        store.release_idempotency_key(&key).await?;
+        // Our failure, not the request's: let a retry run it again. The release leaves an
+        // answer the command's transaction recorded (its COMMIT may have gone through with
+        // the reply lost), so that retry replays it instead of running the command twice.
+        store
+            .release_idempotency_key(&account_id, &key, &token)
+            .await?;
+        return Ok(response);
+    }
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // "Still being processed" (this claim was taken over meanwhile): not an answer.
+        let mut response = response;
+        response
+            .headers_mut()
+            .entry(RETRY_AFTER)
+            .or_insert_with(|| "1".parse().expect("a valid header"));
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
-    let body = to_bytes(body, usize::MAX).await.map_err(|e| {
-        // Our own response failed to buffer; the cause is for the log, not the client.
-        tracing::error!(error = %e, "reading the response to record it failed");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
-    })?;
+    let body = match to_bytes(body, usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::error!(error = %e, "reading an answer to record it failed");
+            store
+                .release_idempotency_key(&account_id, &key, &token)
+                .await?;
+            return Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Internal server error.",
+            ));
+        }
+    };
     // Success answers were stored by the command's transaction; this records the rest.
     store
-        .finish_idempotency_key(&key, status.as_u16(), &String::from_utf8_lossy(&body))
+        .finish_idempotency_key(
+            &account_id,
+            &key,
+            &token,
+            status.as_u16(),
+            &String::from_utf8_lossy(&body),
+        )
         .await?;
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// The status of a refused key: 409, except on the endpoints the contract promises never
+/// answer 409 (the reference SDK cannot parse one there), where it is 400.
+fn refusal_status(parts: &axum::http::request::Parts) -> StatusCode {
+    // The contract promises these endpoints never answer 409 (the reference SDK cannot parse
+    // a 409 there), so the same refusal is a 400 on them.
+    if never_answers_409(parts.method.as_str(), parts.uri.path()) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::CONFLICT
+    }
+}
+
+/// Why a request body could not be read: too large, or too slow (or cut off).
+fn body_refusal(error: &axum::Error, limit: usize) -> ApiError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("The request body is larger than the limit of {limit} bytes."),
+            );
+        }
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "The request body was not received in time.",
+            );
+        }
+        source = e.source();
+    }
+    ApiError::bad_request("The request body could not be read.")
 }

@@ -133,6 +133,11 @@ pub(crate) fn routes(state: &AppState) -> Routes {
 }
 
 pub fn router(state: AppState) -> Router {
+    router_with_timeout(state, None)
+}
+
+/// [`router`], answering 503 when a request takes longer than `request_timeout`.
+pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -> Router {
     // `Router::layer` wraps each route (and the fallback) after routing, which is what lets
     // the span and the metrics see the matched path template. Outermost first: the id must
     // exist before the span records it and before `Caller` copies it into the events.
@@ -156,6 +161,10 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::track,
+        ))
+        .layer(middleware::from_fn_with_state(
+            RequestTimeout(request_timeout),
+            enforce_request_timeout,
         ));
     routes(&state)
         .router
@@ -182,4 +191,33 @@ fn request_span(request: &Request) -> tracing::Span {
         path = request.uri().path(),
         request_id,
     )
+}
+
+#[derive(Clone, Copy)]
+struct RequestTimeout(Option<Duration>);
+
+/// Inside the metrics and the span, so a request cut off here is counted and logged.
+async fn enforce_request_timeout(
+    axum::extract::State(RequestTimeout(limit)): axum::extract::State<RequestTimeout>,
+    request: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let Some(limit) = limit else {
+        return next.run(request).await;
+    };
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(limit_secs = limit.as_secs(), "request timed out");
+            ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "The request did not complete within {} s; retry it (with the same \
+                     Idempotency-Key, if it changes anything).",
+                    limit.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }

@@ -36,7 +36,11 @@ async fn app_state(dir: &tempfile::TempDir) -> AppState {
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let store = Store::open(&url, 2).await.unwrap();
     AppState::new(
-        Ledger::start(store, 1),
+        Ledger::start(
+            store,
+            crate::ledger::LedgerSettings::with_max_batch(1),
+            crate::metrics::Metrics::new(),
+        ),
         HttpSettings {
             max_body_bytes: 1024,
             idempotency_ttl: Duration::from_secs(60),

@@ -17,7 +17,7 @@ mod sql;
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use follow::NextEvent;
-pub use idempotency::{IdempotencyRecord, IdempotencyState};
+pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};

@@ -15,6 +15,7 @@ use taskledger_events::{
 };
 use taskledger_projections::{fold, FoldError, TaskView, UniqueIdChange};
 
+use super::idempotency::record_answer;
 use super::projection::{
     insert_task_rows, release_unique_ids, replace_tags, reserve_unique_ids, update_task_row,
     Reservation, TaskRow, TaskTags,
@@ -45,12 +46,12 @@ pub struct CommandWrite {
 }
 
 /// The stored answer of a request carrying an `Idempotency-Key`; on success it is the task
-/// object, written in the same transaction as the command's events.
+/// object, written in the same transaction as the command's events, by the holder of the
+/// key's current claim only.
 #[derive(Debug, Clone)]
 pub struct IdempotencyWrite {
     pub key: String,
-    pub fingerprint: String,
-    pub expires_at_us: i64,
+    pub claim_token: super::ClaimToken,
 }
 
 #[derive(Debug, Clone)]
@@ -71,6 +72,9 @@ pub enum WriteError {
     UniqueIdTaken { unique_id: String, task_id: String },
     #[error("the events do not fold into a task view: {0}")]
     Projection(#[from] FoldError),
+    /// The command's `Idempotency-Key` claim was taken over or already answered.
+    #[error("the idempotency key's claim is no longer held")]
+    IdempotencyClaimLost,
 }
 
 /// Why [`AppendTx::apply`] wrote nothing; which command it was is the caller's to find out.
@@ -80,6 +84,8 @@ enum Refused {
     Conflict,
     /// A unique_id to reserve is held by another task.
     UniqueIdTaken,
+    /// The command's idempotency claim is no longer its own (fenced): it must not commit.
+    ClaimLost,
 }
 
 /// An open append transaction holding the ledger head: every other append waits for it, which
@@ -184,6 +190,9 @@ async fn name_refusal<'e>(
     refused: Refused,
     prepared: &Prepared,
 ) -> Result<WriteError, StoreError> {
+    if refused == Refused::ClaimLost {
+        return Ok(WriteError::IdempotencyClaimLost);
+    }
     let (Refused::UniqueIdTaken, Some(unique_id)) = (refused, prepared.reserved()) else {
         return Ok(WriteError::Conflict);
     };
@@ -339,7 +348,10 @@ impl AppendTx {
         }
         for p in prepared {
             if let Some(idem) = &p.write.idempotency {
-                insert_idempotency(self.conn(), idem, &p.write.account_id, &p.view).await?;
+                let body = p.view.to_json();
+                if !record_answer(self.conn(), idem, &p.write.account_id, &body).await? {
+                    return Ok(Err(Refused::ClaimLost));
+                }
             }
         }
         Ok(Ok(()))
@@ -379,29 +391,6 @@ async fn insert_events(
         }
     }
     Ok(true)
-}
-
-async fn insert_idempotency(
-    conn: &mut AnyConnection,
-    idem: &IdempotencyWrite,
-    account_id: &str,
-    view: &TaskView,
-) -> Result<(), StoreError> {
-    // The row may already exist as the in-flight marker of this very request.
-    sqlx::query(
-        "INSERT INTO idempotency_keys (idem_key, account_id, fingerprint, status_code, \
-         response_body, created_at_us, expires_at_us) VALUES ($1, $2, $3, 200, $4, $5, $6) \
-         ON CONFLICT (idem_key) DO UPDATE SET status_code = 200, response_body = $4",
-    )
-    .bind(&idem.key)
-    .bind(account_id)
-    .bind(&idem.fingerprint)
-    .bind(view.to_json())
-    .bind(now_micros())
-    .bind(idem.expires_at_us)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// A command with its events sealed and its resulting view folded, ready to be written.

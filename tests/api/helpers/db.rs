@@ -4,7 +4,8 @@ use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sqlx::Connection;
 use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
-use taskledger::ledger::{CommandContext, Ledger};
+use taskledger::ledger::{CommandContext, Ledger, LedgerSettings};
+use taskledger::metrics::Metrics;
 use taskledger::store::{CommandWrite, Store};
 use taskledger_events::{Actor, Scope, TaskEvent, GENESIS_HASH};
 use tempfile::TempDir;
@@ -63,7 +64,7 @@ impl TestDb {
 /// A ledger on `store` with the group-commit size the suites use: the one place tests build
 /// a ledger.
 pub fn start_ledger(store: Store) -> Ledger {
-    Ledger::start(store, 64)
+    Ledger::start(store, LedgerSettings::with_max_batch(64), Metrics::new())
 }
 
 /// A store with a ledger (its own committer) and an account with a customer and a

@@ -1,0 +1,52 @@
+//! `replay` and `verify`: the ledger checked against itself.
+
+use std::process::ExitCode;
+
+use super::progress_bar;
+use crate::store::Store;
+
+/// Rebuilds every projection from the events, or with `check` only compares.
+pub(crate) async fn replay(store: &Store, check: bool) -> anyhow::Result<ExitCode> {
+    let total = store.count_events().await?;
+    let bar = progress_bar(total, if check { "checking" } else { "replaying" });
+    let report = store.replay(check, |n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    println!(
+        "{} {} events into {} tasks",
+        if check { "checked" } else { "replayed" },
+        report.events,
+        report.tasks
+    );
+    if report.mismatches.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    for task in &report.mismatches {
+        println!("differs: {task}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// Recomputes every hash chain.
+pub(crate) async fn verify(store: &Store) -> anyhow::Result<ExitCode> {
+    let total = store.count_events().await?;
+    let bar = progress_bar(total, "verifying");
+    let report = store.verify(|n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    if report.is_intact() {
+        println!(
+            "ok: {} events in {} tasks verified",
+            report.events, report.tasks
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "BROKEN: {} findings in {} events ({} named below)",
+        report.broken,
+        report.events,
+        report.failures.len()
+    );
+    for failure in &report.failures {
+        println!("BROKEN: {failure}");
+    }
+    Ok(ExitCode::FAILURE)
+}

@@ -1,0 +1,144 @@
+//! The `taskledger` command line: one module per family of subcommands, one function each.
+
+mod bench;
+mod check;
+mod keys;
+mod tail;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::config::{DatabaseSettings, ServeSettings};
+use crate::startup::{redact, Application};
+use crate::store::Store;
+
+pub(crate) use check::{replay, verify};
+pub use keys::KeysCommand;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskledger",
+    version,
+    about = "An event-sourced ledger of data-labeling tasks"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub db: DatabaseSettings,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (migrates the database first).
+    Serve(ServeSettings),
+    /// Bring the database schema up to date.
+    Migrate,
+    /// Manage API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Rebuild every projection from the events.
+    Replay {
+        /// Only compare the rebuilt projections with the stored ones; exit 1 on a difference.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Recompute every event hash chain; exit 1 naming the first broken event.
+    Verify,
+    /// Measure command throughput against the database's own commit rate (writes bench data
+    /// into the database: use a scratch one).
+    Bench {
+        /// Operations per measurement.
+        #[arg(long, default_value_t = 10_000)]
+        commands: u64,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// The most commands per append transaction.
+        #[arg(long, default_value_t = 256)]
+        max_batch: usize,
+    },
+    /// Serve on a random port and measure good requests' latency with and without ~1 %
+    /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
+    Soak(crate::soak::SoakSettings),
+    /// Consume the event topic and print each envelope as one JSON line.
+    Tail {
+        #[arg(long, env = "KAFKA_BROKERS")]
+        kafka_brokers: String,
+        #[arg(long, env = "KAFKA_TOPIC", default_value = "taskledger.task-events")]
+        kafka_topic: String,
+        /// Start at the oldest record instead of waiting for new ones.
+        #[arg(long)]
+        from_beginning: bool,
+        /// Only this task's events.
+        #[arg(long)]
+        task: Option<String>,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let db = &cli.db;
+    match cli.command {
+        Command::Serve(serve) => serve_api(db, &serve).await,
+        Command::Migrate => migrate(db).await,
+        Command::Keys(command) => keys::run(&open(db).await?, command).await,
+        Command::Replay { check } => check::replay(&open(db).await?, check).await,
+        Command::Verify => check::verify(&open(db).await?).await,
+        Command::Bench {
+            commands,
+            concurrency,
+            max_batch,
+        } => bench::throughput(db, commands, concurrency, max_batch).await,
+        Command::Soak(settings) => bench::soak(db, &settings).await,
+        Command::Tail {
+            kafka_brokers,
+            kafka_topic,
+            from_beginning,
+            task,
+        } => {
+            tail::run(
+                &kafka_brokers,
+                &kafka_topic,
+                from_beginning,
+                task.as_deref(),
+            )
+            .await
+        }
+    }
+}
+
+async fn serve_api(db: &DatabaseSettings, serve: &ServeSettings) -> anyhow::Result<ExitCode> {
+    let app = Application::build(db, serve).await?;
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn migrate(db: &DatabaseSettings) -> anyhow::Result<ExitCode> {
+    open(db).await?;
+    eprintln!("migrated {}", redact(&db.database_url));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open(db: &DatabaseSettings) -> anyhow::Result<Store> {
+    Store::open(&db.database_url, db.db_connections.min(4))
+        .await
+        .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))
+}
+
+/// A bar on a terminal; hidden when stderr is not one (CI logs, pipes).
+fn progress_bar(total: u64, what: &'static str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} {wide_bar} {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("a valid template"),
+    );
+    bar.set_message(what);
+    bar
+}
