@@ -315,9 +315,7 @@ async fn set_unique_id(
     request: CommandRequest,
     LenientJson(body): LenientJson<UniqueIdBody>,
 ) -> Result<Response, ApiError> {
-    let unique_id = body
-        .unique_id
-        .ok_or_else(|| ApiError::bad_request("unique_id is required"))?;
+    let unique_id = required(body.unique_id, "unique_id")?;
     request.run(TaskAction::SetUniqueId { unique_id }).await
 }
 
@@ -426,9 +424,7 @@ async fn audit(
             let body: ContributorAuditBody = audit_body(body)?;
             TaskAction::ContributorAudit {
                 audited_by,
-                audit_result: body
-                    .audit_result
-                    .ok_or_else(|| ApiError::bad_request("audit_result is required"))?,
+                audit_result: required(body.audit_result, "audit_result")?,
                 audit_time_secs: body.audit_time_secs,
                 response: body.response,
             }
@@ -437,15 +433,17 @@ async fn audit(
             let body: CustomerAuditBody = audit_body(body)?;
             TaskAction::CustomerAudit {
                 audited_by,
-                accepted: body
-                    .accepted
-                    .ok_or_else(|| ApiError::bad_request("accepted (true or false) is required"))?
-                    .0,
+                accepted: required(body.accepted, "accepted (true or false)")?.0,
                 comments: body.comments,
             }
         }
     };
     request.run(action).await
+}
+
+/// A body field the command cannot go without.
+fn required<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::bad_request(format!("{field} is required")))
 }
 
 /// The audit body of one scope; no body is `{}`.
@@ -474,9 +472,7 @@ async fn complete(
     request: CommandRequest,
     LenientJson(body): LenientJson<CompleteBody>,
 ) -> Result<Response, ApiError> {
-    let response = body
-        .response
-        .ok_or_else(|| ApiError::bad_request("response is required"))?;
+    let response = required(body.response, "response")?;
     request.run(TaskAction::Complete { response }).await
 }
 
@@ -496,9 +492,7 @@ async fn error(
     request: CommandRequest,
     LenientJson(body): LenientJson<ErrorTaskBody>,
 ) -> Result<Response, ApiError> {
-    let error = body
-        .error
-        .ok_or_else(|| ApiError::bad_request("error is required"))?;
+    let error = required(body.error, "error")?;
     let mut whole = body.details;
     whole.insert("error".into(), error);
     let error = JsonValue::parse(Value::Object(whole))
