@@ -286,36 +286,43 @@ impl Task {
                 for_sequence,
                 attempts,
                 status_code,
-            } => {
-                require_scope(scope, Scope::System, "record callbacks")?;
-                if self.callbacks_recorded.contains(&delivery_id) {
-                    return Ok(vec![]);
-                }
-                Ok(vec![TaskEvent::CallbackDelivered(CallbackDelivered {
+            } => self.record_callback(scope, delivery_id, |delivery_id| {
+                TaskEvent::CallbackDelivered(CallbackDelivered {
                     delivery_id,
                     for_sequence,
                     attempts,
                     status_code,
-                })])
-            }
+                })
+            }),
             TaskAction::RecordCallbackFailed {
                 delivery_id,
                 for_sequence,
                 attempts,
                 last_error,
-            } => {
-                require_scope(scope, Scope::System, "record callbacks")?;
-                if self.callbacks_recorded.contains(&delivery_id) {
-                    return Ok(vec![]);
-                }
-                Ok(vec![TaskEvent::CallbackFailed(CallbackFailed {
+            } => self.record_callback(scope, delivery_id, |delivery_id| {
+                TaskEvent::CallbackFailed(CallbackFailed {
                     delivery_id,
                     for_sequence,
                     attempts,
                     last_error,
-                })])
-            }
+                })
+            }),
         }
+    }
+
+    /// A delivery's outcome, recorded at most once: the same delivery reported again appends
+    /// nothing.
+    fn record_callback(
+        &self,
+        scope: Scope,
+        delivery_id: String,
+        event: impl FnOnce(String) -> TaskEvent,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        require_scope(scope, Scope::System, "record callbacks")?;
+        if self.callbacks_recorded.contains(&delivery_id) {
+            return Ok(vec![]);
+        }
+        Ok(vec![event(delivery_id)])
     }
 
     fn tag_set(&self) -> HashSet<&str> {
