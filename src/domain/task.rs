@@ -8,7 +8,7 @@ use taskledger_events::*;
 use taskledger_projections::{add_tags, remove_tags, TaskStatus};
 
 use super::limits::MAX_TAGS;
-use super::{AuditResult, CreateTask, TaskAction, TaskCommand, TaskError};
+use super::{AuditResult, CreateTask, Tags, TaskAction, TaskCommand, TaskError};
 
 /// The cqrs-es event type: the contract's [`TaskEvent`] (a foreign type, hence the wrapper).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,12 +166,7 @@ impl Task {
             }
             TaskAction::AddTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let present = self.tag_set();
-                let new: Vec<String> = tags
-                    .into_strings()
-                    .into_iter()
-                    .filter(|t| !present.contains(t.as_str()))
-                    .collect();
+                let (_, new) = self.partition_tags(tags);
                 if new.is_empty() {
                     return Ok(vec![]);
                 }
@@ -193,12 +188,7 @@ impl Task {
             }
             TaskAction::RemoveTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let present = self.tag_set();
-                let gone: Vec<String> = tags
-                    .into_strings()
-                    .into_iter()
-                    .filter(|t| present.contains(t.as_str()))
-                    .collect();
+                let (gone, _) = self.partition_tags(tags);
                 if gone.is_empty() {
                     return Ok(vec![]);
                 }
@@ -325,8 +315,12 @@ impl Task {
         Ok(vec![event(delivery_id)])
     }
 
-    fn tag_set(&self) -> HashSet<&str> {
-        self.tags.iter().map(String::as_str).collect()
+    /// The given tags, in the order given: those the task has, and those it has not.
+    fn partition_tags(&self, tags: Tags) -> (Vec<String>, Vec<String>) {
+        let present: HashSet<&str> = self.tags.iter().map(String::as_str).collect();
+        tags.into_strings()
+            .into_iter()
+            .partition(|t| present.contains(t.as_str()))
     }
 
     fn clear_unique_id(&self, reason: UniqueIdClearReason) -> Option<TaskEvent> {
