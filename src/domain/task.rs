@@ -122,15 +122,10 @@ impl Task {
             TaskAction::Cancel { clear_unique_id } => {
                 require_scope(scope, Scope::Customer, "cancel tasks")?;
                 let mut events = Vec::new();
-                match status {
-                    TaskStatus::Pending => events.push(TaskEvent::TaskCanceled(TaskCanceled {})),
-                    TaskStatus::Canceled => {}
-                    other => {
-                        return Err(TaskError::invalid(format!(
-                            "Task is {} and cannot be canceled; only pending tasks can be",
-                            other.as_str()
-                        )))
-                    }
+                // Canceling a canceled task again is not an error, and appends no cancel.
+                if status != TaskStatus::Canceled {
+                    require_pending(status, "canceled")?;
+                    events.push(TaskEvent::TaskCanceled(TaskCanceled {}));
                 }
                 if clear_unique_id {
                     events.extend(self.clear_unique_id(UniqueIdClearReason::Canceled));
