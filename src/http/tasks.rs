@@ -80,7 +80,7 @@ struct CommandRequest {
 }
 
 impl FromRequestParts<AppState> for CommandRequest {
-    // The path's own rejection is answered as axum answers it, as before this type existed.
+    // A segment axum cannot decode keeps axum's own answer, as it had with `Path` alone.
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
