@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
@@ -37,6 +38,19 @@ pub struct Metrics {
     callback_undecodable: IntCounter,
 }
 
+/// Registers a new metric where it is made, so none can be left out of `/metrics`, and
+/// returns its handle.
+fn registered<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<M>,
+) -> M {
+    let metric = metric.expect("valid metric options");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are unique within a fresh registry");
+    metric
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
@@ -46,129 +60,123 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "taskledger_http_requests_total",
-                "HTTP requests answered, by method, route template and status code.",
-            ),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric options");
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "taskledger_http_request_duration_seconds",
-                "Time from receiving a request to producing its response head.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["method", "route", "status"],
-        )
-        .expect("valid metric options");
-        let commands = IntCounterVec::new(
-            Opts::new(
-                "taskledger_commands_total",
-                "Task commands run by the ledger, by command and outcome \
-                 (ok, noop, rejected, conflict, error).",
-            ),
-            &["command", "outcome"],
-        )
-        .expect("valid metric options");
-        let events_appended = IntCounter::new(
-            "taskledger_events_appended_total",
-            "Events committed to the ledger by this process.",
-        )
-        .expect("valid metric options");
-        let append_batch_size = Histogram::with_opts(
-            HistogramOpts::new(
-                "taskledger_append_batch_size",
-                "Commands per group-commit transaction.",
-            )
-            .buckets(vec![
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-            ]),
-        )
-        .expect("valid metric options");
-        let relay_state = IntGauge::new(
-            "taskledger_relay_state",
-            "Kafka relay of this process: 0 standby (another process relays, or relay off), \
-             1 active, 2 retrying (broker unreachable), 3 failed (halted on a final error).",
-        )
-        .expect("valid metric options");
-        let relay_published = IntCounter::new(
-            "taskledger_relay_published_total",
-            "Events this process published to Kafka and saw acknowledged.",
-        )
-        .expect("valid metric options");
-        let relay_lag_events = IntGauge::new(
-            "taskledger_relay_lag_events",
-            "Events committed but not yet acknowledged by the broker.",
-        )
-        .expect("valid metric options");
-        let relay_lag_seconds = Gauge::new(
-            "taskledger_relay_lag_seconds",
-            "Age of the oldest event not yet acknowledged by the broker (0 when caught up).",
-        )
-        .expect("valid metric options");
-        let callback_attempts = IntCounterVec::new(
-            Opts::new(
-                "taskledger_callback_deliveries_total",
-                "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up; \
-                 also a delivery refused before any attempt, e.g. a URL that cannot be stored).",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric options");
-        let callback_backlog = IntGauge::new(
-            "taskledger_callback_backlog",
-            "Callback deliveries not yet delivered or given up.",
-        )
-        .expect("valid metric options");
-        let callback_oldest_pending = Gauge::new(
-            "taskledger_callback_oldest_pending_seconds",
-            "Age of the oldest pending callback delivery (0 when none).",
-        )
-        .expect("valid metric options");
-        let callback_undecodable = IntCounter::new(
-            "taskledger_callback_undecodable_events_total",
-            "Events the callback scheduler could not decode (or whose task it could not rebuild), \
-             so it could not tell whether they warrant a callback; each is logged at error level.",
-        )
-        .expect("valid metric options");
-        for collector in [
-            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(http_duration.clone()),
-            Box::new(commands.clone()),
-            Box::new(events_appended.clone()),
-            Box::new(append_batch_size.clone()),
-            Box::new(relay_state.clone()),
-            Box::new(relay_published.clone()),
-            Box::new(relay_lag_events.clone()),
-            Box::new(relay_lag_seconds.clone()),
-            Box::new(callback_attempts.clone()),
-            Box::new(callback_backlog.clone()),
-            Box::new(callback_oldest_pending.clone()),
-            Box::new(callback_undecodable.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique within a fresh registry");
-        }
         Metrics {
+            http_requests: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "taskledger_http_requests_total",
+                        "HTTP requests answered, by method, route template and status code.",
+                    ),
+                    &["method", "route", "status"],
+                ),
+            ),
+            http_duration: registered(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "taskledger_http_request_duration_seconds",
+                        "Time from receiving a request to producing its response head.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                    &["method", "route", "status"],
+                ),
+            ),
+            commands: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "taskledger_commands_total",
+                        "Task commands run by the ledger, by command and outcome \
+                         (ok, noop, rejected, conflict, error).",
+                    ),
+                    &["command", "outcome"],
+                ),
+            ),
+            events_appended: registered(
+                &registry,
+                IntCounter::new(
+                    "taskledger_events_appended_total",
+                    "Events committed to the ledger by this process.",
+                ),
+            ),
+            append_batch_size: registered(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "taskledger_append_batch_size",
+                        "Commands per group-commit transaction.",
+                    )
+                    .buckets(vec![
+                        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                    ]),
+                ),
+            ),
+            relay_state: registered(
+                &registry,
+                IntGauge::new(
+                    "taskledger_relay_state",
+                    "Kafka relay of this process: 0 standby (another process relays, or relay off), \
+                     1 active, 2 retrying (broker unreachable), 3 failed (halted on a final error).",
+                ),
+            ),
+            relay_published: registered(
+                &registry,
+                IntCounter::new(
+                    "taskledger_relay_published_total",
+                    "Events this process published to Kafka and saw acknowledged.",
+                ),
+            ),
+            relay_lag_events: registered(
+                &registry,
+                IntGauge::new(
+                    "taskledger_relay_lag_events",
+                    "Events committed but not yet acknowledged by the broker.",
+                ),
+            ),
+            relay_lag_seconds: registered(
+                &registry,
+                Gauge::new(
+                    "taskledger_relay_lag_seconds",
+                    "Age of the oldest event not yet acknowledged by the broker (0 when caught up).",
+                ),
+            ),
+            callback_attempts: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "taskledger_callback_deliveries_total",
+                        "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up; \
+                         also a delivery refused before any attempt, e.g. a URL that cannot be stored).",
+                    ),
+                    &["outcome"],
+                ),
+            ),
+            callback_backlog: registered(
+                &registry,
+                IntGauge::new(
+                    "taskledger_callback_backlog",
+                    "Callback deliveries not yet delivered or given up.",
+                ),
+            ),
+            callback_oldest_pending: registered(
+                &registry,
+                Gauge::new(
+                    "taskledger_callback_oldest_pending_seconds",
+                    "Age of the oldest pending callback delivery (0 when none).",
+                ),
+            ),
+            callback_undecodable: registered(
+                &registry,
+                IntCounter::new(
+                    "taskledger_callback_undecodable_events_total",
+                    "Events the callback scheduler could not decode (or whose task it could not rebuild), \
+                     so it could not tell whether they warrant a callback; each is logged at error level.",
+                ),
+            ),
             registry,
-            http_requests,
-            http_duration,
-            commands,
-            events_appended,
-            append_batch_size,
-            relay_state,
-            relay_published,
-            relay_lag_events,
-            relay_lag_seconds,
-            callback_attempts,
-            callback_backlog,
-            callback_oldest_pending,
-            callback_undecodable,
         }
     }
 

@@ -8,7 +8,7 @@ use taskledger_events::*;
 use taskledger_projections::{add_tags, remove_tags, TaskStatus};
 
 use super::limits::MAX_TAGS;
-use super::{AuditResult, CreateTask, TaskAction, TaskCommand, TaskError};
+use super::{AuditResult, CreateTask, Tags, TaskAction, TaskCommand, TaskError};
 
 /// The cqrs-es event type: the contract's [`TaskEvent`] (a foreign type, hence the wrapper).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -122,15 +122,10 @@ impl Task {
             TaskAction::Cancel { clear_unique_id } => {
                 require_scope(scope, Scope::Customer, "cancel tasks")?;
                 let mut events = Vec::new();
-                match status {
-                    TaskStatus::Pending => events.push(TaskEvent::TaskCanceled(TaskCanceled {})),
-                    TaskStatus::Canceled => {}
-                    other => {
-                        return Err(TaskError::invalid(format!(
-                            "Task is {} and cannot be canceled; only pending tasks can be",
-                            other.as_str()
-                        )))
-                    }
+                // Canceling a canceled task again is not an error, and appends no cancel.
+                if status != TaskStatus::Canceled {
+                    require_pending(status, "canceled")?;
+                    events.push(TaskEvent::TaskCanceled(TaskCanceled {}));
                 }
                 if clear_unique_id {
                     events.extend(self.clear_unique_id(UniqueIdClearReason::Canceled));
@@ -166,12 +161,7 @@ impl Task {
             }
             TaskAction::AddTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let present = self.tag_set();
-                let new: Vec<String> = tags
-                    .into_strings()
-                    .into_iter()
-                    .filter(|t| !present.contains(t.as_str()))
-                    .collect();
+                let (_, new) = self.partition_tags(tags);
                 if new.is_empty() {
                     return Ok(vec![]);
                 }
@@ -193,12 +183,7 @@ impl Task {
             }
             TaskAction::RemoveTags { tags } => {
                 require_scope(scope, Scope::Customer, "change tags")?;
-                let present = self.tag_set();
-                let gone: Vec<String> = tags
-                    .into_strings()
-                    .into_iter()
-                    .filter(|t| present.contains(t.as_str()))
-                    .collect();
+                let (gone, _) = self.partition_tags(tags);
                 if gone.is_empty() {
                     return Ok(vec![]);
                 }
@@ -286,40 +271,51 @@ impl Task {
                 for_sequence,
                 attempts,
                 status_code,
-            } => {
-                require_scope(scope, Scope::System, "record callbacks")?;
-                if self.callbacks_recorded.contains(&delivery_id) {
-                    return Ok(vec![]);
-                }
-                Ok(vec![TaskEvent::CallbackDelivered(CallbackDelivered {
+            } => self.record_callback(scope, delivery_id, |delivery_id| {
+                TaskEvent::CallbackDelivered(CallbackDelivered {
                     delivery_id,
                     for_sequence,
                     attempts,
                     status_code,
-                })])
-            }
+                })
+            }),
             TaskAction::RecordCallbackFailed {
                 delivery_id,
                 for_sequence,
                 attempts,
                 last_error,
-            } => {
-                require_scope(scope, Scope::System, "record callbacks")?;
-                if self.callbacks_recorded.contains(&delivery_id) {
-                    return Ok(vec![]);
-                }
-                Ok(vec![TaskEvent::CallbackFailed(CallbackFailed {
+            } => self.record_callback(scope, delivery_id, |delivery_id| {
+                TaskEvent::CallbackFailed(CallbackFailed {
                     delivery_id,
                     for_sequence,
                     attempts,
                     last_error,
-                })])
-            }
+                })
+            }),
         }
     }
 
-    fn tag_set(&self) -> HashSet<&str> {
-        self.tags.iter().map(String::as_str).collect()
+    /// A delivery's outcome, recorded at most once: the same delivery reported again appends
+    /// nothing.
+    fn record_callback(
+        &self,
+        scope: Scope,
+        delivery_id: String,
+        event: impl FnOnce(String) -> TaskEvent,
+    ) -> Result<Vec<TaskEvent>, TaskError> {
+        require_scope(scope, Scope::System, "record callbacks")?;
+        if self.callbacks_recorded.contains(&delivery_id) {
+            return Ok(vec![]);
+        }
+        Ok(vec![event(delivery_id)])
+    }
+
+    /// The given tags, in the order given: those the task has, and those it has not.
+    fn partition_tags(&self, tags: Tags) -> (Vec<String>, Vec<String>) {
+        let present: HashSet<&str> = self.tags.iter().map(String::as_str).collect();
+        tags.into_strings()
+            .into_iter()
+            .partition(|t| present.contains(t.as_str()))
     }
 
     fn clear_unique_id(&self, reason: UniqueIdClearReason) -> Option<TaskEvent> {

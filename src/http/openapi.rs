@@ -358,26 +358,26 @@ impl PartialSchema for Identifier {
 }
 impl ToSchema for Identifier {}
 
+/// A unique_id and a tag obey the same rules.
+fn non_blank_identifier() -> RefOr<Schema> {
+    limited_string(
+        MAX_IDENTIFIER_BYTES,
+        no_nul(&format!("Not blank, at most {MAX_IDENTIFIER_BYTES} bytes.")),
+    )
+    .min_length(Some(1))
+    .into()
+}
+
 impl PartialSchema for UniqueId {
     fn schema() -> RefOr<Schema> {
-        limited_string(
-            MAX_IDENTIFIER_BYTES,
-            no_nul(&format!("Not blank, at most {MAX_IDENTIFIER_BYTES} bytes.")),
-        )
-        .min_length(Some(1))
-        .into()
+        non_blank_identifier()
     }
 }
 impl ToSchema for UniqueId {}
 
 impl PartialSchema for Tag {
     fn schema() -> RefOr<Schema> {
-        limited_string(
-            MAX_IDENTIFIER_BYTES,
-            no_nul(&format!("Not blank, at most {MAX_IDENTIFIER_BYTES} bytes.")),
-        )
-        .min_length(Some(1))
-        .into()
+        non_blank_identifier()
     }
 }
 impl ToSchema for Tag {}
@@ -426,42 +426,34 @@ impl PartialSchema for CallbackUrl {
 }
 impl ToSchema for CallbackUrl {}
 
-/// `x-max-bytes` and `x-max-depth`: JSON Schema has no keyword for a value's serialized size.
-fn json_limits(builder: ObjectBuilder, max_bytes: usize) -> ObjectBuilder {
-    builder.extensions(Some(
-        ExtensionsBuilder::new()
-            .add("x-max-bytes", max_bytes)
-            .add("x-max-depth", MAX_JSON_DEPTH)
-            .build(),
-    ))
+/// A JSON value within the size and depth limits, described with them. `x-max-bytes` and
+/// `x-max-depth`: JSON Schema has no keyword for a value's serialized size.
+fn limited_json(schema_type: impl Into<SchemaType>, what: &str, max_bytes: usize) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(schema_type)
+        .extensions(Some(
+            ExtensionsBuilder::new()
+                .add("x-max-bytes", max_bytes)
+                .add("x-max-depth", MAX_JSON_DEPTH)
+                .build(),
+        ))
+        .description(Some(format!(
+            "{what} of at most {max_bytes} bytes serialized, nested at most {MAX_JSON_DEPTH} \
+             levels, with no U+0000 in a key or string."
+        )))
+        .into()
 }
 
 impl PartialSchema for Metadata {
     fn schema() -> RefOr<Schema> {
-        json_limits(
-            ObjectBuilder::new().schema_type(Type::Object),
-            MAX_METADATA_BYTES,
-        )
-        .description(Some(format!(
-            "A JSON object of at most {MAX_METADATA_BYTES} bytes serialized, nested at most \
-             {MAX_JSON_DEPTH} levels, with no U+0000 in a key or string."
-        )))
-        .into()
+        limited_json(Type::Object, "A JSON object", MAX_METADATA_BYTES)
     }
 }
 impl ToSchema for Metadata {}
 
 impl PartialSchema for Json {
     fn schema() -> RefOr<Schema> {
-        json_limits(
-            ObjectBuilder::new().schema_type(SchemaType::AnyValue),
-            MAX_JSON_BYTES,
-        )
-        .description(Some(format!(
-            "Any JSON value of at most {MAX_JSON_BYTES} bytes serialized, nested at most \
-             {MAX_JSON_DEPTH} levels, with no U+0000 in a key or string."
-        )))
-        .into()
+        limited_json(SchemaType::AnyValue, "Any JSON value", MAX_JSON_BYTES)
     }
 }
 impl ToSchema for Json {}

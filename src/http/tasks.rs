@@ -1,10 +1,11 @@
 //! `/v1/task/...`: create, retrieve (with time travel), history, and every task command.
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Json};
+use axum::Json;
 use serde::Serialize;
 use serde_json::Value;
 use taskledger_events::{Actor, EventEnvelope};
@@ -63,33 +64,53 @@ pub(super) fn read_router() -> Routes {
 ))]
 pub(super) struct Docs;
 
-/// The idempotency record to write with the command, when the request carried a key.
-type Idem = Option<Extension<IdempotencyWrite>>;
-
 /// A task object as stored: the exact bytes of the view.
 pub fn task_json(body: String) -> Response {
     ([(CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn run(
-    state: &AppState,
-    caller: &Caller,
-    id: &str,
-    action: TaskAction,
-    idem: Idem,
-) -> Result<Response, ApiError> {
-    let task_id = extract::task_id(id)?;
-    let command = TaskCommand::new(caller.principal.scope, action);
-    let committed = state
-        .ledger
-        .execute(
-            &caller.context(),
-            &task_id,
-            command,
-            idem.map(|Extension(i)| i),
-        )
-        .await?;
-    Ok(task_json(committed.view.to_json()))
+/// What every task command takes from the request besides its body: the caller, the path
+/// segment (a task id, or the task type on create) and the idempotency record to write with
+/// the command, when the request carried a key.
+struct CommandRequest {
+    state: AppState,
+    caller: Caller,
+    segment: String,
+    idem: Option<IdempotencyWrite>,
+}
+
+impl FromRequestParts<AppState> for CommandRequest {
+    // A segment axum cannot decode keeps axum's own answer, as it had with `Path` alone.
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let caller = Caller::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let Path(segment) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(CommandRequest {
+            state: state.clone(),
+            caller,
+            segment,
+            idem: parts.extensions.get::<IdempotencyWrite>().cloned(),
+        })
+    }
+}
+
+impl CommandRequest {
+    /// Runs `action` on the task the path names, as the caller.
+    async fn run(self, action: TaskAction) -> Result<Response, ApiError> {
+        let task_id = extract::task_id(&self.segment)?;
+        let command = TaskCommand::new(self.caller.principal.scope, action);
+        let committed = self
+            .state
+            .ledger
+            .execute(&self.caller.context(), &task_id, command, self.idem)
+            .await?;
+        Ok(task_json(committed.view.to_json()))
+    }
 }
 
 #[utoipa::path(
@@ -110,17 +131,15 @@ async fn run(
     responses((status = 200, description = "The new task.", body = Task))
 )]
 async fn create(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(task_type): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(body): LenientJson<CreateTaskBody>,
 ) -> Result<Response, ApiError> {
-    let task_type = TaskType::parse(&task_type).map_err(|e| ApiError::bad_request(e.0))?;
+    let task_type = TaskType::parse(&request.segment).map_err(|e| ApiError::bad_request(e.0))?;
     let create = body.into_command(task_type)?;
-    let committed = state
+    let committed = request
+        .state
         .ledger
-        .create(&caller.context(), create, idem.map(|Extension(i)| i))
+        .create(&request.caller.context(), create, request.idem)
         .await?;
     Ok(task_json(committed.view.to_json()))
 }
@@ -251,21 +270,11 @@ async fn history(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn cancel(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
+    request: CommandRequest,
     QueryParams(query): QueryParams<CancelParams>,
-    idem: Idem,
 ) -> Result<Response, ApiError> {
     let clear_unique_id = query.clear_unique_id.unwrap_or_default().0;
-    run(
-        &state,
-        &caller,
-        &id,
-        TaskAction::Cancel { clear_unique_id },
-        idem,
-    )
-    .await
+    request.run(TaskAction::Cancel { clear_unique_id }).await
 }
 
 #[utoipa::path(
@@ -284,20 +293,10 @@ async fn cancel(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn set_metadata(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(metadata): LenientJson<Metadata>,
 ) -> Result<Response, ApiError> {
-    run(
-        &state,
-        &caller,
-        &id,
-        TaskAction::SetMetadata { metadata },
-        idem,
-    )
-    .await
+    request.run(TaskAction::SetMetadata { metadata }).await
 }
 
 #[utoipa::path(
@@ -313,23 +312,11 @@ async fn set_metadata(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn set_unique_id(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(body): LenientJson<UniqueIdBody>,
 ) -> Result<Response, ApiError> {
-    let unique_id = body
-        .unique_id
-        .ok_or_else(|| ApiError::bad_request("unique_id is required"))?;
-    run(
-        &state,
-        &caller,
-        &id,
-        TaskAction::SetUniqueId { unique_id },
-        idem,
-    )
-    .await
+    let unique_id = required(body.unique_id, "unique_id")?;
+    request.run(TaskAction::SetUniqueId { unique_id }).await
 }
 
 #[utoipa::path(
@@ -342,13 +329,8 @@ async fn set_unique_id(
     params(TaskPath),
     responses((status = 200, description = "The task.", body = Task))
 )]
-async fn clear_unique_id(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
-) -> Result<Response, ApiError> {
-    run(&state, &caller, &id, TaskAction::ClearUniqueId, idem).await
+async fn clear_unique_id(request: CommandRequest) -> Result<Response, ApiError> {
+    request.run(TaskAction::ClearUniqueId).await
 }
 
 #[utoipa::path(
@@ -367,13 +349,10 @@ async fn clear_unique_id(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn add_tags(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
-    run(&state, &caller, &id, TaskAction::AddTags { tags }, idem).await
+    request.run(TaskAction::AddTags { tags }).await
 }
 
 #[utoipa::path(
@@ -392,13 +371,10 @@ async fn add_tags(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn set_tags(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
-    run(&state, &caller, &id, TaskAction::SetTags { tags }, idem).await
+    request.run(TaskAction::SetTags { tags }).await
 }
 
 #[utoipa::path(
@@ -417,13 +393,10 @@ async fn set_tags(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn remove_tags(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
-    run(&state, &caller, &id, TaskAction::RemoveTags { tags }, idem).await
+    request.run(TaskAction::RemoveTags { tags }).await
 }
 
 #[utoipa::path(
@@ -440,22 +413,18 @@ async fn remove_tags(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn audit(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(body): LenientJson<Value>,
 ) -> Result<Response, ApiError> {
-    let audited_by = caller.principal.key_id.clone();
+    let principal = &request.caller.principal;
+    let audited_by = principal.key_id.clone();
     // The same route takes two bodies; the key's scope says which one this is.
-    let action = match caller.principal.scope {
+    let action = match principal.scope {
         taskledger_events::Scope::Contributor => {
             let body: ContributorAuditBody = audit_body(body)?;
             TaskAction::ContributorAudit {
                 audited_by,
-                audit_result: body
-                    .audit_result
-                    .ok_or_else(|| ApiError::bad_request("audit_result is required"))?,
+                audit_result: required(body.audit_result, "audit_result")?,
                 audit_time_secs: body.audit_time_secs,
                 response: body.response,
             }
@@ -464,15 +433,17 @@ async fn audit(
             let body: CustomerAuditBody = audit_body(body)?;
             TaskAction::CustomerAudit {
                 audited_by,
-                accepted: body
-                    .accepted
-                    .ok_or_else(|| ApiError::bad_request("accepted (true or false) is required"))?
-                    .0,
+                accepted: required(body.accepted, "accepted (true or false)")?.0,
                 comments: body.comments,
             }
         }
     };
-    run(&state, &caller, &id, action, idem).await
+    request.run(action).await
+}
+
+/// A body field the command cannot go without.
+fn required<T>(value: Option<T>, field: &str) -> Result<T, ApiError> {
+    value.ok_or_else(|| ApiError::bad_request(format!("{field} is required")))
 }
 
 /// The audit body of one scope; no body is `{}`.
@@ -498,23 +469,11 @@ impl LenientBody for Value {
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn complete(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(body): LenientJson<CompleteBody>,
 ) -> Result<Response, ApiError> {
-    let response = body
-        .response
-        .ok_or_else(|| ApiError::bad_request("response is required"))?;
-    run(
-        &state,
-        &caller,
-        &id,
-        TaskAction::Complete { response },
-        idem,
-    )
-    .await
+    let response = required(body.response, "response")?;
+    request.run(TaskAction::Complete { response }).await
 }
 
 #[utoipa::path(
@@ -530,18 +489,13 @@ async fn complete(
     responses((status = 200, description = "The task.", body = Task))
 )]
 async fn error(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    idem: Idem,
+    request: CommandRequest,
     LenientJson(body): LenientJson<ErrorTaskBody>,
 ) -> Result<Response, ApiError> {
-    let error = body
-        .error
-        .ok_or_else(|| ApiError::bad_request("error is required"))?;
+    let error = required(body.error, "error")?;
     let mut whole = body.details;
     whole.insert("error".into(), error);
     let error = JsonValue::parse(Value::Object(whole))
         .map_err(|e| ApiError::bad_request(field_message("error", &e.0)))?;
-    run(&state, &caller, &id, TaskAction::Error { error }, idem).await
+    request.run(TaskAction::Error { error }).await
 }
