@@ -70,9 +70,10 @@ impl LedgerSettings {
     }
 }
 
-/// Context for an internal failure, with its cause as the source.
+/// Context for an internal failure, with its cause as the source. The cause is also in the
+/// text, so a log line that prints only this error still shows it.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}")]
+#[error("{what}: {source}")]
 pub struct Failed {
     what: String,
     #[source]
