@@ -491,3 +491,26 @@ async fn run_committer(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_its_cause_as_the_source_not_in_the_text() {
+        let e: LedgerError = StoreError::UnsupportedUrl("mysql://x".into()).into();
+        assert!(matches!(e, LedgerError::Internal(_)), "{e:?}");
+        assert_eq!(e.to_string(), "internal error");
+        let source = std::error::Error::source(&e).expect("the cause is the source");
+        assert!(source.to_string().contains("mysql://x"), "{source}");
+    }
+
+    #[test]
+    fn an_internal_failure_with_context_chains_its_cause() {
+        let e = LedgerError::internal("task t does not fold", "no TaskCreated first");
+        let context = std::error::Error::source(&e).expect("the context");
+        assert!(context.to_string().starts_with("task t does not fold"));
+        let cause = context.source().expect("the cause");
+        assert_eq!(cause.to_string(), "no TaskCreated first");
+    }
+}
