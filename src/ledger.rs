@@ -70,9 +70,10 @@ impl LedgerSettings {
     }
 }
 
-/// Context for an internal failure, with its cause as the source.
+/// Context for an internal failure, with its cause as the source. The cause is also in the
+/// text, so a log line that prints only this error still shows it.
 #[derive(Debug, thiserror::Error)]
-#[error("{what}")]
+#[error("{what}: {source}")]
 pub struct Failed {
     what: String,
     #[source]
@@ -514,5 +515,28 @@ fn command_outcome(result: &Result<Committed, LedgerError>) -> &'static str {
         Ok(committed) if committed.envelopes.is_empty() => "noop",
         Ok(_) => "ok",
         Err(e) => e.outcome(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_failure_keeps_its_cause_as_the_source_not_in_the_text() {
+        let e: LedgerError = StoreError::UnsupportedUrl("mysql://x".into()).into();
+        assert!(matches!(e, LedgerError::Internal(_)), "{e:?}");
+        assert_eq!(e.to_string(), "internal error");
+        let source = std::error::Error::source(&e).expect("the cause is the source");
+        assert!(source.to_string().contains("mysql://x"), "{source}");
+    }
+
+    #[test]
+    fn an_internal_failure_with_context_chains_its_cause() {
+        let e = LedgerError::internal("task t does not fold", "no TaskCreated first");
+        let context = std::error::Error::source(&e).expect("the context");
+        assert!(context.to_string().starts_with("task t does not fold"));
+        let cause = context.source().expect("the cause");
+        assert_eq!(cause.to_string(), "no TaskCreated first");
     }
 }

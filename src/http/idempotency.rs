@@ -179,10 +179,7 @@ fn body_refusal(error: &axum::Error, limit: usize) -> ApiError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(e) = source {
         if e.is::<http_body_util::LengthLimitError>() {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("The request body is larger than the limit of {limit} bytes."),
-            );
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, super::body_too_large(limit));
         }
         if e.is::<tower_http::timeout::TimeoutError>() {
             return ApiError::new(

@@ -165,6 +165,10 @@ pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -
         .layer(middleware::from_fn_with_state(
             RequestTimeout(request_timeout),
             enforce_request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.settings.max_body_bytes,
+            refuse_declared_oversize,
         ));
     routes(&state)
         .router
@@ -220,4 +224,33 @@ async fn enforce_request_timeout(
             .into_response()
         }
     }
+}
+
+/// A body whose declared length is over the limit is refused before a byte of it is read:
+/// reading megabytes only to refuse them would cost every other request some CPU.
+async fn refuse_declared_oversize(
+    axum::extract::State(limit): axum::extract::State<usize>,
+    request: Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            body_too_large(limit),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// The one wording of the body-size refusal.
+pub(crate) fn body_too_large(limit: usize) -> String {
+    format!(
+        "The request body is too large: the limit is {limit} bytes (TASKLEDGER_MAX_BODY_BYTES)."
+    )
 }

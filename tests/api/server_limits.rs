@@ -208,3 +208,23 @@ on_both_backends!(
     a_create_of_one_and_a_half_megabytes_is_refused_and_writes_nothing,
     an_event_over_kafka_message_max_bytes_answers_413_even_without_a_relay,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_body_declared_over_the_limit_is_refused_before_it_is_sent() {
+    // Were the body awaited, the 1 s body deadline would answer instead of the 413.
+    let app = spawn_app_with(Backend::Sqlite, |s| s.limits.body_read_timeout_secs = 1).await;
+    let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+    let head = format!(
+        "POST /v1/task/categorization HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        base64_basic(&app.key),
+        10 * 1024 * 1024 + 1
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answered = read_until_closed(&mut stream).await;
+    assert!(answered.starts_with("HTTP/1.1 413"), "{answered:?}");
+    assert!(
+        answered.contains("TASKLEDGER_MAX_BODY_BYTES"),
+        "{answered:?}"
+    );
+}
