@@ -115,6 +115,12 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
         description: "Task with that ID not found (also another account's task).",
     },
     ErrorAnswer {
+        status: 408,
+        name: "RequestTimeout",
+        description: "The request body stalled longer than the server's body-read timeout; \
+                      nothing was written.",
+    },
+    ErrorAnswer {
         status: 409,
         name: "Conflict",
         description: "The unique_id is used by another task of the account (named in the \
@@ -123,13 +129,15 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
     ErrorAnswer {
         status: 413,
         name: "PayloadTooLarge",
-        description: "The request body is larger than the server's body limit.",
+        description: "The request body is larger than the server's body limit, or the event \
+                      the command would record is larger than the event stream takes \
+                      (`KAFKA_MESSAGE_MAX_BYTES`); the message names the size and the limit.",
     },
     ErrorAnswer {
         status: 429,
         name: "TooManyRequests",
-        description: "A request with this Idempotency-Key is still being processed; retry \
-                      after `Retry-After` seconds.",
+        description: "A request with this Idempotency-Key is still being processed (or its \
+                      claim was taken over by a retry); retry after `Retry-After` seconds.",
     },
     ErrorAnswer {
         status: 500,
@@ -139,8 +147,9 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
     ErrorAnswer {
         status: 503,
         name: "ServiceUnavailable",
-        description: "The ledger store is unreachable, or the task is changed by too many \
-                      concurrent requests; retry.",
+        description: "The ledger store is unreachable, the task is changed by too many \
+                      concurrent requests, or the request ran past the server's request \
+                      timeout; retry (with the same Idempotency-Key if it changes anything).",
     },
 ];
 
@@ -165,7 +174,7 @@ fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
         statuses.push(404);
     }
     if mutating {
-        statuses.extend([403, 413, 429]);
+        statuses.extend([403, 408, 413, 429]);
         if !never_answers_409(method, path) {
             statuses.push(409);
         }
