@@ -238,7 +238,7 @@ async fn purge_idempotency_keys(store: Store) {
     loop {
         tick.tick().await;
         match store
-            .purge_idempotency_keys(chrono::Utc::now().timestamp_micros())
+            .purge_idempotency_keys(crate::store::now_micros())
             .await
         {
             Ok(0) => {}

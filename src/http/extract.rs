@@ -133,7 +133,7 @@ pub trait LenientBody: DeserializeOwned + Default + Send + 'static {
 
 /// Bodies up to this size are parsed on the async worker; larger ones on the blocking pool,
 /// so a multi-megabyte body cannot hold up other requests.
-const INLINE_PARSE_BYTES: usize = 64 * 1024;
+pub(super) const INLINE_PARSE_BYTES: usize = 64 * 1024;
 
 impl<T: LenientBody> FromRequest<AppState> for LenientJson<T> {
     type Rejection = ApiError;

@@ -40,22 +40,28 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
     let bytes = to_bytes(body, state.settings.max_body_bytes)
         .await
         .map_err(|e| body_refusal(&e, state.settings.max_body_bytes))?;
-    let mut fingerprint = Vec::with_capacity(bytes.len() + 128);
-    fingerprint.extend_from_slice(parts.method.as_str().as_bytes());
-    fingerprint.push(b'\n');
-    fingerprint.extend_from_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("", |p| p.as_str())
-            .as_bytes(),
-    );
-    fingerprint.push(b'\n');
-    fingerprint.extend_from_slice(&bytes);
-    let fingerprint = crate::store::sha256_hex(&fingerprint);
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("", |p| p.as_str())
+        .to_string();
+    let fingerprint = {
+        let inline = bytes.len() <= super::extract::INLINE_PARSE_BYTES;
+        let (method, body) = (parts.method.clone(), bytes.clone());
+        let hash = move || request_fingerprint(method.as_str(), &target, &body);
+        // Hashing megabytes is CPU work: keep it off the async workers, like body parsing.
+        if inline {
+            hash()
+        } else {
+            tokio::task::spawn_blocking(hash).await.map_err(|e| {
+                tracing::error!(error = %e, "fingerprint task failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "Internal server error.")
+            })?
+        }
+    };
 
     let store = state.ledger.store();
-    let now = chrono::Utc::now().timestamp_micros();
+    let now = crate::store::now_micros();
     let expires_at_us = now + state.settings.idempotency_ttl.as_micros() as i64;
     let account_id = caller.account_id().to_string();
     let claimant = Claimant {
@@ -190,4 +196,16 @@ fn body_refusal(error: &axum::Error, limit: usize) -> ApiError {
         source = e.source();
     }
     ApiError::bad_request("The request body could not be read.")
+}
+
+/// What makes two requests "the same request" for an Idempotency-Key: method, path and
+/// query, and body.
+fn request_fingerprint(method: &str, target: &str, body: &[u8]) -> String {
+    let mut input = Vec::with_capacity(body.len() + target.len() + 16);
+    input.extend_from_slice(method.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(target.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(body);
+    crate::store::sha256_hex(&input)
 }

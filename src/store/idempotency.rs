@@ -9,7 +9,7 @@
 //! a release never deletes an answer, so a command whose COMMIT reply was lost is found by
 //! its retry instead of being run twice.
 
-use sqlx::{AnyConnection, Row};
+use sqlx::AnyConnection;
 
 use super::{IdempotencyWrite, Store, StoreError};
 
@@ -82,7 +82,7 @@ impl Store {
             if inserted.rows_affected() == 1 {
                 return Ok(IdempotencyState::Claimed(token));
             }
-            let Some(row) = sqlx::query(
+            let Some(row) = sqlx::query_as::<_, KeyRow>(
                 "SELECT key_id, fingerprint, status_code, response_body, created_at_us, \
                  expires_at_us FROM idempotency_keys WHERE account_id = $1 AND idem_key = $2",
             )
@@ -93,8 +93,7 @@ impl Store {
             else {
                 continue;
             };
-            let expires: i64 = row.try_get(5)?;
-            if expires <= now_us {
+            if row.expires_at_us <= now_us {
                 sqlx::query(
                     "DELETE FROM idempotency_keys \
                      WHERE account_id = $1 AND idem_key = $2 AND expires_at_us <= $3",
@@ -107,22 +106,19 @@ impl Store {
                 continue;
             }
             // Records written before keys were tied to an API key have none to compare.
-            if row
-                .try_get::<Option<String>, _>(0)?
-                .is_some_and(|holder| holder != claimant.key_id)
-            {
+            if row.key_id.is_some_and(|holder| holder != claimant.key_id) {
                 return Ok(IdempotencyState::OtherApiKey);
             }
-            if row.try_get::<String, _>(1)? != fingerprint {
+            if row.fingerprint != fingerprint {
                 return Ok(IdempotencyState::Mismatch);
             }
-            if let Some(status) = row.try_get::<Option<i64>, _>(2)? {
+            if let Some(status) = row.status_code {
                 return Ok(IdempotencyState::Replay(IdempotencyRecord {
                     status_code: u16::try_from(status).unwrap_or(500),
-                    body: row.try_get::<Option<String>, _>(3)?.unwrap_or_default(),
+                    body: row.response_body.unwrap_or_default(),
                 }));
             }
-            let claimed_at: i64 = row.try_get(4)?;
+            let claimed_at = row.created_at_us;
             if claimed_at + lease_us <= now_us {
                 let taken = sqlx::query(
                     "UPDATE idempotency_keys SET created_at_us = $3, claim_token = $4 \
@@ -222,4 +218,16 @@ pub(super) async fn record_answer(
     .execute(conn)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// A stored key as the claim reads it.
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    /// Absent on records written before keys were tied to an API key.
+    key_id: Option<String>,
+    fingerprint: String,
+    status_code: Option<i64>,
+    response_body: Option<String>,
+    created_at_us: i64,
+    expires_at_us: i64,
 }
