@@ -4,7 +4,6 @@
 //! dispatcher, and callbacks never go through the environment's proxy.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use serde_json::{json, Value};
@@ -13,26 +12,9 @@ use taskledger_events::Scope;
 
 use crate::callbacks::receiver;
 use crate::helpers::{
-    free_port, metric_value, on_both_backends, spawn_app_with, tamper_with_event, Backend,
-    ServerProcess, TestApp, TestDb,
+    append_raw_event, eventually, free_port, metric_value, ok_if, on_both_backends, spawn_app_with,
+    tamper_with_event, Backend, ServerProcess, TestApp, TestDb, PATIENCE,
 };
-use crate::relay_halts::append_raw_event;
-
-/// Polls `check` until it returns `Some`, for at most 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The task's history, read once, so every fact a test derives from it is consistent.
 async fn history(app: &TestApp, key: &str, id: &str) -> Vec<Value> {
@@ -54,9 +36,14 @@ fn of_type<'a>(history: &'a [Value], event_type: &str) -> Vec<&'a Value> {
 
 /// Waits until the task's history holds an event of `event_type`; returns that history.
 async fn wait_for_event(app: &TestApp, key: &str, id: &str, event_type: &str) -> Vec<Value> {
-    eventually(&format!("{event_type} on task {id}"), || async {
+    let what = format!("{event_type} on task {id}");
+    eventually(PATIENCE, &what, async || {
         let h = history(app, key, id).await;
-        (!of_type(&h, event_type).is_empty()).then_some(h)
+        if of_type(&h, event_type).is_empty() {
+            Err(h)
+        } else {
+            Ok(h)
+        }
     })
     .await
 }
@@ -178,8 +165,8 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
     })
     .await;
     // Completions no reader can decode: one that is not even JSON, one of the wrong shape.
-    append_raw_event(&app, "TaskCompleted", "{not json").await;
-    append_raw_event(&app, "TaskCompleted", "\"not a completion\"").await;
+    append_raw_event(&app.store, "TaskCompleted", "{not json").await;
+    append_raw_event(&app.store, "TaskCompleted", "\"not a completion\"").await;
 
     let id = app.completed(json!({"callback_url": url})).await;
     wait_for_event(&app, &app.key, &id, "CallbackDelivered").await;
@@ -229,8 +216,9 @@ async fn a_black_holed_receiver_holds_only_its_own_accounts_share_of_the_dispatc
     for _ in 0..6 {
         swallowed.push(app.completed(json!({"callback_url": hole})).await);
     }
-    eventually("acme's attempts to reach the hole", || async {
-        (*accepted.lock().unwrap() >= 2).then_some(())
+    eventually(PATIENCE, "acme's attempts to reach the hole", async || {
+        let so_far = *accepted.lock().unwrap();
+        ok_if(so_far >= 2, so_far)
     })
     .await;
 
@@ -318,17 +306,17 @@ async fn callbacks_go_straight_to_the_receiver_whatever_http_proxy_says() {
         .await
         .unwrap();
     assert_eq!(done.status(), 200);
-    eventually("the callback", || async {
+    eventually(PATIENCE, "the callback", async || {
         let task: Value = client
             .get(format!("{}/v1/task/{id}", server.url))
             .basic_auth(&key, Some(""))
             .send()
             .await
-            .ok()?
+            .map_err(|e| e.to_string())?
             .json()
             .await
-            .ok()?;
-        (task["callback_completed"] == true).then_some(())
+            .map_err(|e| e.to_string())?;
+        ok_if(task["callback_completed"] == true, task.to_string())
     })
     .await;
     assert_eq!(log.lock().unwrap().len(), 1, "the receiver got it");

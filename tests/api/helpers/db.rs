@@ -281,3 +281,39 @@ pub async fn assert_ledger_intact(store: &Store) {
     let replayed = store.replay(true, |_| {}).await.unwrap();
     assert!(replayed.mismatches.is_empty(), "{:?}", replayed.mismatches);
 }
+
+/// Appends an event of acme, for a task of its own, at the head of the ledger behind the
+/// API's back, the way the append path does (moving the head first), so the readers of the
+/// global order meet it before anything committed after it.
+pub async fn append_raw_event(store: &Store, event_type: &str, payload: &str) {
+    let account: String = sqlx::query_scalar("SELECT account_id FROM accounts WHERE name = 'acme'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    let position: i64 = sqlx::query_scalar(
+        "UPDATE ledger_head SET last_position = last_position + 1 WHERE id = 1 \
+         RETURNING last_position",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (global_position, event_id, task_id, account_id, sequence, event_type, \
+         event_version, payload, recorded_at_us, actor_account_id, actor_key_id, actor_scope, \
+         request_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, 1, $5, 1, $6, $7, $4, NULL, 'customer', NULL, $8, $8)",
+    )
+    .bind(position)
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(format!("task_raw_{position}"))
+    .bind(&account)
+    .bind(event_type)
+    .bind(payload)
+    .bind(chrono::Utc::now().timestamp_micros())
+    .bind("0".repeat(64))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+}

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 pub use app::{metric_value, spawn_app, spawn_app_with, Reply, TestApp};
 pub use db::{
-    assert_ledger_intact, categorization, context, pg_admin_url, projection_snapshot,
-    tamper_with_event, TestDb, TestLedger,
+    append_raw_event, assert_ledger_intact, categorization, context, pg_admin_url,
+    projection_snapshot, tamper_with_event, TestDb, TestLedger,
 };
 pub use process::{free_port, ServerProcess};
 
