@@ -13,7 +13,7 @@ use taskledger_events::Scope;
 use crate::callbacks::receiver;
 use crate::helpers::{
     append_raw_event, eventually, free_port, metric_value, ok_if, on_both_backends, spawn_app_with,
-    tamper_with_event, Backend, ServerProcess, TestApp, TestDb, PATIENCE,
+    tamper_with_event, Backend, ProcessClient, ServerProcess, TestApp, TestDb, PATIENCE,
 };
 
 /// The task's history, read once, so every fact a test derives from it is consistent.
@@ -264,9 +264,7 @@ async fn callbacks_go_straight_to_the_receiver_whatever_http_proxy_says() {
     let (url, log) = receiver(vec![]).await;
     let (proxy, proxied) = proxy_recorder().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    let store = db.store().await;
-    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
-    let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
+    let api = ProcessClient::new(&db).await;
     let server = ServerProcess::start(
         &db,
         free_port(),
@@ -280,45 +278,8 @@ async fn callbacks_go_straight_to_the_receiver_whatever_http_proxy_says() {
         ],
     )
     .await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let created: Value = client
-        .post(format!("{}/v1/task/categorization", server.url))
-        .basic_auth(&key, Some(""))
-        .json(&json!({
-            "instruction": "big or small?",
-            "callback_url": url,
-            "attachment_type": "text",
-            "attachment": "car",
-            "categories": ["big", "small"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["task_id"].as_str().unwrap().to_string();
-    let done = client
-        .post(format!("{}/v1/task/{id}/complete", server.url))
-        .basic_auth(&worker, Some(""))
-        .json(&json!({"response": {"category": "big"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 200);
-    eventually(PATIENCE, "the callback", async || {
-        let task: Value = client
-            .get(format!("{}/v1/task/{id}", server.url))
-            .basic_auth(&key, Some(""))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?
-            .json()
-            .await
-            .map_err(|e| e.to_string())?;
-        ok_if(task["callback_completed"] == true, task.to_string())
-    })
-    .await;
+    let id = api.completed_task(&server.url, &url, 0).await;
+    api.wait_called_back(&server.url, &[id]).await;
     assert_eq!(log.lock().unwrap().len(), 1, "the receiver got it");
     assert!(
         proxied.lock().unwrap().is_empty(),

@@ -71,15 +71,7 @@ async fn keys_create_prints_a_working_key_alone_on_the_last_line(backend: Backen
 async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: json!({"x": 1}).try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.set_metadata(&task, json!({"x": 1})).await;
     let ok = taskledger(&t.db.url, &["verify"]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(stdout(&ok).contains("2 events"), "{}", stdout(&ok));

@@ -2,7 +2,6 @@
 //! claimed them, a claim taken over fences its previous holder off, and a command whose
 //! COMMIT reply was lost is found by its retry instead of being run again.
 
-use reqwest::Method;
 use serde_json::{json, Value};
 use taskledger::ledger::LedgerError;
 use taskledger::store::{
@@ -10,28 +9,12 @@ use taskledger::store::{
 };
 use taskledger_events::Scope;
 
-use crate::helpers::{categorization, on_both_backends, spawn_app, Backend, TestApp, TestLedger};
+use crate::helpers::{
+    categorization, keyed, on_both_backends, spawn_app, task_body, Backend, TestLedger, CREATE,
+};
 
-const CREATE: &str = "/v1/task/categorization";
 const LEASE_US: i64 = 60_000_000;
 const DAY_US: i64 = 86_400_000_000;
-
-fn task_body() -> Value {
-    json!({"attachment_type": "text", "attachment": "car", "categories": ["big", "small"]})
-}
-
-async fn keyed(
-    app: &TestApp,
-    key: &str,
-    api_key: &str,
-    path: &str,
-    body: Value,
-) -> crate::helpers::Reply {
-    app.as_key(api_key)
-        .header("Idempotency-Key", key)
-        .send(Method::POST, path, Some(body))
-        .await
-}
 
 async fn tasks_in(t: &TestLedger) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM tasks")

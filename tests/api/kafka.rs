@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use taskledger::consume::Seen;
 use taskledger_events::{EventEnvelope, Scope};
 
-use crate::helpers::kafka::{feed, ids_of, records_on_topic, relayed_app, topic};
+use crate::helpers::kafka::{
+    feed, ids_of, records_on_topic, relayed_app, small_stream, topic, wait_for_relay,
+};
 pub use crate::helpers::kafka::{read_until, Broker, Record};
 use crate::helpers::{
     eventually, free_port, metric_value, ok_if, on_both_backends, within, Backend, ServerProcess,
@@ -350,12 +352,7 @@ async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend:
 async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publishing(
     backend: Backend,
 ) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |s| {
-        s.relay.kafka_message_max_bytes = 4096;
-    })
-    .await;
+    let (broker, topic, app) = small_stream(backend).await;
     let small = app.create(json!({})).await.task_id();
     app.create(json!({"metadata": {"blob": "x".repeat(8000)}}))
         .await
@@ -365,11 +362,8 @@ async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publis
     let all = ids_of(&feed(&app.address, &app.key).await);
     assert_eq!(all.len(), 2, "the refused create appended nothing");
     read_until(&broker.addr, &topic, &all, PATIENCE).await;
-    eventually(PATIENCE, "the relay active with no lag", async || {
-        let text = app.metrics().await;
-        let state = metric_value(&text, "taskledger_relay_state");
-        let lag = metric_value(&text, "taskledger_relay_lag_events");
-        ok_if(state == Some(1.0) && lag == Some(0.0), text)
+    wait_for_relay(&app, "the relay active with no lag", |state, lag, _| {
+        state == 1.0 && lag == 0.0
     })
     .await;
 }

@@ -4,37 +4,12 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::kafka::{ids_of, read_until, records_on_topic, relayed_app, topic};
-use crate::helpers::{
-    append_raw_event, eventually, metric_value, on_both_backends, Backend, TestApp, PATIENCE,
-};
-use crate::kafka::Broker;
-
-/// Waits until the relay's state, lag and published count satisfy `done`.
-async fn wait_for_relay(app: &TestApp, what: &str, done: impl Fn(f64, f64, f64) -> bool) {
-    eventually(PATIENCE, what, async || {
-        let text = app.metrics().await;
-        let gauges = (
-            metric_value(&text, "taskledger_relay_state"),
-            metric_value(&text, "taskledger_relay_lag_events"),
-            metric_value(&text, "taskledger_relay_published_total"),
-        );
-        match gauges {
-            (Some(state), Some(lag), Some(published)) if done(state, lag, published) => Ok(()),
-            _ => Err(text),
-        }
-    })
-    .await;
-}
+use crate::helpers::kafka::{ids_of, read_until, records_on_topic, small_stream, wait_for_relay};
+use crate::helpers::{append_raw_event, on_both_backends, Backend, PATIENCE};
 
 /// Runs one halt scenario: a task published, then `bad` appended, then one more event.
 async fn the_relay_halts_on(backend: Backend, event_type: &str, bad: &str) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |s| {
-        s.relay.kafka_message_max_bytes = 4096;
-    })
-    .await;
+    let (broker, topic, app) = small_stream(backend).await;
     let small = app.create(json!({})).await.task_id();
     wait_for_relay(
         &app,

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use taskledger::domain::{Metadata, TaskAction, TaskId};
+use taskledger::domain::TaskId;
 use taskledger::store::{CommandWrite, Store, StoreError, VERIFY_NAMED_MAX};
 use taskledger_events::{
     canonical_json, EventEnvelope, Scope, TaskCreated, TaskEvent, GENESIS_HASH, HASH_V1,
@@ -20,17 +20,7 @@ fn parse(text: &str) -> Value {
 
 /// Sets a task's metadata from JSON text; the number of events it appended.
 async fn set_metadata(t: &TestLedger, task: &TaskId, text: &str) -> usize {
-    t.run(
-        task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: Metadata::parse(parse(text)).expect("valid metadata"),
-        },
-    )
-    .await
-    .expect("set the metadata")
-    .envelopes
-    .len()
+    t.set_metadata(task, parse(text)).await.envelopes.len()
 }
 
 /// Runs SQL that the append-only triggers would refuse, the way someone with the table
@@ -156,13 +146,7 @@ async fn round_trip(t: &TestLedger, task: &TaskId, value: Value) {
         .unwrap()
         .unwrap();
     assert_eq!(folded.metadata, parse(&text), "{text}");
-    let view = t
-        .store
-        .task_view(&t.account_id, task.as_str())
-        .await
-        .unwrap()
-        .unwrap();
-    let body: Value = serde_json::from_str(&view.body).unwrap();
+    let body = t.view_body(task).await;
     assert_eq!(body["metadata"], parse(&text), "{text}");
 }
 

@@ -258,3 +258,19 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .and_then(|line| line.split_whitespace().last())
         .and_then(|v| v.parse().ok())
 }
+
+/// Where categorization tasks are created.
+pub const CREATE: &str = "/v1/task/categorization";
+
+/// The smallest valid categorization body.
+pub fn task_body() -> Value {
+    json!({"attachment_type": "text", "attachment": "car", "categories": ["big", "small"]})
+}
+
+/// POST `body` to `path` as `api_key` with the `Idempotency-Key` `key`.
+pub async fn keyed(app: &TestApp, key: &str, api_key: &str, path: &str, body: Value) -> Reply {
+    app.as_key(api_key)
+        .header("Idempotency-Key", key)
+        .post(path, body)
+        .await
+}

@@ -3,10 +3,10 @@
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sqlx::Connection;
-use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
+use taskledger::domain::{CreateTask, Metadata, TaskAction, TaskCommand, TaskId};
 use taskledger::ledger::{CommandContext, Ledger, LedgerSettings};
 use taskledger::metrics::Metrics;
-use taskledger::store::{CommandWrite, Store};
+use taskledger::store::{CommandWrite, Committed, Store};
 use taskledger_events::{Actor, Scope, TaskEvent, GENESIS_HASH};
 use tempfile::TempDir;
 
@@ -136,6 +136,26 @@ impl TestLedger {
             events,
             idempotency: None,
         }
+    }
+
+    /// Sets the task's metadata as its customer; what the command committed (no envelopes
+    /// when the metadata was already that).
+    pub async fn set_metadata(&self, task: &TaskId, metadata: Value) -> Committed {
+        let metadata = Metadata::parse(metadata).expect("valid metadata");
+        self.run(task, Scope::Customer, TaskAction::SetMetadata { metadata })
+            .await
+            .expect("set the metadata")
+    }
+
+    /// The task's row in the tasks projection, as JSON.
+    pub async fn view_body(&self, task: &TaskId) -> Value {
+        let view = self
+            .store
+            .task_view(&self.account_id, task.as_str())
+            .await
+            .expect("read the task's view")
+            .expect("the task has a view");
+        serde_json::from_str(&view.body).expect("a JSON view")
     }
 
     pub async fn run(
