@@ -16,20 +16,6 @@ use crate::helpers::{
     tamper_with_event, Backend, ProcessClient, ServerProcess, TestApp, TestDb, PATIENCE,
 };
 
-/// The task's history, read once, so every fact a test derives from it is consistent.
-async fn history(app: &TestApp, key: &str, id: &str) -> Vec<Value> {
-    let reply = app
-        .as_key(key)
-        .send(
-            reqwest::Method::GET,
-            &format!("/v1/task/{id}/history"),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body["events"].as_array().cloned().unwrap_or_default()
-}
-
 fn of_type<'a>(history: &'a [Value], event_type: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["type"] == event_type).collect()
 }
@@ -38,7 +24,7 @@ fn of_type<'a>(history: &'a [Value], event_type: &str) -> Vec<&'a Value> {
 async fn wait_for_event(app: &TestApp, key: &str, id: &str, event_type: &str) -> Vec<Value> {
     let what = format!("{event_type} on task {id}");
     eventually(PATIENCE, &what, async || {
-        let h = history(app, key, id).await;
+        let h = app.as_key(key).history(id).await;
         if of_type(&h, event_type).is_empty() {
             Err(h)
         } else {
@@ -57,54 +43,46 @@ async fn globex_contributor(app: &TestApp) -> String {
         .1
 }
 
+/// A server allowed to call back the test's receivers on 127.0.0.1.
+async fn calling_loopback(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |s| {
+        s.callbacks.callback_allow_private_networks = true
+    })
+    .await
+}
+
 /// A task of globex calling back `url`, completed; returns its id.
 async fn globex_completed(app: &TestApp, contributor: &str, url: &str) -> String {
     let created = app
         .as_key(&app.other_key)
-        .send(
-            reqwest::Method::POST,
+        .post(
             "/v1/task/categorization",
-            Some(json!({
+            json!({
                 "instruction": "big or small?",
                 "callback_url": url,
                 "attachment_type": "text",
                 "attachment": "boat",
                 "categories": ["big", "small"],
-            })),
+            }),
         )
         .await
         .task_id();
     let done = app
         .as_key(contributor)
-        .send(
-            reqwest::Method::POST,
+        .post(
             &format!("/v1/task/{created}/complete"),
-            Some(json!({"response": {"category": "small"}})),
+            json!({"response": {"category": "small"}}),
         )
         .await;
     assert_eq!(done.status, 200, "{}", done.body);
     created
 }
 
-async fn complete(app: &TestApp, id: &str) {
-    let done = app
-        .as_key(&app.contributor_key)
-        .post(
-            &format!("/v1/task/{id}/complete"),
-            json!({"response": {"category": "big"}}),
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.body);
-}
-
 async fn a_callback_url_that_cannot_be_stored_fails_for_its_task_and_other_accounts_are_still_called_back(
     backend: Backend,
 ) {
     let (url, log) = receiver(vec![]).await;
-    let app = spawn_app_with(backend, |s| {
-        s.callbacks.callback_allow_private_networks = true;
-    })
-    .await;
+    let app = calling_loopback(backend).await;
     // The API refuses NUL in a callback_url, but a ledger written before it did not: put one
     // in acme's task behind the API's back, as such a ledger holds it.
     let poisoned = app
@@ -127,7 +105,7 @@ async fn a_callback_url_that_cannot_be_stored_fails_for_its_task_and_other_accou
         &created.to_string(),
     )
     .await;
-    complete(&app, &poisoned).await;
+    app.complete(&poisoned).await;
 
     // Then another account's callback, scheduled after the poisoned one in global order.
     let contributor = globex_contributor(&app).await;
@@ -160,10 +138,7 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
     backend: Backend,
 ) {
     let (url, log) = receiver(vec![]).await;
-    let app = spawn_app_with(backend, |s| {
-        s.callbacks.callback_allow_private_networks = true;
-    })
-    .await;
+    let app = calling_loopback(backend).await;
     // Completions no reader can decode: one that is not even JSON, one of the wrong shape.
     append_raw_event(&app.store, "TaskCompleted", "{not json").await;
     append_raw_event(&app.store, "TaskCompleted", "\"not a completion\"").await;
@@ -229,7 +204,7 @@ async fn a_black_holed_receiver_holds_only_its_own_accounts_share_of_the_dispatc
     // globex was called back while acme's attempts were all still hanging: none of them
     // has an outcome, and no more than acme's share ever left.
     for id in &swallowed {
-        let h = history(&app, &app.key, id).await;
+        let h = app.history(id).await;
         assert!(of_type(&h, "CallbackDelivered").is_empty(), "{id}");
         assert!(of_type(&h, "CallbackFailed").is_empty(), "{id}");
     }

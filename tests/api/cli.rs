@@ -3,7 +3,6 @@
 use std::process::{Command, Output, Stdio};
 
 use serde_json::json;
-use taskledger::domain::TaskAction;
 use taskledger_events::Scope;
 
 use crate::helpers::process::taskledger;
@@ -88,15 +87,7 @@ async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
 async fn replay_rebuilds_the_views_from_the_events(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(Some("u")).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::AddTags {
-            tags: vec!["z".into()].try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.add_tags(&task, &["z"]).await;
     let live = crate::helpers::projection_snapshot(&t.store).await;
     sqlx::query("DELETE FROM tasks")
         .execute(t.store.pool())

@@ -12,7 +12,7 @@ use taskledger::consume::Seen;
 use taskledger_events::{EventEnvelope, Scope};
 
 use crate::helpers::kafka::{
-    feed, ids_of, records_on_topic, relayed_app, small_stream, topic, wait_for_relay,
+    feed, ids_of, records_on_topic, relayed, relayed_app, small_stream, topic, wait_for_relay,
 };
 pub use crate::helpers::kafka::{read_until, Broker, Record};
 use crate::helpers::{
@@ -63,9 +63,7 @@ async fn busy_work(app: &TestApp, tasks: usize) {
 }
 
 async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backend: Backend) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(backend, |_| {}).await;
     busy_work(&app, 5).await;
     let other = app
         .as_key(&app.other_key)
@@ -116,9 +114,7 @@ async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backe
 async fn a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lost(
     backend: Backend,
 ) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(backend, |_| {}).await;
     busy_work(&app, 2).await;
     let first = ids_of(&feed(&app.address, &app.key).await);
     read_until(&broker.addr, &topic, &first, Duration::from_secs(60)).await;
@@ -293,9 +289,7 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
 /// `taskledger tail` prints the envelopes of the topic, one JSON per line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tail_prints_one_envelope_per_line_and_filters_by_task() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(Backend::Sqlite, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(Backend::Sqlite, |_| {}).await;
     let one = app.create(json!({})).await.task_id();
     app.create(json!({})).await.task_id();
     app.post(&format!("/v1/task/{one}/cancel"), Value::Null)
@@ -372,9 +366,7 @@ async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publis
 /// stream and prints each event once even when the topic holds it twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(Backend::Sqlite, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(Backend::Sqlite, |_| {}).await;
     let id = app.create(json!({})).await.task_id();
     app.as_key(&app.contributor_key)
         .post(

@@ -148,16 +148,7 @@ async fn commands_that_change_nothing_append_nothing(backend: Backend) {
     assert!(again.envelopes.is_empty());
     let same_metadata = t.set_metadata(&task, json!({})).await;
     assert!(same_metadata.envelopes.is_empty());
-    let present_tag = t
-        .run(
-            &task,
-            Scope::Customer,
-            TaskAction::AddTags {
-                tags: vec!["experiment_1".into()].try_into().unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    let present_tag = t.add_tags(&task, &["experiment_1"]).await;
     assert!(present_tag.envelopes.is_empty());
     assert_eq!(t.store.count_events().await.unwrap(), 2);
 }

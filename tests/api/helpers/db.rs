@@ -147,6 +147,15 @@ impl TestLedger {
             .expect("set the metadata")
     }
 
+    /// Adds tags to the task as its customer; what the command committed.
+    pub async fn add_tags(&self, task: &TaskId, tags: &[&str]) -> Committed {
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let tags = tags.try_into().expect("valid tags");
+        self.run(task, Scope::Customer, TaskAction::AddTags { tags })
+            .await
+            .expect("add the tags")
+    }
+
     /// The task's row in the tasks projection, as JSON.
     pub async fn view_body(&self, task: &TaskId) -> Value {
         let view = self

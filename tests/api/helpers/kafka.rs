@@ -233,14 +233,19 @@ pub async fn wait_for_relay(app: &TestApp, what: &str, done: impl Fn(f64, f64, f
     .await;
 }
 
-/// A broker, a topic of its own, and a server relaying to it whose stream takes events of at
-/// most 4096 bytes.
-pub async fn small_stream(backend: Backend) -> (Broker, String, TestApp) {
+/// A broker of its own, a topic of its own, and a server relaying to it with the binary's
+/// settings changed by `configure`.
+pub async fn relayed(
+    backend: Backend,
+    configure: impl FnOnce(&mut taskledger::config::ServeSettings),
+) -> (Broker, String, TestApp) {
     let broker = Broker::start().await;
     let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |s| {
-        s.relay.kafka_message_max_bytes = 4096;
-    })
-    .await;
+    let app = relayed_app(backend, &broker.addr, &topic, configure).await;
     (broker, topic, app)
+}
+
+/// [`relayed`], with a stream that takes events of at most 4096 bytes.
+pub async fn small_stream(backend: Backend) -> (Broker, String, TestApp) {
+    relayed(backend, |s| s.relay.kafka_message_max_bytes = 4096).await
 }
