@@ -98,11 +98,7 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
     for (scope, action) in steps {
         t.run(&task, scope, action).await.unwrap();
     }
-    let events = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let events = t.events_of(&task).await;
     assert_eq!(events.len(), 6);
     let mut prev = GENESIS_HASH.to_string();
     for (i, e) in events.iter().enumerate() {

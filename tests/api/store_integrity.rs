@@ -53,11 +53,7 @@ async fn the_same_metadata_with_extreme_floats_twice_appends_one_event_and_verif
     );
     assert_eq!(t.store.count_events().await.unwrap(), 2);
 
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let history = t.events_of(&task).await;
     let stored = &history[1].payload["metadata"];
     assert_eq!(
         stored,
@@ -129,11 +125,7 @@ async fn round_trip(t: &TestLedger, task: &TaskId, value: Value) {
         before + appended as u64
     );
 
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let history = t.events_of(task).await;
     let last = history.last().unwrap();
     assert!(last.hash_matches(), "{text}");
     if appended == 1 {
@@ -401,11 +393,7 @@ async fn new_events_record_the_current_hash_version_and_the_payload_text_hashed(
         rows[1].0,
         r#"{"metadata":{"a":[7.65e-25,-0.0],"b":9.3e+30}}"#
     );
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let history = t.events_of(&task).await;
     for (e, (payload, _)) in history.iter().zip(&rows) {
         assert_eq!(&e.expected_hash_of(payload).unwrap(), &e.hash);
     }

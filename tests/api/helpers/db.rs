@@ -7,7 +7,7 @@ use taskledger::domain::{CreateTask, Metadata, TaskAction, TaskCommand, TaskId};
 use taskledger::ledger::{CommandContext, Ledger, LedgerSettings};
 use taskledger::metrics::Metrics;
 use taskledger::store::{CommandWrite, Committed, Store};
-use taskledger_events::{Actor, Scope, TaskEvent, GENESIS_HASH};
+use taskledger_events::{Actor, EventEnvelope, Scope, TaskEvent, GENESIS_HASH};
 use tempfile::TempDir;
 
 use super::Backend;
@@ -113,11 +113,7 @@ impl TestLedger {
     /// as it is now (a task without events is a new one): for tests that drive the store's
     /// append transaction directly.
     pub async fn decided_write(&self, task: &TaskId, events: Vec<TaskEvent>) -> CommandWrite {
-        let history = self
-            .store
-            .task_events(&self.account_id, task.as_str(), None)
-            .await
-            .expect("read the task's history");
+        let history = self.events_of(task).await;
         let prior_view = self
             .ledger
             .task_as_of(&self.account_id, task, Utc::now())
@@ -154,6 +150,14 @@ impl TestLedger {
         self.run(task, Scope::Customer, TaskAction::AddTags { tags })
             .await
             .expect("add the tags")
+    }
+
+    /// The task's events as the store holds them, in sequence order.
+    pub async fn events_of(&self, task: &TaskId) -> Vec<EventEnvelope> {
+        self.store
+            .task_events(&self.account_id, task.as_str(), None)
+            .await
+            .expect("read the task's history")
     }
 
     /// The task's row in the tasks projection, as JSON.
