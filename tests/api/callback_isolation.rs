@@ -4,7 +4,6 @@
 //! dispatcher, and callbacks never go through the environment's proxy.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use axum::Router;
 use serde_json::{json, Value};
@@ -13,40 +12,9 @@ use taskledger_events::Scope;
 
 use crate::callbacks::receiver;
 use crate::helpers::{
-    free_port, metric_value, on_both_backends, spawn_app_with, tamper_with_event, Backend,
-    ServerProcess, TestApp, TestDb,
+    append_raw_event, eventually, free_port, metric_value, ok_if, on_both_backends, spawn_app_with,
+    tamper_with_event, Backend, ProcessClient, ServerProcess, TestApp, TestDb, PATIENCE,
 };
-use crate::relay_halts::append_raw_event;
-
-/// Polls `check` until it returns `Some`, for at most 30 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The task's history, read once, so every fact a test derives from it is consistent.
-async fn history(app: &TestApp, key: &str, id: &str) -> Vec<Value> {
-    let reply = app
-        .as_key(key)
-        .send(
-            reqwest::Method::GET,
-            &format!("/v1/task/{id}/history"),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.body["events"].as_array().cloned().unwrap_or_default()
-}
 
 fn of_type<'a>(history: &'a [Value], event_type: &str) -> Vec<&'a Value> {
     history.iter().filter(|e| e["type"] == event_type).collect()
@@ -54,9 +22,14 @@ fn of_type<'a>(history: &'a [Value], event_type: &str) -> Vec<&'a Value> {
 
 /// Waits until the task's history holds an event of `event_type`; returns that history.
 async fn wait_for_event(app: &TestApp, key: &str, id: &str, event_type: &str) -> Vec<Value> {
-    eventually(&format!("{event_type} on task {id}"), || async {
-        let h = history(app, key, id).await;
-        (!of_type(&h, event_type).is_empty()).then_some(h)
+    let what = format!("{event_type} on task {id}");
+    eventually(PATIENCE, &what, async || {
+        let h = app.as_key(key).history(id).await;
+        if of_type(&h, event_type).is_empty() {
+            Err(h)
+        } else {
+            Ok(h)
+        }
     })
     .await
 }
@@ -70,54 +43,46 @@ async fn globex_contributor(app: &TestApp) -> String {
         .1
 }
 
+/// A server allowed to call back the test's receivers on 127.0.0.1.
+async fn calling_loopback(backend: Backend) -> TestApp {
+    spawn_app_with(backend, |s| {
+        s.callbacks.callback_allow_private_networks = true
+    })
+    .await
+}
+
 /// A task of globex calling back `url`, completed; returns its id.
 async fn globex_completed(app: &TestApp, contributor: &str, url: &str) -> String {
     let created = app
         .as_key(&app.other_key)
-        .send(
-            reqwest::Method::POST,
+        .post(
             "/v1/task/categorization",
-            Some(json!({
+            json!({
                 "instruction": "big or small?",
                 "callback_url": url,
                 "attachment_type": "text",
                 "attachment": "boat",
                 "categories": ["big", "small"],
-            })),
+            }),
         )
         .await
         .task_id();
     let done = app
         .as_key(contributor)
-        .send(
-            reqwest::Method::POST,
+        .post(
             &format!("/v1/task/{created}/complete"),
-            Some(json!({"response": {"category": "small"}})),
+            json!({"response": {"category": "small"}}),
         )
         .await;
     assert_eq!(done.status, 200, "{}", done.body);
     created
 }
 
-async fn complete(app: &TestApp, id: &str) {
-    let done = app
-        .as_key(&app.contributor_key)
-        .post(
-            &format!("/v1/task/{id}/complete"),
-            json!({"response": {"category": "big"}}),
-        )
-        .await;
-    assert_eq!(done.status, 200, "{}", done.body);
-}
-
 async fn a_callback_url_that_cannot_be_stored_fails_for_its_task_and_other_accounts_are_still_called_back(
     backend: Backend,
 ) {
     let (url, log) = receiver(vec![]).await;
-    let app = spawn_app_with(backend, |s| {
-        s.callbacks.callback_allow_private_networks = true;
-    })
-    .await;
+    let app = calling_loopback(backend).await;
     // The API refuses NUL in a callback_url, but a ledger written before it did not: put one
     // in acme's task behind the API's back, as such a ledger holds it.
     let poisoned = app
@@ -140,7 +105,7 @@ async fn a_callback_url_that_cannot_be_stored_fails_for_its_task_and_other_accou
         &created.to_string(),
     )
     .await;
-    complete(&app, &poisoned).await;
+    app.complete(&poisoned).await;
 
     // Then another account's callback, scheduled after the poisoned one in global order.
     let contributor = globex_contributor(&app).await;
@@ -173,13 +138,10 @@ async fn an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_c
     backend: Backend,
 ) {
     let (url, log) = receiver(vec![]).await;
-    let app = spawn_app_with(backend, |s| {
-        s.callbacks.callback_allow_private_networks = true;
-    })
-    .await;
+    let app = calling_loopback(backend).await;
     // Completions no reader can decode: one that is not even JSON, one of the wrong shape.
-    append_raw_event(&app, "TaskCompleted", "{not json").await;
-    append_raw_event(&app, "TaskCompleted", "\"not a completion\"").await;
+    append_raw_event(&app.store, "TaskCompleted", "{not json").await;
+    append_raw_event(&app.store, "TaskCompleted", "\"not a completion\"").await;
 
     let id = app.completed(json!({"callback_url": url})).await;
     wait_for_event(&app, &app.key, &id, "CallbackDelivered").await;
@@ -229,8 +191,9 @@ async fn a_black_holed_receiver_holds_only_its_own_accounts_share_of_the_dispatc
     for _ in 0..6 {
         swallowed.push(app.completed(json!({"callback_url": hole})).await);
     }
-    eventually("acme's attempts to reach the hole", || async {
-        (*accepted.lock().unwrap() >= 2).then_some(())
+    eventually(PATIENCE, "acme's attempts to reach the hole", async || {
+        let so_far = *accepted.lock().unwrap();
+        ok_if(so_far >= 2, so_far)
     })
     .await;
 
@@ -241,7 +204,7 @@ async fn a_black_holed_receiver_holds_only_its_own_accounts_share_of_the_dispatc
     // globex was called back while acme's attempts were all still hanging: none of them
     // has an outcome, and no more than acme's share ever left.
     for id in &swallowed {
-        let h = history(&app, &app.key, id).await;
+        let h = app.history(id).await;
         assert!(of_type(&h, "CallbackDelivered").is_empty(), "{id}");
         assert!(of_type(&h, "CallbackFailed").is_empty(), "{id}");
     }
@@ -276,9 +239,7 @@ async fn callbacks_go_straight_to_the_receiver_whatever_http_proxy_says() {
     let (url, log) = receiver(vec![]).await;
     let (proxy, proxied) = proxy_recorder().await;
     let db = TestDb::new(Backend::Sqlite).await;
-    let store = db.store().await;
-    let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
-    let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
+    let api = ProcessClient::new(&db).await;
     let server = ServerProcess::start(
         &db,
         free_port(),
@@ -292,45 +253,8 @@ async fn callbacks_go_straight_to_the_receiver_whatever_http_proxy_says() {
         ],
     )
     .await;
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let created: Value = client
-        .post(format!("{}/v1/task/categorization", server.url))
-        .basic_auth(&key, Some(""))
-        .json(&json!({
-            "instruction": "big or small?",
-            "callback_url": url,
-            "attachment_type": "text",
-            "attachment": "car",
-            "categories": ["big", "small"],
-        }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["task_id"].as_str().unwrap().to_string();
-    let done = client
-        .post(format!("{}/v1/task/{id}/complete", server.url))
-        .basic_auth(&worker, Some(""))
-        .json(&json!({"response": {"category": "big"}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(done.status(), 200);
-    eventually("the callback", || async {
-        let task: Value = client
-            .get(format!("{}/v1/task/{id}", server.url))
-            .basic_auth(&key, Some(""))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (task["callback_completed"] == true).then_some(())
-    })
-    .await;
+    let id = api.completed_task(&server.url, &url, 0).await;
+    api.wait_called_back(&server.url, &[id]).await;
     assert_eq!(log.lock().unwrap().len(), 1, "the receiver got it");
     assert!(
         proxied.lock().unwrap().is_empty(),

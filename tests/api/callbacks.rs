@@ -13,12 +13,11 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use taskledger::store::Store;
-use taskledger_events::Scope;
 
 use crate::helpers::process::taskledger;
 use crate::helpers::{
     eventually, free_port, metric_value, ok_if, on_both_backends, spawn_app_with, Backend,
-    ServerProcess, TestApp, TestDb, PATIENCE,
+    ProcessClient, ServerProcess, TestApp, TestDb, PATIENCE,
 };
 
 /// What the receiver does with the n-th attempt (1-based) of a delivery.
@@ -471,79 +470,6 @@ async fn serve(db: &TestDb, port: u16, timeout_ms: &str) -> ServerProcess {
         ],
     )
     .await
-}
-
-/// A client of a server process, with a customer and a contributor key of one account.
-struct ProcessClient {
-    client: reqwest::Client,
-    key: String,
-    worker: String,
-}
-
-impl ProcessClient {
-    async fn new(db: &TestDb) -> ProcessClient {
-        let store = db.store().await;
-        let (_, key) = store.create_key("acme", Scope::Customer).await.unwrap();
-        let (_, worker) = store.create_key("acme", Scope::Contributor).await.unwrap();
-        ProcessClient {
-            client: reqwest::Client::new(),
-            key,
-            worker,
-        }
-    }
-
-    async fn get(&self, server: &str, path: &str) -> Value {
-        self.client
-            .get(format!("{server}/v1{path}"))
-            .basic_auth(&self.key, Some(""))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// Creates a task calling back `url` and completes it; returns its id.
-    async fn completed_task(&self, server: &str, url: &str, i: usize) -> String {
-        let created: Value = self
-            .client
-            .post(format!("{server}/v1/task/documenttranscription"))
-            .basic_auth(&self.key, Some(""))
-            .json(&json!({"attachment": format!("d{i}"), "callback_url": url}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["task_id"].as_str().unwrap().to_string();
-        let done = self
-            .client
-            .post(format!("{server}/v1/task/{id}/complete"))
-            .basic_auth(&self.worker, Some(""))
-            .json(&json!({"response": {"text": "ok"}}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(done.status(), 200);
-        id
-    }
-
-    /// Waits until every task says `callback_completed`.
-    async fn wait_called_back(&self, server: &str, ids: &[String]) {
-        for id in ids {
-            eventually(
-                PATIENCE,
-                &format!("task {id} to be called back"),
-                async || {
-                    let task = self.get(server, &format!("/task/{id}")).await;
-                    ok_if(task["callback_completed"] == true, task)
-                },
-            )
-            .await;
-        }
-    }
 }
 
 async fn no_callback_is_lost_or_doubled_across_a_sigkill(backend: Backend) {

@@ -3,7 +3,6 @@
 use std::process::{Command, Output, Stdio};
 
 use serde_json::json;
-use taskledger::domain::TaskAction;
 use taskledger_events::Scope;
 
 use crate::helpers::process::taskledger;
@@ -71,15 +70,7 @@ async fn keys_create_prints_a_working_key_alone_on_the_last_line(backend: Backen
 async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: json!({"x": 1}).try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.set_metadata(&task, json!({"x": 1})).await;
     let ok = taskledger(&t.db.url, &["verify"]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(stdout(&ok).contains("2 events"), "{}", stdout(&ok));
@@ -96,15 +87,7 @@ async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
 async fn replay_rebuilds_the_views_from_the_events(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(Some("u")).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::AddTags {
-            tags: vec!["z".into()].try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.add_tags(&task, &["z"]).await;
     let live = crate::helpers::projection_snapshot(&t.store).await;
     sqlx::query("DELETE FROM tasks")
         .execute(t.store.pool())

@@ -6,13 +6,23 @@ use std::sync::Arc;
 
 use serde_json::json;
 use taskledger::domain::{TaskAction, TaskCommand};
-use taskledger::ledger::LedgerError;
+use taskledger::ledger::{Ledger, LedgerError};
 use taskledger_events::{Scope, TaskEvent};
 
 use crate::helpers::{
     assert_ledger_intact, categorization, eventually, metric_value, ok_if, on_both_backends,
     Backend, TestLedger, PATIENCE,
 };
+
+/// The `i`-th of a run of commands goes to `one` or `other` in turn, so that both
+/// committers race.
+fn alternately(i: usize, one: &Ledger, other: &Ledger) -> Ledger {
+    if i.is_multiple_of(2) {
+        one.clone()
+    } else {
+        other.clone()
+    }
+}
 
 async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     let t = TestLedger::new(backend).await;
@@ -21,11 +31,7 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     let other = t.second_ledger().await;
     let mut handles = Vec::new();
     for i in 0..24 {
-        let ledger = if i % 2 == 0 {
-            t.ledger.clone()
-        } else {
-            other.clone()
-        };
+        let ledger = alternately(i, &t.ledger, &other);
         let ctx = t.customer();
         let task = task.clone();
         handles.push(tokio::spawn(async move {
@@ -40,11 +46,7 @@ async fn racing_commands_on_one_task_lose_no_update(backend: Backend) {
     for h in handles {
         h.await.unwrap().expect("every command eventually lands");
     }
-    let events = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let events = t.events_of(&task).await;
     assert_eq!(events.len(), 25);
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.sequence, i as i64 + 1, "contiguous sequences");
@@ -64,11 +66,7 @@ async fn racing_creates_with_one_unique_id_give_exactly_one_task(backend: Backen
     let other = t.second_ledger().await;
     let mut handles = Vec::new();
     for i in 0..20 {
-        let ledger = if i % 2 == 0 {
-            t.ledger.clone()
-        } else {
-            other.clone()
-        };
+        let ledger = alternately(i, &t.ledger, &other);
         let ctx = t.customer();
         handles.push(tokio::spawn(async move {
             ledger

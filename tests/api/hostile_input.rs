@@ -10,7 +10,7 @@ use taskledger::domain::limits::{
     MAX_TEXT_BYTES, MAX_URL_BYTES,
 };
 
-use crate::helpers::{metric_value, on_both_backends, spawn_app, Backend, TestApp};
+use crate::helpers::{backends, metric_value, spawn_app, Backend, TestApp};
 
 /// `depth` nested objects around a scalar: `{"d": {"d": ... 1}}`.
 fn nested(depth: usize) -> Value {
@@ -401,43 +401,34 @@ async fn a_task_with_every_field_at_its_limit_is_stored_listed_and_completed(bac
     assert_eq!(events.body["events"].as_array().unwrap().len(), 2);
 }
 
-on_both_backends!(
-    a_task_with_every_field_at_its_limit_is_stored_listed_and_completed,
-    nul_in_any_string_field_is_a_400_naming_the_field,
-    identifiers_at_the_limit_are_stored_and_8_kb_ones_are_400s,
-    json_nested_past_the_limit_is_a_400_naming_the_field,
-    list_filters_with_nul_or_over_the_limit_are_400s_naming_the_parameter,
-    bad_requests_among_concurrent_good_ones_never_reach_a_commit_batch,
-);
-
-/// HTTP-only: the limits are the edge's, the backend plays no part.
-mod sqlite_only {
-    use super::*;
-
-    /// The typed bodies keep the old leniency: a null common field is an absent one.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn null_common_fields_are_absent_ones() {
-        let app = spawn_app(Backend::Sqlite).await;
-        let created = app
-            .create(json!({
-                "project": null, "batch": null, "unique_id": null, "metadata": null,
-                "tags": null, "clear_unique_id_on_error": null, "instruction": null
-            }))
-            .await;
-        assert_eq!(created.status, 200, "{}", created.body);
-        assert_eq!(created.body["metadata"], json!({}));
-        assert!(created.body.get("tags").is_none());
-        assert!(created.body.get("project").is_none());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn a_task_holds_at_most_the_tag_limit_and_150k_tags_are_refused() {
-        super::a_task_holds_at_most_the_tag_limit_and_150k_tags_are_refused(Backend::Sqlite).await
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn values_over_their_size_limit_are_400s_naming_the_field_and_the_limit() {
-        super::values_over_their_size_limit_are_400s_naming_the_field_and_the_limit(Backend::Sqlite)
-            .await
-    }
+/// The typed bodies keep the old leniency: a null common field is an absent one.
+async fn null_common_fields_are_absent_ones(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let created = app
+        .create(json!({
+            "project": null, "batch": null, "unique_id": null, "metadata": null,
+            "tags": null, "clear_unique_id_on_error": null, "instruction": null
+        }))
+        .await;
+    assert_eq!(created.status, 200, "{}", created.body);
+    assert_eq!(created.body["metadata"], json!({}));
+    assert!(created.body.get("tags").is_none());
+    assert!(created.body.get("project").is_none());
 }
+
+// The tag and size limits are the edge's (HTTP-only): the backend plays no part.
+backends!(
+    both: [
+        a_task_with_every_field_at_its_limit_is_stored_listed_and_completed,
+        nul_in_any_string_field_is_a_400_naming_the_field,
+        identifiers_at_the_limit_are_stored_and_8_kb_ones_are_400s,
+        json_nested_past_the_limit_is_a_400_naming_the_field,
+        list_filters_with_nul_or_over_the_limit_are_400s_naming_the_parameter,
+        bad_requests_among_concurrent_good_ones_never_reach_a_commit_batch,
+    ],
+    sqlite: [
+        null_common_fields_are_absent_ones,
+        a_task_holds_at_most_the_tag_limit_and_150k_tags_are_refused,
+        values_over_their_size_limit_are_400s_naming_the_field_and_the_limit,
+    ],
+);

@@ -5,27 +5,9 @@ use std::sync::Arc;
 use serde_json::{json, Value};
 
 use crate::helpers::{
-    backends, eventually, ok_if, spawn_app, spawn_app_with, Backend, TestApp, PATIENCE,
+    backends, eventually, keyed, ok_if, spawn_app, spawn_app_with, task_body, Backend, CREATE,
+    PATIENCE,
 };
-
-const CREATE: &str = "/v1/task/categorization";
-
-fn task_body() -> Value {
-    json!({"attachment_type": "text", "attachment": "car", "categories": ["big", "small"]})
-}
-
-async fn keyed(
-    app: &TestApp,
-    key: &str,
-    api_key: &str,
-    path: &str,
-    body: Value,
-) -> crate::helpers::Reply {
-    app.as_key(api_key)
-        .header("Idempotency-Key", key)
-        .post(path, body)
-        .await
-}
 
 async fn a_repeated_request_replays_the_first_answer_and_creates_one_task(backend: Backend) {
     let app = spawn_app(backend).await;

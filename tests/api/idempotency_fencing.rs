@@ -2,36 +2,19 @@
 //! claimed them, a claim taken over fences its previous holder off, and a command whose
 //! COMMIT reply was lost is found by its retry instead of being run again.
 
-use reqwest::Method;
 use serde_json::{json, Value};
 use taskledger::ledger::LedgerError;
 use taskledger::store::{
-    ClaimToken, Claimant, IdempotencyRecord, IdempotencyState, IdempotencyWrite,
+    ClaimToken, Claimant, Committed, IdempotencyRecord, IdempotencyState, IdempotencyWrite,
 };
 use taskledger_events::Scope;
 
-use crate::helpers::{categorization, on_both_backends, spawn_app, Backend, TestApp, TestLedger};
+use crate::helpers::{
+    categorization, keyed, on_both_backends, spawn_app, task_body, Backend, TestLedger, CREATE,
+};
 
-const CREATE: &str = "/v1/task/categorization";
 const LEASE_US: i64 = 60_000_000;
 const DAY_US: i64 = 86_400_000_000;
-
-fn task_body() -> Value {
-    json!({"attachment_type": "text", "attachment": "car", "categories": ["big", "small"]})
-}
-
-async fn keyed(
-    app: &TestApp,
-    key: &str,
-    api_key: &str,
-    path: &str,
-    body: Value,
-) -> crate::helpers::Reply {
-    app.as_key(api_key)
-        .header("Idempotency-Key", key)
-        .send(Method::POST, path, Some(body))
-        .await
-}
 
 async fn tasks_in(t: &TestLedger) -> i64 {
     sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
@@ -64,11 +47,27 @@ fn claimed(state: IdempotencyState) -> ClaimToken {
     }
 }
 
-fn holding(key: &str, token: &ClaimToken) -> Option<IdempotencyWrite> {
-    Some(IdempotencyWrite {
+/// Creates a task as the holder of `token` on `key`.
+async fn create_holding(
+    t: &TestLedger,
+    key: &str,
+    token: &ClaimToken,
+) -> Result<Committed, LedgerError> {
+    let holding = Some(IdempotencyWrite {
         key: key.to_string(),
         claim_token: token.clone(),
-    })
+    });
+    t.ledger
+        .create(&t.customer(), categorization(None), holding)
+        .await
+}
+
+/// Releases `key` as the holder of `token`: whether a claim was released.
+async fn release(t: &TestLedger, key: &str, token: &ClaimToken) -> bool {
+    t.store
+        .release_idempotency_key(&t.account_id, key, token)
+        .await
+        .unwrap()
 }
 
 async fn the_same_key_in_two_accounts_is_two_keys(backend: Backend) {
@@ -126,14 +125,7 @@ async fn a_claim_taken_over_fences_its_previous_holder_off(backend: Backend) {
     assert_ne!(quiet, retry);
 
     // The quiet holder wakes up and tries to commit its command: refused, nothing written.
-    let late = t
-        .ledger
-        .create(
-            &t.customer(),
-            categorization(None),
-            holding("order-3", &quiet),
-        )
-        .await;
+    let late = create_holding(&t, "order-3", &quiet).await;
     assert!(
         matches!(late, Err(LedgerError::IdempotencyClaimLost)),
         "{late:?}"
@@ -141,13 +133,7 @@ async fn a_claim_taken_over_fences_its_previous_holder_off(backend: Backend) {
     assert_eq!(tasks_in(&t).await, 0);
 
     // The current holder commits.
-    let done = t
-        .ledger
-        .create(
-            &t.customer(),
-            categorization(None),
-            holding("order-3", &retry),
-        )
+    let done = create_holding(&t, "order-3", &retry)
         .await
         .expect("the current holder commits");
     // The old holder can neither record an answer nor release the new one's record.
@@ -156,11 +142,7 @@ async fn a_claim_taken_over_fences_its_previous_holder_off(backend: Backend) {
         .finish_idempotency_key(&t.account_id, "order-3", &quiet, 429, "{}")
         .await
         .unwrap());
-    assert!(!t
-        .store
-        .release_idempotency_key(&t.account_id, "order-3", &quiet)
-        .await
-        .unwrap());
+    assert!(!release(&t, "order-3", &quiet).await);
     assert_eq!(
         claim(&t, "order-3", start + LEASE_US + 2).await,
         IdempotencyState::Replay(IdempotencyRecord {
@@ -177,21 +159,12 @@ async fn a_taken_over_claim_cannot_be_released_by_its_previous_holder(backend: B
     let quiet = claimed(claim(&t, "order-4", start).await);
     let retry = claimed(claim(&t, "order-4", start + LEASE_US + 1).await);
     // The quiet holder fails (5xx) and releases: the retry's claim stays in flight.
-    assert!(!t
-        .store
-        .release_idempotency_key(&t.account_id, "order-4", &quiet)
-        .await
-        .unwrap());
+    assert!(!release(&t, "order-4", &quiet).await);
     assert_eq!(
         claim(&t, "order-4", start + LEASE_US + 2).await,
         IdempotencyState::InFlight
     );
-    t.ledger
-        .create(
-            &t.customer(),
-            categorization(None),
-            holding("order-4", &retry),
-        )
+    create_holding(&t, "order-4", &retry)
         .await
         .expect("the retry's claim is intact");
     assert_eq!(tasks_in(&t).await, 1);
@@ -202,35 +175,16 @@ async fn a_command_whose_commit_reply_was_lost_is_not_run_again_by_its_retry(bac
     let start = chrono::Utc::now().timestamp_micros();
     let token = claimed(claim(&t, "order-5", start).await);
     // The command commits, answer included, in one transaction...
-    let committed = t
-        .ledger
-        .create(
-            &t.customer(),
-            categorization(None),
-            holding("order-5", &token),
-        )
-        .await
-        .unwrap();
+    let committed = create_holding(&t, "order-5", &token).await.unwrap();
     // ...but the reply is lost on its way back (the connection died at COMMIT). The server
     // sees a failure: the committer submits the command again (a create gets a fresh id)...
-    let resubmitted = t
-        .ledger
-        .create(
-            &t.customer(),
-            categorization(None),
-            holding("order-5", &token),
-        )
-        .await;
+    let resubmitted = create_holding(&t, "order-5", &token).await;
     assert!(
         matches!(resubmitted, Err(LedgerError::IdempotencyClaimLost)),
         "the answered claim refuses a second commit: {resubmitted:?}"
     );
     // ...and the HTTP layer answers 5xx and releases its claim, which leaves the answer.
-    assert!(!t
-        .store
-        .release_idempotency_key(&t.account_id, "order-5", &token)
-        .await
-        .unwrap());
+    assert!(!release(&t, "order-5", &token).await);
     // The client retries with the same key: it gets the first answer, and one task exists.
     assert_eq!(
         claim(&t, "order-5", start + 1).await,

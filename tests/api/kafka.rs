@@ -11,7 +11,9 @@ use serde_json::{json, Value};
 use taskledger::consume::Seen;
 use taskledger_events::{EventEnvelope, Scope};
 
-use crate::helpers::kafka::{feed, ids_of, records_on_topic, relayed_app, topic};
+use crate::helpers::kafka::{
+    feed, ids_of, records_on_topic, relayed, relayed_app, small_stream, topic, wait_for_relay,
+};
 pub use crate::helpers::kafka::{read_until, Broker, Record};
 use crate::helpers::{
     eventually, free_port, metric_value, ok_if, on_both_backends, within, Backend, ServerProcess,
@@ -61,9 +63,7 @@ async fn busy_work(app: &TestApp, tasks: usize) {
 }
 
 async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backend: Backend) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(backend, |_| {}).await;
     busy_work(&app, 5).await;
     let other = app
         .as_key(&app.other_key)
@@ -114,9 +114,7 @@ async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backe
 async fn a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lost(
     backend: Backend,
 ) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(backend, |_| {}).await;
     busy_work(&app, 2).await;
     let first = ids_of(&feed(&app.address, &app.key).await);
     read_until(&broker.addr, &topic, &first, Duration::from_secs(60)).await;
@@ -291,9 +289,7 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
 /// `taskledger tail` prints the envelopes of the topic, one JSON per line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tail_prints_one_envelope_per_line_and_filters_by_task() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(Backend::Sqlite, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(Backend::Sqlite, |_| {}).await;
     let one = app.create(json!({})).await.task_id();
     app.create(json!({})).await.task_id();
     app.post(&format!("/v1/task/{one}/cancel"), Value::Null)
@@ -350,12 +346,7 @@ async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend:
 async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publishing(
     backend: Backend,
 ) {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(backend, &broker.addr, &topic, |s| {
-        s.relay.kafka_message_max_bytes = 4096;
-    })
-    .await;
+    let (broker, topic, app) = small_stream(backend).await;
     let small = app.create(json!({})).await.task_id();
     app.create(json!({"metadata": {"blob": "x".repeat(8000)}}))
         .await
@@ -365,11 +356,8 @@ async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publis
     let all = ids_of(&feed(&app.address, &app.key).await);
     assert_eq!(all.len(), 2, "the refused create appended nothing");
     read_until(&broker.addr, &topic, &all, PATIENCE).await;
-    eventually(PATIENCE, "the relay active with no lag", async || {
-        let text = app.metrics().await;
-        let state = metric_value(&text, "taskledger_relay_state");
-        let lag = metric_value(&text, "taskledger_relay_lag_events");
-        ok_if(state == Some(1.0) && lag == Some(0.0), text)
+    wait_for_relay(&app, "the relay active with no lag", |state, lag, _| {
+        state == 1.0 && lag == 0.0
     })
     .await;
 }
@@ -378,9 +366,7 @@ async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publis
 /// stream and prints each event once even when the topic holds it twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
-    let broker = Broker::start().await;
-    let topic = topic();
-    let app = relayed_app(Backend::Sqlite, &broker.addr, &topic, |_| {}).await;
+    let (broker, topic, app) = relayed(Backend::Sqlite, |_| {}).await;
     let id = app.create(json!({})).await.task_id();
     app.as_key(&app.contributor_key)
         .post(

@@ -1,18 +1,15 @@
 //! The server protects itself: header-read, body-read and request deadlines, a cap on
 //! connections, and no event larger than the stream can carry.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::json;
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::helpers::{on_both_backends, spawn_app, spawn_app_with, Backend, TestApp};
-
-/// Generous upper bound that only turns a hang into a failure.
-const PATIENCE: Duration = Duration::from_secs(60);
+use crate::helpers::{
+    on_both_backends, spawn_app, spawn_app_with, within, Backend, TestApp, PATIENCE,
+};
 
 fn address(app: &TestApp) -> String {
     app.address.trim_start_matches("http://").to_string()
@@ -22,7 +19,7 @@ fn address(app: &TestApp) -> String {
 async fn read_until_closed(stream: &mut TcpStream) -> String {
     let mut received = Vec::new();
     let mut buf = [0u8; 4096];
-    tokio::time::timeout(PATIENCE, async {
+    within(PATIENCE, "the server closing the connection", async {
         loop {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => return,
@@ -30,8 +27,7 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
             }
         }
     })
-    .await
-    .expect("the server closes the connection");
+    .await;
     String::from_utf8_lossy(&received).to_string()
 }
 

@@ -98,11 +98,7 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
     for (scope, action) in steps {
         t.run(&task, scope, action).await.unwrap();
     }
-    let events = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let events = t.events_of(&task).await;
     assert_eq!(events.len(), 6);
     let mut prev = GENESIS_HASH.to_string();
     for (i, e) in events.iter().enumerate() {
@@ -115,13 +111,7 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
     assert!(events
         .windows(2)
         .all(|w| w[0].recorded_at <= w[1].recorded_at));
-    let view = t
-        .store
-        .task_view(&t.account_id, task.as_str())
-        .await
-        .unwrap()
-        .unwrap();
-    let body: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    let body = t.view_body(&task).await;
     assert_eq!(body["status"], "completed");
     assert_eq!(body["unique_id"], "u-2");
     assert_eq!(body["customer_review_status"], "accepted");
@@ -138,17 +128,8 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
 async fn commands_that_change_nothing_append_nothing(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::Cancel {
-            clear_unique_id: false,
-        },
-    )
-    .await
-    .unwrap();
-    let again = t
-        .run(
+    let cancel = async || {
+        t.run(
             &task,
             Scope::Customer,
             TaskAction::Cancel {
@@ -156,29 +137,14 @@ async fn commands_that_change_nothing_append_nothing(backend: Backend) {
             },
         )
         .await
-        .unwrap();
+        .unwrap()
+    };
+    cancel().await;
+    let again = cancel().await;
     assert!(again.envelopes.is_empty());
-    let same_metadata = t
-        .run(
-            &task,
-            Scope::Customer,
-            TaskAction::SetMetadata {
-                metadata: json!({}).try_into().unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    let same_metadata = t.set_metadata(&task, json!({})).await;
     assert!(same_metadata.envelopes.is_empty());
-    let present_tag = t
-        .run(
-            &task,
-            Scope::Customer,
-            TaskAction::AddTags {
-                tags: vec!["experiment_1".into()].try_into().unwrap(),
-            },
-        )
-        .await
-        .unwrap();
+    let present_tag = t.add_tags(&task, &["experiment_1"]).await;
     assert!(present_tag.envelopes.is_empty());
     assert_eq!(t.store.count_events().await.unwrap(), 2);
 }
@@ -413,15 +379,7 @@ async fn replay_rebuilds_projections_equal_to_the_live_ones(backend: Backend) {
                 )
                 .await
                 .unwrap();
-                t.run(
-                    &task,
-                    Scope::Customer,
-                    TaskAction::SetMetadata {
-                        metadata: json!({"n": i}).try_into().unwrap(),
-                    },
-                )
-                .await
-                .unwrap();
+                t.set_metadata(&task, json!({"n": i})).await;
             }
         }
     }
@@ -449,24 +407,8 @@ async fn replay_rebuilds_projections_equal_to_the_live_ones(backend: Backend) {
 async fn verify_names_the_first_event_altered_behind_the_databases_back(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: json!({"a": 1}).try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: json!({"a": 2}).try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.set_metadata(&task, json!({"a": 1})).await;
+    t.set_metadata(&task, json!({"a": 2})).await;
     let intact = t.store.verify(|_| {}).await.unwrap();
     assert_eq!(intact.events, 3);
     assert!(intact.first_failure.is_none());
@@ -485,25 +427,9 @@ async fn verify_names_the_first_event_altered_behind_the_databases_back(backend:
 async fn as_of_rebuilds_the_task_as_it_stood_then(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let task = t.create(None).await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: json!({"v": 1}).try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.set_metadata(&task, json!({"v": 1})).await;
     let between = a_moment_between().await;
-    t.run(
-        &task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: json!({"v": 2}).try_into().unwrap(),
-        },
-    )
-    .await
-    .unwrap();
+    t.set_metadata(&task, json!({"v": 2})).await;
     let then = t
         .ledger
         .task_as_of(&t.account_id, &task, between)

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
-use taskledger::domain::{Metadata, TaskAction, TaskId};
+use taskledger::domain::TaskId;
 use taskledger::store::{CommandWrite, Store, StoreError, VERIFY_NAMED_MAX};
 use taskledger_events::{
     canonical_json, EventEnvelope, Scope, TaskCreated, TaskEvent, GENESIS_HASH, HASH_V1,
@@ -20,17 +20,7 @@ fn parse(text: &str) -> Value {
 
 /// Sets a task's metadata from JSON text; the number of events it appended.
 async fn set_metadata(t: &TestLedger, task: &TaskId, text: &str) -> usize {
-    t.run(
-        task,
-        Scope::Customer,
-        TaskAction::SetMetadata {
-            metadata: Metadata::parse(parse(text)).expect("valid metadata"),
-        },
-    )
-    .await
-    .expect("set the metadata")
-    .envelopes
-    .len()
+    t.set_metadata(task, parse(text)).await.envelopes.len()
 }
 
 /// Runs SQL that the append-only triggers would refuse, the way someone with the table
@@ -63,11 +53,7 @@ async fn the_same_metadata_with_extreme_floats_twice_appends_one_event_and_verif
     );
     assert_eq!(t.store.count_events().await.unwrap(), 2);
 
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let history = t.events_of(&task).await;
     let stored = &history[1].payload["metadata"];
     assert_eq!(
         stored,
@@ -139,11 +125,7 @@ async fn round_trip(t: &TestLedger, task: &TaskId, value: Value) {
         before + appended as u64
     );
 
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let history = t.events_of(task).await;
     let last = history.last().unwrap();
     assert!(last.hash_matches(), "{text}");
     if appended == 1 {
@@ -156,13 +138,7 @@ async fn round_trip(t: &TestLedger, task: &TaskId, value: Value) {
         .unwrap()
         .unwrap();
     assert_eq!(folded.metadata, parse(&text), "{text}");
-    let view = t
-        .store
-        .task_view(&t.account_id, task.as_str())
-        .await
-        .unwrap()
-        .unwrap();
-    let body: Value = serde_json::from_str(&view.body).unwrap();
+    let body = t.view_body(task).await;
     assert_eq!(body["metadata"], parse(&text), "{text}");
 }
 
@@ -417,11 +393,7 @@ async fn new_events_record_the_current_hash_version_and_the_payload_text_hashed(
         rows[1].0,
         r#"{"metadata":{"a":[7.65e-25,-0.0],"b":9.3e+30}}"#
     );
-    let history = t
-        .store
-        .task_events(&t.account_id, task.as_str(), None)
-        .await
-        .unwrap();
+    let history = t.events_of(&task).await;
     for (e, (payload, _)) in history.iter().zip(&rows) {
         assert_eq!(&e.expected_hash_of(payload).unwrap(), &e.hash);
     }

@@ -172,6 +172,13 @@ impl<'a> As<'a> {
     pub async fn delete_with(&self, path: &str, body: Value) -> Reply {
         self.send(Method::DELETE, path, Some(body)).await
     }
+
+    /// The task's events, read in one request.
+    pub async fn history(&self, id: &str) -> Vec<Value> {
+        let reply = self.get(&format!("/v1/task/{id}/history")).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.body["events"].as_array().cloned().unwrap_or_default()
+    }
 }
 
 impl TestApp {
@@ -216,6 +223,12 @@ impl TestApp {
     /// Creates a task and completes it with the contributor key.
     pub async fn completed(&self, extra: Value) -> String {
         let id = self.create(extra).await.task_id();
+        self.complete(&id).await;
+        id
+    }
+
+    /// Completes a categorization task (category "big") with acme's contributor key.
+    pub async fn complete(&self, id: &str) {
         let done = self
             .as_key(&self.contributor_key)
             .post(
@@ -224,7 +237,6 @@ impl TestApp {
             )
             .await;
         assert_eq!(done.status, 200, "{}", done.body);
-        id
     }
 
     /// The server's `/metrics` text.
@@ -239,11 +251,9 @@ impl TestApp {
             .expect("a text body")
     }
 
-    /// The task's events, read in one request.
+    /// The task's events as acme's customer sees them, read in one request.
     pub async fn history(&self, id: &str) -> Vec<Value> {
-        let reply = self.get(&format!("/v1/task/{id}/history")).await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.body["events"].as_array().cloned().unwrap_or_default()
+        self.as_key(&self.key).history(id).await
     }
 
     pub async fn history_len(&self, id: &str) -> usize {
@@ -257,4 +267,20 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         .find(|line| line.starts_with(name))
         .and_then(|line| line.split_whitespace().last())
         .and_then(|v| v.parse().ok())
+}
+
+/// Where categorization tasks are created.
+pub const CREATE: &str = "/v1/task/categorization";
+
+/// The smallest valid categorization body.
+pub fn task_body() -> Value {
+    json!({"attachment_type": "text", "attachment": "car", "categories": ["big", "small"]})
+}
+
+/// POST `body` to `path` as `api_key` with the `Idempotency-Key` `key`.
+pub async fn keyed(app: &TestApp, key: &str, api_key: &str, path: &str, body: Value) -> Reply {
+    app.as_key(api_key)
+        .header("Idempotency-Key", key)
+        .post(path, body)
+        .await
 }

@@ -3,11 +3,11 @@
 use chrono::Utc;
 use serde_json::{json, Map, Value};
 use sqlx::Connection;
-use taskledger::domain::{CreateTask, TaskAction, TaskCommand, TaskId};
+use taskledger::domain::{CreateTask, Metadata, TaskAction, TaskCommand, TaskId};
 use taskledger::ledger::{CommandContext, Ledger, LedgerSettings};
 use taskledger::metrics::Metrics;
-use taskledger::store::{CommandWrite, Store};
-use taskledger_events::{Actor, Scope, TaskEvent, GENESIS_HASH};
+use taskledger::store::{CommandWrite, Committed, Store};
+use taskledger_events::{Actor, EventEnvelope, Scope, TaskEvent, GENESIS_HASH};
 use tempfile::TempDir;
 
 use super::Backend;
@@ -113,11 +113,7 @@ impl TestLedger {
     /// as it is now (a task without events is a new one): for tests that drive the store's
     /// append transaction directly.
     pub async fn decided_write(&self, task: &TaskId, events: Vec<TaskEvent>) -> CommandWrite {
-        let history = self
-            .store
-            .task_events(&self.account_id, task.as_str(), None)
-            .await
-            .expect("read the task's history");
+        let history = self.events_of(task).await;
         let prior_view = self
             .ledger
             .task_as_of(&self.account_id, task, Utc::now())
@@ -136,6 +132,43 @@ impl TestLedger {
             events,
             idempotency: None,
         }
+    }
+
+    /// Sets the task's metadata as its customer; what the command committed (no envelopes
+    /// when the metadata was already that).
+    pub async fn set_metadata(&self, task: &TaskId, metadata: Value) -> Committed {
+        let metadata = Metadata::parse(metadata).expect("valid metadata");
+        self.run(task, Scope::Customer, TaskAction::SetMetadata { metadata })
+            .await
+            .expect("set the metadata")
+    }
+
+    /// Adds tags to the task as its customer; what the command committed.
+    pub async fn add_tags(&self, task: &TaskId, tags: &[&str]) -> Committed {
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let tags = tags.try_into().expect("valid tags");
+        self.run(task, Scope::Customer, TaskAction::AddTags { tags })
+            .await
+            .expect("add the tags")
+    }
+
+    /// The task's events as the store holds them, in sequence order.
+    pub async fn events_of(&self, task: &TaskId) -> Vec<EventEnvelope> {
+        self.store
+            .task_events(&self.account_id, task.as_str(), None)
+            .await
+            .expect("read the task's history")
+    }
+
+    /// The task's row in the tasks projection, as JSON.
+    pub async fn view_body(&self, task: &TaskId) -> Value {
+        let view = self
+            .store
+            .task_view(&self.account_id, task.as_str())
+            .await
+            .expect("read the task's view")
+            .expect("the task has a view");
+        serde_json::from_str(&view.body).expect("a JSON view")
     }
 
     pub async fn run(
@@ -280,4 +313,40 @@ pub async fn assert_ledger_intact(store: &Store) {
     );
     let replayed = store.replay(true, |_| {}).await.unwrap();
     assert!(replayed.mismatches.is_empty(), "{:?}", replayed.mismatches);
+}
+
+/// Appends an event of acme, for a task of its own, at the head of the ledger behind the
+/// API's back, the way the append path does (moving the head first), so the readers of the
+/// global order meet it before anything committed after it.
+pub async fn append_raw_event(store: &Store, event_type: &str, payload: &str) {
+    let account: String = sqlx::query_scalar("SELECT account_id FROM accounts WHERE name = 'acme'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let mut tx = store.pool().begin().await.unwrap();
+    let position: i64 = sqlx::query_scalar(
+        "UPDATE ledger_head SET last_position = last_position + 1 WHERE id = 1 \
+         RETURNING last_position",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO events (global_position, event_id, task_id, account_id, sequence, event_type, \
+         event_version, payload, recorded_at_us, actor_account_id, actor_key_id, actor_scope, \
+         request_id, prev_hash, hash) \
+         VALUES ($1, $2, $3, $4, 1, $5, 1, $6, $7, $4, NULL, 'customer', NULL, $8, $8)",
+    )
+    .bind(position)
+    .bind(uuid::Uuid::now_v7().to_string())
+    .bind(format!("task_raw_{position}"))
+    .bind(&account)
+    .bind(event_type)
+    .bind(payload)
+    .bind(chrono::Utc::now().timestamp_micros())
+    .bind("0".repeat(64))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
 }

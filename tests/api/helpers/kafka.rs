@@ -9,7 +9,8 @@ use rdkafka::message::{Headers, Message};
 use serde_json::Value;
 use taskledger_events::EventEnvelope;
 
-use super::{eventually, free_port, spawn_app_with, Backend, TestApp, PATIENCE};
+use super::process::get_json;
+use super::{eventually, free_port, metric_value, spawn_app_with, Backend, TestApp, PATIENCE};
 
 /// A tansu broker on a free port, with in-memory storage; killed on drop.
 pub struct Broker {
@@ -151,15 +152,8 @@ pub async fn feed(app_url: &str, key: &str) -> Vec<Value> {
     let mut after = 0;
     let mut all = Vec::new();
     loop {
-        let page: Value = client
-            .get(format!("{app_url}/v1/events?after={after}&limit=1000"))
-            .basic_auth(key, Some(""))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{app_url}/v1/events?after={after}&limit=1000");
+        let page = get_json(&client, &url, key).await;
         let events = page["events"].as_array().unwrap().clone();
         all.extend(events);
         if page["has_more"] != true {
@@ -220,4 +214,38 @@ pub async fn records_on_topic(broker: &str, topic: &str) -> i64 {
     })
     .await
     .unwrap()
+}
+
+/// Waits until the relay's state, lag and published count satisfy `done`.
+pub async fn wait_for_relay(app: &TestApp, what: &str, done: impl Fn(f64, f64, f64) -> bool) {
+    eventually(PATIENCE, what, async || {
+        let text = app.metrics().await;
+        let gauges = (
+            metric_value(&text, "taskledger_relay_state"),
+            metric_value(&text, "taskledger_relay_lag_events"),
+            metric_value(&text, "taskledger_relay_published_total"),
+        );
+        match gauges {
+            (Some(state), Some(lag), Some(published)) if done(state, lag, published) => Ok(()),
+            _ => Err(text),
+        }
+    })
+    .await;
+}
+
+/// A broker of its own, a topic of its own, and a server relaying to it with the binary's
+/// settings changed by `configure`.
+pub async fn relayed(
+    backend: Backend,
+    configure: impl FnOnce(&mut taskledger::config::ServeSettings),
+) -> (Broker, String, TestApp) {
+    let broker = Broker::start().await;
+    let topic = topic();
+    let app = relayed_app(backend, &broker.addr, &topic, configure).await;
+    (broker, topic, app)
+}
+
+/// [`relayed`], with a stream that takes events of at most 4096 bytes.
+pub async fn small_stream(backend: Backend) -> (Broker, String, TestApp) {
+    relayed(backend, |s| s.relay.kafka_message_max_bytes = 4096).await
 }

@@ -10,12 +10,12 @@ pub mod process;
 use std::future::Future;
 use std::time::Duration;
 
-pub use app::{metric_value, spawn_app, spawn_app_with, Reply, TestApp};
+pub use app::{keyed, metric_value, spawn_app, spawn_app_with, task_body, Reply, TestApp, CREATE};
 pub use db::{
-    assert_ledger_intact, categorization, context, pg_admin_url, projection_snapshot,
-    tamper_with_event, TestDb, TestLedger,
+    append_raw_event, assert_ledger_intact, categorization, context, pg_admin_url,
+    projection_snapshot, tamper_with_event, TestDb, TestLedger,
 };
-pub use process::{free_port, ServerProcess};
+pub use process::{free_port, ProcessClient, ServerProcess};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
