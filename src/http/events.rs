@@ -12,11 +12,11 @@ use super::extract::{Caller, Limit, QueryParams};
 use super::{ApiError, AppState, Routes};
 
 pub(super) fn router() -> Routes {
-    Routes::new().route("/v1/events", get(feed))
+    Routes::new().route("/v1/events", get(list_events))
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(feed))]
+#[openapi(paths(list_events))]
 pub(super) struct Docs;
 
 /// A global position given in a query: an integer >= 0.
@@ -64,15 +64,13 @@ pub struct EventsOut {
 #[utoipa::path(
     get,
     path = "/v1/events",
-    tag = "events",
-    operation_id = "list_events",
     description = "The account's events in global commit order: the same envelopes as the \
                    Kafka stream, for consumers without Kafka. Pass `next_after` back as \
                    `after` to continue.",
     params(EventsParams),
     responses((status = 200, description = "A page of events.", body = EventsOut))
 )]
-async fn feed(
+async fn list_events(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(query): QueryParams<EventsParams>,

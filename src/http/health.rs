@@ -30,8 +30,6 @@ pub(super) struct Docs;
 #[utoipa::path(
     get,
     path = "/healthz",
-    tag = "operations",
-    operation_id = "healthz",
     responses((status = 200, description = "Always `{\"status\": \"ok\"}`.", body = ProbeStatus))
 )]
 async fn healthz() -> Json<ProbeStatus> {
@@ -42,8 +40,6 @@ async fn healthz() -> Json<ProbeStatus> {
 #[utoipa::path(
     get,
     path = "/readyz",
-    tag = "operations",
-    operation_id = "readyz",
     responses((status = 200, description = "`{\"status\": \"ready\"}`: the store answered.", body = ProbeStatus))
 )]
 async fn readyz(State(state): State<AppState>) -> Result<Json<ProbeStatus>, ApiError> {

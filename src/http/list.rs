@@ -19,11 +19,11 @@ use crate::domain::{Identifier, Tag, TaskType, UniqueId};
 use crate::store::ListQuery;
 
 pub(super) fn router() -> Routes {
-    Routes::new().route("/v1/tasks", get(list))
+    Routes::new().route("/v1/tasks", get(list_tasks))
 }
 
 #[derive(OpenApi)]
-#[openapi(paths(list))]
+#[openapi(paths(list_tasks))]
 pub(super) struct Docs;
 
 /// A closed set of names a list filter accepts.
@@ -259,15 +259,13 @@ fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
 #[utoipa::path(
     get,
     path = "/v1/tasks",
-    tag = "tasks",
-    operation_id = "list_tasks",
     description = "Tasks matching every given filter, newest `created_at` first (ties by task \
                    id). Pass `next_token` back to get the next page; it stays valid while tasks \
                    are added.",
     params(ListParams),
     responses((status = 200, description = "A page of tasks.", body = TaskPage))
 )]
-async fn list(
+async fn list_tasks(
     State(state): State<AppState>,
     caller: Caller,
     QueryParams(params): QueryParams<ListParams>,

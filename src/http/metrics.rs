@@ -26,8 +26,6 @@ pub(super) struct Docs;
 #[utoipa::path(
     get,
     path = "/metrics",
-    tag = "operations",
-    operation_id = "metrics",
     responses((
         status = 200,
         description = "Prometheus text exposition format 0.0.4.",

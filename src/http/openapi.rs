@@ -19,16 +19,17 @@ use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{Components, ContentBuilder, Header, Ref, RefOr, Required, Schema};
-use utoipa::{OpenApi, PartialSchema, ToSchema};
+use utoipa::{IntoParams, OpenApi, PartialSchema, ToSchema};
 
 use super::contract::never_answers_409;
 use super::request_id::X_REQUEST_ID;
+use super::task_bodies::TaskPath;
 use super::Routes;
 use crate::domain::limits::*;
 use crate::domain::{CallbackUrl, Identifier, Json, Metadata, Tag, Tags, TaskType, Text, UniqueId};
 
 pub(super) fn router() -> Routes {
-    Routes::new().route("/openapi.json", get(openapi_json))
+    Routes::new().route("/openapi.json", get(openapi))
 }
 
 #[derive(OpenApi)]
@@ -39,7 +40,7 @@ pub(super) fn router() -> Routes {
                        an API key (HTTP Basic with the key as user name and an empty password, \
                        or Bearer). Every response carries `x-request-id`."
     ),
-    paths(openapi_json),
+    paths(openapi),
     components(schemas(super::error::ErrorBody)),
     tags(
         (name = "tasks", description = "Create, read, list and change tasks."),
@@ -69,11 +70,9 @@ pub fn document() -> utoipa::openapi::OpenApi {
 #[utoipa::path(
     get,
     path = "/openapi.json",
-    tag = "operations",
-    operation_id = "openapi",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API.", body = Object))
 )]
-async fn openapi_json() -> impl IntoResponse {
+async fn openapi() -> impl IntoResponse {
     static DOCUMENT: LazyLock<String> = LazyLock::new(|| {
         document()
             .to_json()
@@ -169,8 +168,7 @@ fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
     if mutating || has_query || op.request_body.is_some() {
         statuses.push(400);
     }
-    let is_create = method == "post" && path == "/v1/task/{id}";
-    if path.contains("{id}") && !is_create {
+    if path.contains("{id}") && !is_create(method, path) {
         statuses.push(404);
     }
     if mutating {
@@ -267,6 +265,18 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
 
     for (path, item) in doc.paths.paths.iter_mut() {
         for (method, op) in operations_mut(item) {
+            let tags = op.tags.get_or_insert_with(Vec::new);
+            if tags.is_empty() {
+                tags.push(tag_of(path).to_string());
+            }
+            if is_task_route(path) && !is_create(method, path) {
+                let parameters = op.parameters.get_or_insert_with(Vec::new);
+                parameters.splice(0..0, TaskPath::into_params(|| None));
+                op.responses
+                    .responses
+                    .entry("200".to_string())
+                    .or_insert_with(|| the_task_response().into());
+            }
             for response in op.responses.responses.values_mut() {
                 if let RefOr::T(response) = response {
                     response
@@ -303,7 +313,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
             if method != "get" {
                 parameters.push(idempotency_key_parameter());
             }
-            if method == "post" && path == "/v1/task/{id}" {
+            if is_create(method, path) {
                 restrict_to_task_types(parameters);
             }
         }
@@ -314,6 +324,40 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
             task_type.enum_values = Some(task_type_names().map(Value::from).collect());
         }
     }
+}
+
+/// The tag of an operation, from the family its path belongs to.
+fn tag_of(path: &str) -> &'static str {
+    if path.starts_with("/v1/events") {
+        "events"
+    } else if path.starts_with("/v1/") {
+        "tasks"
+    } else {
+        "operations"
+    }
+}
+
+/// A route on one task, named by its id (or, on create, by its type).
+fn is_task_route(path: &str) -> bool {
+    path.starts_with("/v1/task/{id}")
+}
+
+/// The one task route whose segment is a task type, not an id.
+fn is_create(method: &str, path: &str) -> bool {
+    method == "post" && path == "/v1/task/{id}"
+}
+
+/// What a task route answers unless its annotation says otherwise.
+fn the_task_response() -> Response {
+    ResponseBuilder::new()
+        .description("The task.")
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Task")))
+                .build(),
+        )
+        .build()
 }
 
 fn idempotency_key_parameter() -> Parameter {

@@ -15,7 +15,7 @@ use utoipa::{OpenApi, ToSchema};
 use super::extract::{self, field_message, Caller, LenientBody, LenientJson, QueryParams, Time};
 use super::task_bodies::{
     AuditBody, CancelParams, CompleteBody, ContributorAuditBody, CreateTaskBody, CustomerAuditBody,
-    ErrorTaskBody, RetrieveParams, TaskPath, UniqueIdBody,
+    ErrorTaskBody, RetrieveParams, UniqueIdBody,
 };
 use super::{ApiError, AppState, Routes};
 use crate::domain::{Json as JsonValue, Metadata, Tags, TaskAction, TaskCommand, TaskType};
@@ -24,43 +24,45 @@ use crate::store::IdempotencyWrite;
 /// The routes that change tasks; the idempotency layer is added around exactly these.
 pub(super) fn command_router() -> Routes {
     Routes::new()
-        .route("/v1/task/{id}", post(create))
-        .route("/v1/task/{id}/cancel", post(cancel))
-        .route("/v1/task/{id}/setMetadata", post(set_metadata))
+        .route("/v1/task/{id}", post(create_task))
+        .route("/v1/task/{id}/cancel", post(cancel_task))
+        .route("/v1/task/{id}/setMetadata", post(set_task_metadata))
         .route(
             "/v1/task/{id}/unique_id",
-            post(set_unique_id).delete(clear_unique_id),
+            post(set_task_unique_id).delete(clear_task_unique_id),
         )
         .route(
             "/v1/task/{id}/tags",
-            post(set_tags).put(add_tags).delete(remove_tags),
+            post(set_task_tags)
+                .put(add_task_tags)
+                .delete(remove_task_tags),
         )
-        .route("/v1/task/{id}/audit", post(audit))
-        .route("/v1/task/{id}/complete", post(complete))
-        .route("/v1/task/{id}/error", post(error))
+        .route("/v1/task/{id}/audit", post(audit_task))
+        .route("/v1/task/{id}/complete", post(complete_task))
+        .route("/v1/task/{id}/error", post(error_task))
 }
 
 pub(super) fn read_router() -> Routes {
     Routes::new()
-        .route("/v1/task/{id}", get(retrieve))
-        .route("/v1/task/{id}/history", get(history))
+        .route("/v1/task/{id}", get(retrieve_task))
+        .route("/v1/task/{id}/history", get(task_history))
 }
 
 #[derive(OpenApi)]
 #[openapi(paths(
-    create,
-    retrieve,
-    history,
-    cancel,
-    set_metadata,
-    set_unique_id,
-    clear_unique_id,
-    add_tags,
-    set_tags,
-    remove_tags,
-    audit,
-    complete,
-    error
+    create_task,
+    retrieve_task,
+    task_history,
+    cancel_task,
+    set_task_metadata,
+    set_task_unique_id,
+    clear_task_unique_id,
+    add_task_tags,
+    set_task_tags,
+    remove_task_tags,
+    audit_task,
+    complete_task,
+    error_task
 ))]
 pub(super) struct Docs;
 
@@ -116,8 +118,6 @@ impl CommandRequest {
 #[utoipa::path(
     post,
     path = "/v1/task/{id}",
-    tag = "tasks",
-    operation_id = "create_task",
     summary = "Create a task",
     description = "On this route the path segment is the task **type**, not a task id. \
                    The common fields are typed; every other field of the body lands in the \
@@ -130,7 +130,7 @@ impl CommandRequest {
     request_body(content = CreateTaskBody, content_type = "application/json"),
     responses((status = 200, description = "The new task.", body = Task))
 )]
-async fn create(
+async fn create_task(
     request: CommandRequest,
     LenientJson(body): LenientJson<CreateTaskBody>,
 ) -> Result<Response, ApiError> {
@@ -147,13 +147,10 @@ async fn create(
 #[utoipa::path(
     get,
     path = "/v1/task/{id}",
-    tag = "tasks",
-    operation_id = "retrieve_task",
     summary = "Retrieve a task",
-    params(TaskPath, RetrieveParams),
-    responses((status = 200, description = "The task.", body = Task))
+    params(RetrieveParams)
 )]
-async fn retrieve(
+async fn retrieve_task(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -232,13 +229,10 @@ pub struct HistoryOut {
 #[utoipa::path(
     get,
     path = "/v1/task/{id}/history",
-    tag = "tasks",
-    operation_id = "task_history",
     summary = "A task's events, oldest first",
-    params(TaskPath),
     responses((status = 200, description = "The task's events.", body = HistoryOut))
 )]
-async fn history(
+async fn task_history(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -261,15 +255,12 @@ async fn history(
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/cancel",
-    tag = "tasks",
-    operation_id = "cancel_task",
     summary = "Cancel a pending task",
     description = "Pending: canceled. Already canceled: 200 without a new event. Completed or \
                    errored: 400. Never answers 409.",
-    params(TaskPath, CancelParams),
-    responses((status = 200, description = "The task.", body = Task))
+    params(CancelParams)
 )]
-async fn cancel(
+async fn cancel_task(
     request: CommandRequest,
     QueryParams(query): QueryParams<CancelParams>,
 ) -> Result<Response, ApiError> {
@@ -280,19 +271,15 @@ async fn cancel(
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/setMetadata",
-    tag = "tasks",
-    operation_id = "set_task_metadata",
     summary = "Replace a task's metadata",
     description = "The same value again answers 200 without a new event.",
-    params(TaskPath),
     request_body(
         content = Metadata,
         content_type = "application/json",
         description = "The new metadata object itself. No body is `{}`."
     ),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn set_metadata(
+async fn set_task_metadata(
     request: CommandRequest,
     LenientJson(metadata): LenientJson<Metadata>,
 ) -> Result<Response, ApiError> {
@@ -302,16 +289,12 @@ async fn set_metadata(
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/unique_id",
-    tag = "tasks",
-    operation_id = "set_task_unique_id",
     summary = "Set or replace a task's unique_id",
     description = "Releases the old one. A unique_id used by another task of the account is a \
                    409 naming that task.",
-    params(TaskPath),
     request_body(content = UniqueIdBody, content_type = "application/json"),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn set_unique_id(
+async fn set_task_unique_id(
     request: CommandRequest,
     LenientJson(body): LenientJson<UniqueIdBody>,
 ) -> Result<Response, ApiError> {
@@ -322,33 +305,25 @@ async fn set_unique_id(
 #[utoipa::path(
     delete,
     path = "/v1/task/{id}/unique_id",
-    tag = "tasks",
-    operation_id = "clear_task_unique_id",
     summary = "Clear a task's unique_id",
-    description = "200 also when there was none. Never answers 409.",
-    params(TaskPath),
-    responses((status = 200, description = "The task.", body = Task))
+    description = "200 also when there was none. Never answers 409."
 )]
-async fn clear_unique_id(request: CommandRequest) -> Result<Response, ApiError> {
+async fn clear_task_unique_id(request: CommandRequest) -> Result<Response, ApiError> {
     request.run(TaskAction::ClearUniqueId).await
 }
 
 #[utoipa::path(
     put,
     path = "/v1/task/{id}/tags",
-    tag = "tasks",
-    operation_id = "add_task_tags",
     summary = "Add tags",
     description = "Tags already present are ignored; order is kept. Never answers 409.",
-    params(TaskPath),
     request_body(
         content = Tags,
         content_type = "application/json",
         description = "Tags to add. No body is `[]`."
     ),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn add_tags(
+async fn add_task_tags(
     request: CommandRequest,
     LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
@@ -358,19 +333,15 @@ async fn add_tags(
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/tags",
-    tag = "tasks",
-    operation_id = "set_task_tags",
     summary = "Replace all tags",
     description = "Deduplicated, order kept. Never answers 409.",
-    params(TaskPath),
     request_body(
         content = Tags,
         content_type = "application/json",
         description = "The task's new tags. No body is `[]`."
     ),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn set_tags(
+async fn set_task_tags(
     request: CommandRequest,
     LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
@@ -380,19 +351,15 @@ async fn set_tags(
 #[utoipa::path(
     delete,
     path = "/v1/task/{id}/tags",
-    tag = "tasks",
-    operation_id = "remove_task_tags",
     summary = "Remove tags",
     description = "Absent tags are ignored. Never answers 409.",
-    params(TaskPath),
     request_body(
         content = Tags,
         content_type = "application/json",
         description = "Tags to remove. No body is `[]`."
     ),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn remove_tags(
+async fn remove_task_tags(
     request: CommandRequest,
     LenientJson(tags): LenientJson<Tags>,
 ) -> Result<Response, ApiError> {
@@ -402,17 +369,13 @@ async fn remove_tags(
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/audit",
-    tag = "tasks",
-    operation_id = "audit_task",
     summary = "Audit a completed task",
     description = "A customer key sends `accepted` (an audit with `audit_source: customer`; \
                    `customer_review_status` follows). A contributor key sends `audit_result` \
                    (`audit_source: refonte`). Not completed: 400.",
-    params(TaskPath),
     request_body(content = AuditBody, content_type = "application/json"),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn audit(
+async fn audit_task(
     request: CommandRequest,
     LenientJson(body): LenientJson<Value>,
 ) -> Result<Response, ApiError> {
@@ -461,14 +424,10 @@ impl LenientBody for Value {
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/complete",
-    tag = "tasks",
-    operation_id = "complete_task",
     summary = "Complete a pending task (contributor key)",
-    params(TaskPath),
     request_body(content = CompleteBody, content_type = "application/json"),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn complete(
+async fn complete_task(
     request: CommandRequest,
     LenientJson(body): LenientJson<CompleteBody>,
 ) -> Result<Response, ApiError> {
@@ -479,16 +438,12 @@ async fn complete(
 #[utoipa::path(
     post,
     path = "/v1/task/{id}/error",
-    tag = "tasks",
-    operation_id = "error_task",
     summary = "Put a pending task in error (contributor key)",
     description = "The whole body becomes the task's `response`. Clears the unique_id when the \
                    task was created with `clear_unique_id_on_error: true`.",
-    params(TaskPath),
     request_body(content = ErrorTaskBody, content_type = "application/json"),
-    responses((status = 200, description = "The task.", body = Task))
 )]
-async fn error(
+async fn error_task(
     request: CommandRequest,
     LenientJson(body): LenientJson<ErrorTaskBody>,
 ) -> Result<Response, ApiError> {
