@@ -193,31 +193,22 @@ impl Ledger {
         create: CreateTask,
         idempotency: Option<IdempotencyWrite>,
     ) -> Result<Committed, LedgerError> {
-        let result = self.create_once(ctx, create, idempotency).await;
-        self.metrics
-            .observe_command("create", command_outcome(&result));
-        result
-    }
-
-    async fn create_once(
-        &self,
-        ctx: &CommandContext,
-        create: CreateTask,
-        idempotency: Option<IdempotencyWrite>,
-    ) -> Result<Committed, LedgerError> {
-        let command = TaskCommand::new(ctx.actor.scope, TaskAction::Create(create));
-        for _ in 0..MAX_ATTEMPTS {
-            // A new id on every attempt: the only conflict a create can meet is an id clash.
-            let task_id = TaskId::generate();
-            match self
-                .attempt(ctx, &task_id, command.clone(), idempotency.clone())
-                .await?
-            {
-                Some(done) => return Ok(done),
-                None => continue,
+        self.observed("create", async {
+            let command = TaskCommand::new(ctx.actor.scope, TaskAction::Create(create));
+            for _ in 0..MAX_ATTEMPTS {
+                // A new id on every attempt: the only conflict a create can meet is an id clash.
+                let task_id = TaskId::generate();
+                match self
+                    .attempt(ctx, &task_id, command.clone(), idempotency.clone())
+                    .await?
+                {
+                    Some(done) => return Ok(done),
+                    None => continue,
+                }
             }
-        }
-        Err(LedgerError::Contended)
+            Err(LedgerError::Contended)
+        })
+        .await
     }
 
     /// Runs a command against an existing task of the caller's account.
@@ -228,40 +219,40 @@ impl Ledger {
         command: TaskCommand,
         idempotency: Option<IdempotencyWrite>,
     ) -> Result<Committed, LedgerError> {
-        let name = command.action.name();
-        let result = self
-            .execute_serialized(ctx, task_id, command, idempotency)
-            .await;
-        self.metrics.observe_command(name, command_outcome(&result));
-        result
+        self.observed(command.action.name(), async {
+            let stripe = {
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                task_id.hash(&mut hasher);
+                hasher.finish() as usize % TASK_LOCK_STRIPES
+            };
+            let _serialized = self.task_locks[stripe].lock().await;
+            for attempt in 0..MAX_ATTEMPTS {
+                if let Some(done) = self
+                    .attempt(ctx, task_id, command.clone(), idempotency.clone())
+                    .await?
+                {
+                    return Ok(done);
+                }
+                // Another process won the race; back off a little, with jitter, before
+                // re-deciding.
+                let ceiling = 1u64 << attempt.min(6);
+                let pause = rand::random_range(0..=ceiling);
+                tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+            }
+            Err(LedgerError::Contended)
+        })
+        .await
     }
 
-    async fn execute_serialized(
+    /// Runs a command to its end and counts its outcome under the command's name.
+    async fn observed(
         &self,
-        ctx: &CommandContext,
-        task_id: &TaskId,
-        command: TaskCommand,
-        idempotency: Option<IdempotencyWrite>,
+        name: &'static str,
+        run: impl std::future::Future<Output = Result<Committed, LedgerError>>,
     ) -> Result<Committed, LedgerError> {
-        let stripe = {
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
-            task_id.hash(&mut hasher);
-            hasher.finish() as usize % TASK_LOCK_STRIPES
-        };
-        let _serialized = self.task_locks[stripe].lock().await;
-        for attempt in 0..MAX_ATTEMPTS {
-            if let Some(done) = self
-                .attempt(ctx, task_id, command.clone(), idempotency.clone())
-                .await?
-            {
-                return Ok(done);
-            }
-            // Another process won the race; back off a little, with jitter, before re-deciding.
-            let ceiling = 1u64 << attempt.min(6);
-            let pause = rand::random_range(0..=ceiling);
-            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-        }
-        Err(LedgerError::Contended)
+        let result = run.await;
+        self.metrics.observe_command(name, command_outcome(&result));
+        result
     }
 
     /// One decide-and-record round; `None` when the task moved on meanwhile.
