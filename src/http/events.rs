@@ -1,6 +1,5 @@
 //! `GET /v1/events`: the account's events in global commit order, for consumers without Kafka.
 
-use axum::extract::State;
 use axum::routing::get;
 use axum::Json;
 use serde::de::{self, Deserializer};
@@ -8,8 +7,8 @@ use serde::{Deserialize, Serialize};
 use taskledger_events::EventEnvelope;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::extract::{Caller, Limit, QueryParams};
-use super::{ApiError, AppState, Routes};
+use super::extract::{AccountRead, Limit, QueryParams};
+use super::{ApiError, Routes};
 
 pub(super) fn router() -> Routes {
     Routes::new().route("/v1/events", get(list_events))
@@ -71,8 +70,7 @@ pub struct EventsOut {
     responses((status = 200, description = "A page of events.", body = EventsOut))
 )]
 async fn list_events(
-    State(state): State<AppState>,
-    caller: Caller,
+    AccountRead { state, caller }: AccountRead,
     QueryParams(query): QueryParams<EventsParams>,
 ) -> Result<Json<EventsOut>, ApiError> {
     let after = query.after.unwrap_or_default().0;

@@ -105,6 +105,24 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// What every read of the caller's own data takes: the app state and the authenticated
+/// caller, extracted in that order as the read handlers always did.
+pub struct AccountRead {
+    pub state: AppState,
+    pub caller: Caller,
+}
+
+impl FromRequestParts<AppState> for AccountRead {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Ok(AccountRead {
+            state: state.clone(),
+            caller: Caller::from_request_parts(parts, state).await?,
+        })
+    }
+}
+
 /// A task id from the path; a malformed one is simply not found.
 pub fn task_id(raw: &str) -> Result<TaskId, ApiError> {
     TaskId::parse(raw).ok_or_else(not_found)

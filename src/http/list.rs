@@ -1,6 +1,5 @@
 //! `GET /v1/tasks`: filters, keyset pagination with an opaque `next_token`.
 
-use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
@@ -11,9 +10,9 @@ use serde_json::{json, Value};
 use taskledger_projections::{ReviewStatus, TaskStatus, TaskView};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::extract::{Caller, Flag, Limit, Many, QueryParams, Time};
+use super::extract::{AccountRead, Flag, Limit, Many, QueryParams, Time};
 use super::tasks::task_json;
-use super::{ApiError, AppState, Routes};
+use super::{ApiError, Routes};
 use crate::domain::limits::MAX_TOKEN_BYTES;
 use crate::domain::{Identifier, Tag, TaskType, UniqueId};
 use crate::store::ListQuery;
@@ -266,8 +265,7 @@ fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
     responses((status = 200, description = "A page of tasks.", body = TaskPage))
 )]
 async fn list_tasks(
-    State(state): State<AppState>,
-    caller: Caller,
+    AccountRead { state, caller }: AccountRead,
     QueryParams(params): QueryParams<ListParams>,
 ) -> Result<Response, ApiError> {
     let options = parse(params)?;

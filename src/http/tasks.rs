@@ -1,6 +1,6 @@
 //! `/v1/task/...`: create, retrieve (with time travel), history, and every task command.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
@@ -12,7 +12,9 @@ use taskledger_events::{Actor, EventEnvelope};
 use taskledger_projections::TaskView as Task;
 use utoipa::{OpenApi, ToSchema};
 
-use super::extract::{self, field_message, Caller, LenientBody, LenientJson, QueryParams, Time};
+use super::extract::{
+    self, field_message, AccountRead, Caller, LenientBody, LenientJson, QueryParams, Time,
+};
 use super::task_bodies::{
     AuditBody, CancelParams, CompleteBody, ContributorAuditBody, CreateTaskBody, CustomerAuditBody,
     ErrorTaskBody, RetrieveParams, UniqueIdBody,
@@ -151,8 +153,7 @@ async fn create_task(
     params(RetrieveParams)
 )]
 async fn retrieve_task(
-    State(state): State<AppState>,
-    caller: Caller,
+    AccountRead { state, caller }: AccountRead,
     Path(id): Path<String>,
     QueryParams(query): QueryParams<RetrieveParams>,
 ) -> Result<Response, ApiError> {
@@ -233,8 +234,7 @@ pub struct HistoryOut {
     responses((status = 200, description = "The task's events.", body = HistoryOut))
 )]
 async fn task_history(
-    State(state): State<AppState>,
-    caller: Caller,
+    AccountRead { state, caller }: AccountRead,
     Path(id): Path<String>,
 ) -> Result<Json<HistoryOut>, ApiError> {
     let task_id = extract::task_id(&id)?;
