@@ -2,10 +2,13 @@
 //! `#[utoipa::path]` annotations (each resource module has a `Docs` listing its own).
 //!
 //! What every route shares is added in one pass ([`apply_conventions`]) rather than repeated
-//! on each handler: the error answers, authentication, `Idempotency-Key` on the mutating
-//! routes and `x-request-id`. Schemas come from the real types: the wire types of the events
-//! and projections crates derive `ToSchema` behind their `openapi` feature, and the domain's
-//! value types are described below from the limits they enforce.
+//! on each handler: the tag (from the path), the error answers, authentication,
+//! `Idempotency-Key` on the mutating routes and `x-request-id`; on the routes of one task also
+//! the `id` path parameter and, where the handler documents no 200 of its own, the task as
+//! the answer. A handler is named after its operation id, which utoipa takes from the fn
+//! name: renaming one changes the public contract. Schemas come from the real types: the
+//! wire types of the events and projections crates derive `ToSchema` behind their `openapi`
+//! feature, and the domain's value types are described below from the limits they enforce.
 
 use std::sync::LazyLock;
 

@@ -340,3 +340,37 @@ fn the_document_is_valid_json_with_an_api_version() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
 }
+
+/// Clients generate code from the operation ids, which utoipa takes from the handlers' fn
+/// names, and group it by tag, which the conventions derive from the path: a renamed handler
+/// or a moved route must not change either silently.
+#[test]
+fn every_operation_keeps_its_published_operation_id_and_tag() {
+    let doc = doc_json();
+    let mut served = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let tags = op["tags"].as_array().unwrap();
+            assert_eq!(tags.len(), 1, "{method} {path}");
+            let id = op["operationId"].as_str().unwrap();
+            served.insert((tags[0].as_str().unwrap().to_string(), id.to_string()));
+        }
+    }
+    let published: BTreeSet<(String, String)> = [
+        ("operations", "openapi healthz readyz metrics"),
+        ("events", "list_events"),
+        (
+            "tasks",
+            "create_task retrieve_task task_history list_tasks cancel_task set_task_metadata \
+             set_task_unique_id clear_task_unique_id add_task_tags set_task_tags \
+             remove_task_tags audit_task complete_task error_task",
+        ),
+    ]
+    .into_iter()
+    .flat_map(|(tag, ids)| {
+        ids.split_whitespace()
+            .map(move |id| (tag.into(), id.into()))
+    })
+    .collect();
+    assert_eq!(served, published);
+}
