@@ -12,6 +12,7 @@ mod projection;
 mod read;
 mod rebuild;
 mod sql;
+mod verify;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery};
@@ -19,7 +20,8 @@ pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
-pub use rebuild::{RebuildReport, VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
+pub use rebuild::RebuildReport;
+pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
 use std::time::Duration;

@@ -10,6 +10,7 @@ mod helpers;
 mod idempotency_api;
 mod kafka;
 mod list_api;
+mod scale;
 mod sdk;
 mod store;
 mod store_integrity;

@@ -1,0 +1,339 @@
+//! Scale behaviour of the store: `replay` online beside a writer that keeps committing,
+//! `replay --check` comparing a page of tasks at a time, and `verify` streaming, from the
+//! start or from a position; on PostgreSQL and SQLite alike.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use taskledger::domain::{TaskAction, TaskId};
+use taskledger::ledger::Ledger;
+use taskledger::store::Store;
+use taskledger_events::Scope;
+
+use crate::helpers::{
+    categorization, context, on_both_backends, projection_snapshot, Backend, TestDb, TestLedger,
+};
+
+/// Runs SQL that the append-only triggers would refuse, on one connection.
+async fn behind_the_ledgers_back(db: &TestDb, store: &Store, statements: &[&str]) {
+    let mut conn = store.pool().acquire().await.unwrap();
+    let unlock: &[&str] = match db.backend {
+        Backend::Postgres => &["ALTER TABLE events DISABLE TRIGGER events_no_update"],
+        Backend::Sqlite => &[
+            "DROP TRIGGER IF EXISTS events_no_update",
+            "DROP TRIGGER IF EXISTS events_no_delete",
+        ],
+    };
+    for sql in unlock.iter().chain(statements) {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// Waits, polling, until `done` holds; fails the test after a minute.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A writer that keeps creating tasks (with unique_ids, some moved to the next task) and
+/// changing them until told to stop; counts its commits and keeps every error.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(ledger: Ledger, account_id: String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let handle = tokio::spawn({
+            let (stop, commits, errors) = (stop.clone(), commits.clone(), errors.clone());
+            async move {
+                let customer = context(&account_id, Scope::Customer);
+                let mut previous: Option<TaskId> = None;
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let unique_id = format!("w{i}");
+                    let mut outcome = ledger
+                        .create(&customer, categorization(Some(&unique_id)), None)
+                        .await
+                        .map(|c| TaskId::parse(&c.view.task_id).unwrap());
+                    if let (Ok(task), Some(prev)) = (&outcome, &previous) {
+                        // The previous task's unique_id moves to this one: a release and a
+                        // reservation in two tasks the catch-up must both see.
+                        let moved = async {
+                            let give_up = TaskAction::SetUniqueId {
+                                unique_id: format!("x{i}"),
+                            };
+                            ledger.execute(&customer, prev, cmd(give_up), None).await?;
+                            let take = TaskAction::SetUniqueId {
+                                unique_id: format!("w{}", i - 1),
+                            };
+                            ledger.execute(&customer, task, cmd(take), None).await?;
+                            let tags = TaskAction::SetTags {
+                                tags: vec![format!("t{}", i % 3), "w".into()],
+                            };
+                            ledger.execute(&customer, task, cmd(tags), None).await
+                        };
+                        if let Err(e) = moved.await {
+                            outcome = Err(e);
+                        }
+                    }
+                    match outcome {
+                        Ok(task) => {
+                            previous = Some(task);
+                            commits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => errors.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            }
+        });
+        Writer {
+            stop,
+            commits,
+            errors,
+            handle,
+        }
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.await.expect("the writer does not panic");
+        let errors = self.errors.lock().unwrap().clone();
+        errors
+    }
+}
+
+fn cmd(action: TaskAction) -> taskledger::domain::TaskCommand {
+    taskledger::domain::TaskCommand::new(Scope::Customer, action)
+}
+
+async fn seed(t: &TestLedger, tasks: usize) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    for i in 0..tasks {
+        let task = t.create(Some(&format!("seed{i}"))).await;
+        t.run(
+            &task,
+            Scope::Customer,
+            TaskAction::AddTags {
+                tags: vec![format!("s{}", i % 4)],
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(task);
+    }
+    ids
+}
+
+async fn replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_rebuild(
+    backend: Backend,
+) {
+    let t = TestLedger::new(backend).await;
+    seed(&t, 30).await;
+    let writer = Writer::start(t.ledger.clone(), t.account_id.clone());
+    let commits = writer.commits.clone();
+    wait_until("the writer commits", || commits.load(Ordering::SeqCst) >= 3);
+
+    let progressed = AtomicBool::new(false);
+    let report = t
+        .store
+        .replay(false, |_| {
+            // The first report comes after the rebuild read its snapshot: hold the replay
+            // here until the writer has committed more, so the replay must catch those up.
+            if !progressed.swap(true, Ordering::SeqCst) {
+                let from = commits.load(Ordering::SeqCst);
+                tokio::task::block_in_place(|| {
+                    wait_until("the writer commits during the replay", || {
+                        commits.load(Ordering::SeqCst) >= from + 10
+                    })
+                });
+            }
+        })
+        .await
+        .expect("the replay succeeds beside the writer");
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    let before_stop = commits.load(Ordering::SeqCst);
+    let errors = writer.stop().await;
+    assert!(errors.is_empty(), "the writer saw errors: {errors:?}");
+    assert!(
+        before_stop >= 13,
+        "the writer kept committing: {before_stop}"
+    );
+
+    let replayed = projection_snapshot(&t.store).await;
+    let fresh = t.store.replay(false, |_| {}).await.unwrap();
+    assert!(fresh.mismatches.is_empty(), "{:?}", fresh.mismatches);
+    assert_eq!(
+        projection_snapshot(&t.store).await,
+        replayed,
+        "the online replay left what a fresh rebuild gives"
+    );
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    assert_eq!(check.events, t.store.count_events().await.unwrap());
+    assert!(t.store.verify(|_| {}).await.unwrap().is_intact());
+    // The shadow tables are left empty.
+    let shadow: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks_shadow")
+        .fetch_one(t.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(shadow, 0);
+}
+
+async fn replay_check_names_each_task_whose_row_tags_or_unique_id_differ(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let tasks = seed(&t, 12).await;
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    assert_eq!((check.tasks, check.events), (12, 24));
+
+    let (a, b, c) = (tasks[2].as_str(), tasks[5].as_str(), tasks[9].as_str());
+    let damage = [
+        format!("UPDATE tasks SET status = 'canceled' WHERE task_id = '{a}'"),
+        format!("INSERT INTO task_tags (task_id, account_id, tag) SELECT task_id, account_id, 'extra' FROM tasks WHERE task_id = '{b}'"),
+        format!("DELETE FROM unique_ids WHERE task_id = '{c}'"),
+    ];
+    for sql in &damage {
+        sqlx::query(sql).execute(t.store.pool()).await.unwrap();
+    }
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    let mut expected = vec![a.to_string(), b.to_string(), c.to_string()];
+    expected.sort();
+    assert_eq!(check.mismatches, expected);
+
+    let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
+    assert_eq!((rebuilt.tasks, rebuilt.events), (12, 24));
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+}
+
+/// Three tasks with three events each, created one after another, so positions 1-3 are
+/// task 0, 4-6 task 1, 7-9 task 2; then a fourth event on task 0 at position 10.
+async fn three_chains(t: &TestLedger) -> Vec<TaskId> {
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let task = t.create(None).await;
+        for n in 0..2 {
+            t.run(
+                &task,
+                Scope::Customer,
+                TaskAction::SetMetadata {
+                    metadata: json!({"i": i, "n": n}),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        tasks.push(task);
+    }
+    t.run(
+        &tasks[0],
+        Scope::Customer,
+        TaskAction::SetMetadata {
+            metadata: json!({"last": true}),
+        },
+    )
+    .await
+    .unwrap();
+    tasks
+}
+
+async fn verify_from_a_position_checks_what_follows_and_picks_each_chain_up_there(
+    backend: Backend,
+) {
+    let t = TestLedger::new(backend).await;
+    let tasks = three_chains(&t).await;
+    let all = t.store.verify(|_| {}).await.unwrap();
+    assert!(all.is_intact(), "{:?}", all.failures);
+    assert_eq!((all.events, all.tasks), (10, 3));
+
+    let tail = t.store.verify_from(6, |_| {}).await.unwrap();
+    assert!(tail.is_intact(), "{:?}", tail.failures);
+    assert_eq!(
+        (tail.events, tail.tasks),
+        (5, 3),
+        "positions 6-10 of three tasks"
+    );
+
+    // An event before the position is not checked again...
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &[r#"UPDATE events SET payload = '{"metadata":{}}' WHERE global_position = 2"#],
+    )
+    .await;
+    assert!(t.store.verify_from(6, |_| {}).await.unwrap().is_intact());
+    assert_eq!(t.store.verify(|_| {}).await.unwrap().broken, 1);
+    // ...but the chain is picked up from its stored hash: an event after the position
+    // whose predecessor's hash was altered is named.
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &["UPDATE events SET hash = 'f' WHERE global_position = 3"],
+    )
+    .await;
+    let tail = t.store.verify_from(6, |_| {}).await.unwrap();
+    assert_eq!(tail.broken, 1, "{:?}", tail.failures);
+    let failure = &tail.failures[0];
+    assert_eq!(
+        (failure.global_position, failure.task_id.as_str()),
+        (10, tasks[0].as_str())
+    );
+    assert!(failure.reason.contains("prev_hash"), "{}", failure.reason);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskledger"))
+        .args(["verify", "--from", "4"])
+        .env("DATABASE_URL", &t.db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN: 1 findings in 7 events"), "{text}");
+    assert!(text.contains("global position 10"), "{text}");
+}
+
+async fn verify_names_a_missing_position_and_the_chain_it_breaks(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let tasks = three_chains(&t).await;
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &["DELETE FROM events WHERE global_position = 5"],
+    )
+    .await;
+    let report = t.store.verify(|_| {}).await.unwrap();
+    assert_eq!(report.events, 9);
+    let named: Vec<(i64, &str)> = report
+        .failures
+        .iter()
+        .map(|f| (f.global_position, f.reason.as_str()))
+        .collect();
+    assert_eq!(report.broken, 2, "{named:?}");
+    // Position 6 follows 4 in the global order, and task 1's sequence 3 follows 1.
+    assert_eq!(report.failures[0].global_position, 6);
+    assert_eq!(report.failures[0].task_id, tasks[1].as_str());
+    assert!(report.failures[0].reason.contains("follows 4"), "{named:?}");
+    assert!(
+        report.failures[0].reason.contains("sequence 3 follows 1"),
+        "{named:?}"
+    );
+}
+
+on_both_backends!(
+    replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_rebuild,
+    replay_check_names_each_task_whose_row_tags_or_unique_id_differ,
+    verify_from_a_position_checks_what_follows_and_picks_each_chain_up_there,
+    verify_names_a_missing_position_and_the_chain_it_breaks,
+);
