@@ -28,6 +28,44 @@ pub struct ListQuery {
     pub limit: i64,
     /// Continue after this (created_at_us, task_id), exclusive.
     pub after: Option<(i64, String)>,
+    /// The total of the first page of this walk, carried by the caller (e.g. in its next
+    /// token). Used only for filters the counts projection does not cover (times, tags,
+    /// unique_ids, two filters at once), so their later pages are not counted again.
+    pub known_total: Option<i64>,
+}
+
+impl ListQuery {
+    /// The counts-projection dimension and values whose sum is this query's total, when it
+    /// filters on at most one of type, status, project, batch and customer_review_status
+    /// (a task has one value of each, so the values' counts add up).
+    fn counted(&self) -> Option<(&'static str, BTreeSet<&str>)> {
+        let uncounted = self.created_from_us.is_some()
+            || self.created_to_us.is_some()
+            || self.completed_after_us.is_some()
+            || self.completed_before_us.is_some()
+            || self.updated_after_us.is_some()
+            || self.updated_before_us.is_some()
+            || !self.unique_ids.is_empty()
+            || !self.tags.is_empty();
+        if uncounted {
+            return None;
+        }
+        let filters = [
+            ("type", self.task_types.as_slice()),
+            ("status", self.statuses.as_slice()),
+            ("project", self.project.as_slice()),
+            ("batch", self.batch.as_slice()),
+            ("review", self.review_statuses.as_slice()),
+        ];
+        let mut set = filters.iter().filter(|(_, values)| !values.is_empty());
+        match (set.next(), set.next()) {
+            (None, _) => Some(("all", BTreeSet::from([""]))),
+            (Some((dimension, values)), None) => {
+                Some((*dimension, values.iter().map(String::as_str).collect()))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -145,12 +183,19 @@ impl Store {
                 )
             });
         }
-        let total_sql = format!("SELECT COUNT(*) FROM tasks t WHERE {}", f.sql());
-        let total: i64 = f
-            .bind(sqlx::query(&total_sql))
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        let total = match (q.counted(), q.known_total) {
+            (Some((dimension, values)), _) => {
+                self.counted_total(account_id, dimension, &values).await?
+            }
+            (None, Some(known)) => known,
+            (None, None) => {
+                let total_sql = format!("SELECT COUNT(*) FROM tasks t WHERE {}", f.sql());
+                f.bind(sqlx::query(&total_sql))
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get(0)?
+            }
+        };
 
         if let Some((created, task_id)) = &q.after {
             f.push(|f| {
@@ -180,5 +225,31 @@ impl Store {
             total,
             next: if more { next } else { None },
         })
+    }
+}
+
+impl Store {
+    /// The sum of the counts of `values` in `dimension`: one indexed read.
+    async fn counted_total(
+        &self,
+        account_id: &str,
+        dimension: &str,
+        values: &BTreeSet<&str>,
+    ) -> Result<i64, StoreError> {
+        let list: Vec<String> = (0..values.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM task_counts WHERE account_id = $1 \
+             AND dimension = $2 AND value IN ({})",
+            list.join(", ")
+        );
+        let total: i64 = values
+            .iter()
+            .fold(
+                sqlx::query_scalar(&sql).bind(account_id).bind(dimension),
+                |q, v| q.bind(*v),
+            )
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(total)
     }
 }

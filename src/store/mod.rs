@@ -4,6 +4,7 @@
 
 mod append;
 mod callbacks;
+mod counts;
 mod idempotency;
 mod keys;
 mod lease;

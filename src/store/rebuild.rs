@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AnyConnection;
 use taskledger_projections::{fold, TaskView};
 
+use super::counts::{counts_of, fill_counts, CountDeltas};
 use super::projection::{insert_tags_into, insert_task_rows_into, TaskRow, TaskTags, TASK_COLUMNS};
 use super::read::{EventRow, EVENT_COLUMNS};
 use super::sql::AnyQuery;
@@ -40,25 +41,43 @@ struct Tables {
     tasks: &'static str,
     tags: &'static str,
     unique_ids: &'static str,
+    counts: &'static str,
 }
 
 const LIVE: Tables = Tables {
     tasks: "tasks",
     tags: "task_tags",
     unique_ids: "unique_ids",
+    counts: "task_counts",
 };
 
 const SHADOW: Tables = Tables {
     tasks: "tasks_shadow",
     tags: "task_tags_shadow",
     unique_ids: "unique_ids_shadow",
+    counts: "task_counts_shadow",
 };
 
 impl Tables {
-    fn all(&self) -> [&'static str; 3] {
+    /// The tables with a row per task (or per task and tag, or value).
+    fn per_task(&self) -> [&'static str; 3] {
         [self.tasks, self.tags, self.unique_ids]
     }
+
+    fn all(&self) -> [&'static str; 4] {
+        [self.tasks, self.tags, self.unique_ids, self.counts]
+    }
 }
+
+/// A task's counted columns: account, type, status, project, batch, review status.
+type CountedRow = (
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 /// A task folded from its events: its view, or `None` if the events do not fold.
 struct Folded {
@@ -183,6 +202,7 @@ impl Store {
             report.tasks += 1;
             write_tasks(&mut conn, SHADOW, &[last], &mut report.mismatches).await?;
         }
+        fill_counts(&mut conn, SHADOW.tasks, SHADOW.counts).await?;
         progress(report.events);
 
         let mut caught_up = snapshot;
@@ -245,6 +265,7 @@ impl Store {
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
             .fetch_one(&mut *tx)
             .await?;
+        compare_counts(&mut tx, &mut report.mismatches).await?;
         if stored as u64 != report.tasks {
             report.mismatches.push(format!(
                 "{stored} task views are stored but the events describe {}",
@@ -375,7 +396,32 @@ async fn catch_up(
     // Every changed task lets go of its rows first: a unique_id may have moved between two
     // of them that are rewritten in different chunks.
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
-        for table in SHADOW.all() {
+        // What the changed tasks counted for so far is taken out of the counts.
+        let sql = format!(
+            "SELECT account_id, task_type, status, project, batch, customer_review_status \
+             FROM {} WHERE task_id IN ({})",
+            SHADOW.tasks,
+            placeholders(1, chunk.len())
+        );
+        let counted: Vec<CountedRow> = chunk
+            .iter()
+            .fold(sqlx::query_as(&sql), |q, id| q.bind(*id))
+            .fetch_all(&mut *conn)
+            .await?;
+        let mut counts = CountDeltas::default();
+        for (account, task_type, status, project, batch, review) in &counted {
+            counts.task(
+                account,
+                task_type,
+                status,
+                project.as_deref(),
+                batch.as_deref(),
+                review.as_deref(),
+                -1,
+            );
+        }
+        counts.write(&mut *conn, SHADOW.counts).await?;
+        for table in SHADOW.per_task() {
             let sql = format!(
                 "DELETE FROM {table} WHERE task_id IN ({})",
                 placeholders(1, chunk.len())
@@ -403,7 +449,14 @@ async fn catch_up(
         let mut folder = Folder::default();
         let mut done: Vec<Folded> = rows.iter().filter_map(|r| folder.push(r)).collect();
         done.extend(folder.finish());
-        write_tasks(conn, SHADOW, &done, &mut report.mismatches).await?;
+        write_tasks(&mut *conn, SHADOW, &done, &mut report.mismatches).await?;
+        let mut counts = CountDeltas::default();
+        for task in &done {
+            if let Some(view) = &task.view {
+                counts.view(&task.account_id, view, 1);
+            }
+        }
+        counts.write(&mut *conn, SHADOW.counts).await?;
     }
     Ok(())
 }
@@ -497,6 +550,42 @@ async fn compare(
                 mismatches.push(task.task_id.clone());
             }
         }
+    }
+    Ok(())
+}
+
+/// Compares the counts projection with what the stored task rows add up to (the rows
+/// themselves are compared with the events task by task): set-based, one query each.
+async fn compare_counts(
+    conn: &mut AnyConnection,
+    mismatches: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    type Count = (String, String, String, i64);
+    let stored: Vec<Count> =
+        sqlx::query_as("SELECT account_id, dimension, value, n FROM task_counts WHERE n <> 0")
+            .fetch_all(&mut *conn)
+            .await?;
+    let expected: Vec<Count> = sqlx::query_as(&counts_of(LIVE.tasks))
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut stored: HashMap<(String, String, String), i64> = stored
+        .into_iter()
+        .map(|(a, d, v, n)| ((a, d, v), n))
+        .collect();
+    for (account, dimension, value, n) in expected {
+        let key = (account, dimension, value);
+        let found = stored.remove(&key).unwrap_or(0);
+        if found != n {
+            mismatches.push(format!(
+                "task_counts of account {} has {} = {:?}: {found}, the tasks {n}",
+                key.0, key.1, key.2
+            ));
+        }
+    }
+    for ((account, dimension, value), n) in stored {
+        mismatches.push(format!(
+            "task_counts of account {account} has {dimension} = {value:?}: {n}, the tasks 0"
+        ));
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use taskledger::domain::{TaskAction, TaskId};
 use taskledger::ledger::Ledger;
-use taskledger::store::Store;
+use taskledger::store::{ListQuery, Store};
 use taskledger_events::Scope;
 
 use crate::helpers::{
@@ -200,7 +200,7 @@ async fn replay_check_names_each_task_whose_row_tags_or_unique_id_differ(backend
 
     let (a, b, c) = (tasks[2].as_str(), tasks[5].as_str(), tasks[9].as_str());
     let damage = [
-        format!("UPDATE tasks SET status = 'canceled' WHERE task_id = '{a}'"),
+        format!("UPDATE tasks SET body = '{{}}' WHERE task_id = '{a}'"),
         format!("INSERT INTO task_tags (task_id, account_id, tag) SELECT task_id, account_id, 'extra' FROM tasks WHERE task_id = '{b}'"),
         format!("DELETE FROM unique_ids WHERE task_id = '{c}'"),
     ];
@@ -331,9 +331,204 @@ async fn verify_names_a_missing_position_and_the_chain_it_breaks(backend: Backen
     );
 }
 
+/// What `GET /v1/tasks` would answer as `total`, and the tasks a walk of every page finds.
+async fn total_and_walk(t: &TestLedger, q: &ListQuery) -> (i64, usize) {
+    let first = t.store.list_tasks(&t.account_id, q).await.unwrap();
+    let mut seen = first.bodies.len();
+    let mut next = first.next.clone();
+    while let Some(after) = next {
+        let page = t
+            .store
+            .list_tasks(
+                &t.account_id,
+                &ListQuery {
+                    after: Some(after),
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, first.total, "every page carries the same total");
+        seen += page.bodies.len();
+        next = page.next;
+    }
+    (first.total, seen)
+}
+
+async fn list_totals_are_exact_for_each_counted_filter_as_tasks_change(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let customer = t.customer();
+    let contributor = context(&t.account_id, Scope::Contributor);
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let mut create = categorization(None);
+        create.project = Some(format!("p{}", i % 3));
+        create.batch = (i % 2 == 0).then(|| "b0".to_string());
+        let committed = t.ledger.create(&customer, create, None).await.unwrap();
+        tasks.push(TaskId::parse(&committed.view.task_id).unwrap());
+    }
+    for task in &tasks[0..2] {
+        let cancel = TaskAction::Cancel {
+            clear_unique_id: false,
+        };
+        t.ledger
+            .execute(&customer, task, cmd(cancel), None)
+            .await
+            .unwrap();
+    }
+    for task in &tasks[2..5] {
+        let complete = taskledger::domain::TaskCommand::new(
+            Scope::Contributor,
+            TaskAction::Complete {
+                response: json!({"category": "big"}),
+            },
+        );
+        t.ledger
+            .execute(&contributor, task, complete, None)
+            .await
+            .unwrap();
+    }
+    let audit = TaskAction::CustomerAudit {
+        audited_by: "qa".into(),
+        accepted: true,
+        comments: None,
+    };
+    t.ledger
+        .execute(&customer, &tasks[2], cmd(audit), None)
+        .await
+        .unwrap();
+
+    let page = |q: ListQuery| ListQuery { limit: 2, ..q };
+    let cases: Vec<(ListQuery, i64)> = vec![
+        (ListQuery::default(), 9),
+        (
+            ListQuery {
+                statuses: vec!["canceled".into()],
+                ..Default::default()
+            },
+            2,
+        ),
+        (
+            ListQuery {
+                statuses: vec!["pending".into(), "completed".into(), "pending".into()],
+                ..Default::default()
+            },
+            7,
+        ),
+        (
+            ListQuery {
+                task_types: vec!["categorization".into()],
+                ..Default::default()
+            },
+            9,
+        ),
+        (
+            ListQuery {
+                project: Some("p1".into()),
+                ..Default::default()
+            },
+            3,
+        ),
+        (
+            ListQuery {
+                batch: Some("b0".into()),
+                ..Default::default()
+            },
+            5,
+        ),
+        (
+            ListQuery {
+                review_statuses: vec!["accepted".into()],
+                ..Default::default()
+            },
+            1,
+        ),
+        // Two filters at once are counted from the tasks themselves.
+        (
+            ListQuery {
+                statuses: vec!["completed".into()],
+                project: Some("p2".into()),
+                ..Default::default()
+            },
+            1,
+        ),
+    ];
+    for (q, expected) in &cases {
+        let (total, walked) = total_and_walk(&t, &page(q.clone())).await;
+        assert_eq!((total, walked), (*expected, *expected as usize), "{q:?}");
+    }
+
+    // The counts are a projection: replay --check compares them, replay rebuilds them.
+    sqlx::query(
+        "UPDATE task_counts SET n = n + 5 WHERE dimension = 'status' AND value = 'canceled'",
+    )
+    .execute(t.store.pool())
+    .await
+    .unwrap();
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert_eq!(check.mismatches.len(), 1, "{:?}", check.mismatches);
+    assert!(
+        check.mismatches[0].contains("canceled"),
+        "{:?}",
+        check.mismatches
+    );
+    t.store.replay(false, |_| {}).await.unwrap();
+    for (q, expected) in &cases {
+        assert_eq!(
+            total_and_walk(&t, &page(q.clone())).await.0,
+            *expected,
+            "{q:?}"
+        );
+    }
+    assert!(t
+        .store
+        .replay(true, |_| {})
+        .await
+        .unwrap()
+        .mismatches
+        .is_empty());
+}
+
+async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    seed(&t, 5).await;
+    let q = ListQuery {
+        tags: vec!["s0".into()],
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        t.store.list_tasks(&t.account_id, &q).await.unwrap().total,
+        2
+    );
+    let carried = ListQuery {
+        known_total: Some(2),
+        ..q.clone()
+    };
+    // A task tagged meanwhile shows on the page; the walk keeps its first total.
+    let task = t.create(None).await;
+    t.run(
+        &task,
+        Scope::Customer,
+        TaskAction::AddTags {
+            tags: vec!["s0".into()],
+        },
+    )
+    .await
+    .unwrap();
+    let page = t.store.list_tasks(&t.account_id, &carried).await.unwrap();
+    assert_eq!((page.total, page.bodies.len()), (2, 3));
+    assert_eq!(
+        t.store.list_tasks(&t.account_id, &q).await.unwrap().total,
+        3
+    );
+}
+
 on_both_backends!(
     replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_rebuild,
     replay_check_names_each_task_whose_row_tags_or_unique_id_differ,
     verify_from_a_position_checks_what_follows_and_picks_each_chain_up_there,
     verify_names_a_missing_position_and_the_chain_it_breaks,
+    list_totals_are_exact_for_each_counted_filter_as_tasks_change,
+    a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries,
 );
