@@ -531,4 +531,54 @@ on_both_backends!(
     verify_names_a_missing_position_and_the_chain_it_breaks,
     list_totals_are_exact_for_each_counted_filter_as_tasks_change,
     a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries,
+    a_long_history_is_read_a_page_at_a_time_in_sequence_order,
 );
+
+async fn a_long_history_is_read_a_page_at_a_time_in_sequence_order(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(None).await;
+    let other = t.create(None).await;
+    for n in 0..6 {
+        t.run(
+            &task,
+            Scope::Customer,
+            TaskAction::SetMetadata {
+                metadata: json!({ "n": n }),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut sequences = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = t
+            .store
+            .task_events_page(&t.account_id, task.as_str(), after, 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        assert!(page.iter().all(|e| e.task_id == task.as_str()));
+        sequences.extend(page.iter().map(|e| e.sequence));
+    }
+    assert_eq!(sequences, (1..=7).collect::<Vec<i64>>());
+    let whole = t
+        .store
+        .task_events(&t.account_id, task.as_str(), None)
+        .await
+        .unwrap();
+    let paged = t
+        .store
+        .task_events_page(&t.account_id, task.as_str(), 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(paged, whole[2..].to_vec());
+    assert!(t
+        .store
+        .task_events_page("another-account", other.as_str(), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
