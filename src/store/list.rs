@@ -167,29 +167,36 @@ impl Store {
         f.any_of("t.batch", q.batch.as_slice());
         f.any_of("t.customer_review_status", &q.review_statuses);
         f.any_of("t.unique_id", &q.unique_ids);
-        if !q.tags.is_empty() {
-            // A tag asked for twice counts once in the HAVING below.
-            let tags: BTreeSet<&String> = q.tags.iter().collect();
-            f.push(|f| {
-                let list: Vec<String> = tags
-                    .iter()
-                    .map(|t| f.placeholder(Param::Text((*t).clone())))
-                    .collect();
-                let n = f.placeholder(Param::Int(tags.len() as i64));
-                format!(
-                    "t.task_id IN (SELECT g.task_id FROM task_tags g WHERE g.account_id = {account} \
-                     AND g.tag IN ({}) GROUP BY g.task_id HAVING COUNT(*) = {n})",
-                    list.join(", ")
-                )
-            });
-        }
+        // With tags, the page is read from the first tag's index in list order (task_tags
+        // carries each task's created_at_us), each further tag checked per task: the cost is
+        // bounded by the page, not by how many tasks carry the tag.
+        let tags: BTreeSet<&String> = q.tags.iter().collect();
+        let (from, order) = match tags.first() {
+            Some(first) => {
+                f.push(|f| {
+                    let tag = f.placeholder(Param::Text((*first).clone()));
+                    format!("g.account_id = {account} AND g.tag = {tag}")
+                });
+                for other in tags.iter().skip(1) {
+                    f.push(|f| {
+                        let tag = f.placeholder(Param::Text((*other).clone()));
+                        format!(
+                            "EXISTS (SELECT 1 FROM task_tags h WHERE h.task_id = t.task_id \
+                             AND h.tag = {tag})"
+                        )
+                    });
+                }
+                ("task_tags g JOIN tasks t ON t.task_id = g.task_id", "g")
+            }
+            None => ("tasks t", "t"),
+        };
         let total = match (q.counted(), q.known_total) {
             (Some((dimension, values)), _) => {
                 self.counted_total(account_id, dimension, &values).await?
             }
             (None, Some(known)) => known,
             (None, None) => {
-                let total_sql = format!("SELECT COUNT(*) FROM tasks t WHERE {}", f.sql());
+                let total_sql = format!("SELECT COUNT(*) FROM {from} WHERE {}", f.sql());
                 f.bind(sqlx::query(&total_sql))
                     .fetch_one(&self.pool)
                     .await?
@@ -198,17 +205,18 @@ impl Store {
         };
 
         if let Some((created, task_id)) = &q.after {
+            // A row comparison is one range of the list index: a late page starts where
+            // the cursor is instead of filtering every task before it.
             f.push(|f| {
-                let c1 = f.placeholder(Param::Int(*created));
-                let c2 = f.placeholder(Param::Int(*created));
+                let c = f.placeholder(Param::Int(*created));
                 let t = f.placeholder(Param::Text(task_id.clone()));
-                format!("(t.created_at_us < {c1} OR (t.created_at_us = {c2} AND t.task_id < {t}))")
+                format!("({order}.created_at_us, {order}.task_id) < ({c}, {t})")
             });
         }
         let limit = f.placeholder(Param::Int(q.limit + 1));
         let page_sql = format!(
-            "SELECT t.body, t.created_at_us, t.task_id FROM tasks t WHERE {} \
-             ORDER BY t.created_at_us DESC, t.task_id DESC LIMIT {limit}",
+            "SELECT t.body, t.created_at_us, t.task_id FROM {from} WHERE {} \
+             ORDER BY {order}.created_at_us DESC, {order}.task_id DESC LIMIT {limit}",
             f.sql()
         );
         let rows = f.bind(sqlx::query(&page_sql)).fetch_all(&self.pool).await?;

@@ -18,7 +18,7 @@ pub(super) const TASK_COLUMNS: &str = "task_id, account_id, version, body, task_
 
 /// New task rows per INSERT: 13 parameters each stays far below both backends' limits.
 const TASK_ROWS_PER_INSERT: usize = 400;
-/// Rows of three parameters per INSERT (tags, unique_ids).
+/// Rows of three or four parameters per INSERT (tags, unique_ids).
 const SMALL_ROWS_PER_INSERT: usize = 1000;
 
 /// One row of `tasks`.
@@ -182,6 +182,9 @@ pub(super) struct TaskTags<'a> {
     pub account_id: &'a str,
     pub task_id: &'a str,
     pub tags: &'a [String],
+    /// The task's creation time, kept beside each tag so a tag's tasks are listed from
+    /// their index in list order.
+    pub created_at_us: i64,
     /// Whether the task may have tag rows already (it existed before this write).
     pub replaces: bool,
 }
@@ -207,21 +210,26 @@ pub(super) async fn insert_tags_into(
     table: &str,
     tasks: &[TaskTags<'_>],
 ) -> Result<(), StoreError> {
-    let head = format!("INSERT INTO {table} (task_id, account_id, tag) VALUES ");
-    let mut rows: Vec<(&str, &str, &str)> = Vec::new();
+    let head = format!("INSERT INTO {table} (task_id, account_id, tag, created_at_us) VALUES ");
+    let mut rows: Vec<(&str, &str, &str, i64)> = Vec::new();
     for t in tasks {
         let mut seen = HashSet::with_capacity(t.tags.len());
         rows.extend(
             t.tags
                 .iter()
                 .filter(|tag| seen.insert(tag.as_str()))
-                .map(|tag| (t.task_id, t.account_id, tag.as_str())),
+                .map(|tag| (t.task_id, t.account_id, tag.as_str(), t.created_at_us)),
         );
     }
     for chunk in rows.chunks(SMALL_ROWS_PER_INSERT) {
-        insert_rows(&mut *conn, &head, chunk, |q, (task, account, tag)| {
-            q.bind(*task).bind(*account).bind(*tag)
-        })
+        insert_rows(
+            &mut *conn,
+            &head,
+            chunk,
+            |q, (task, account, tag, created)| {
+                q.bind(*task).bind(*account).bind(*tag).bind(*created)
+            },
+        )
         .await?;
     }
     Ok(())

@@ -308,6 +308,7 @@ async fn write_tasks(
             account_id: &task.account_id,
             task_id: &task.task_id,
             tags: &view.tags,
+            created_at_us: view.created_at.timestamp_micros(),
             replaces: false,
         });
         if let Some(unique_id) = &view.unique_id {
@@ -501,17 +502,17 @@ async fn compare(
             .collect::<Result<_, _>>()?;
         let rows: HashMap<&str, &TaskRow> = rows.iter().map(|r| (r.task_id.as_str(), r)).collect();
         let sql =
-            format!("SELECT task_id, account_id, tag FROM task_tags WHERE task_id IN ({list})");
-        let tag_rows: Vec<(String, String, String)> = ids
+            format!("SELECT task_id, account_id, tag, created_at_us FROM task_tags WHERE task_id IN ({list})");
+        let tag_rows: Vec<(String, String, String, i64)> = ids
             .iter()
             .fold(sqlx::query_as(&sql), |q, id| q.bind(*id))
             .fetch_all(&mut *conn)
             .await?;
-        let mut tags: HashMap<(&str, &str), HashSet<&str>> = HashMap::new();
-        for (task, account, tag) in &tag_rows {
+        let mut tags: HashMap<(&str, &str), HashSet<(&str, i64)>> = HashMap::new();
+        for (task, account, tag, created) in &tag_rows {
             tags.entry((task.as_str(), account.as_str()))
                 .or_default()
-                .insert(tag.as_str());
+                .insert((tag.as_str(), *created));
         }
         let sql = format!(
             "SELECT task_id, account_id, unique_id FROM unique_ids WHERE task_id IN ({list})"
@@ -534,7 +535,12 @@ async fn compare(
                 continue;
             };
             let key = (task.task_id.as_str(), task.account_id.as_str());
-            let expected_tags: HashSet<&str> = view.tags.iter().map(String::as_str).collect();
+            let created = view.created_at.timestamp_micros();
+            let expected_tags: HashSet<(&str, i64)> = view
+                .tags
+                .iter()
+                .map(|tag| (tag.as_str(), created))
+                .collect();
             let stored_tags = tags.remove(&key).unwrap_or_default();
             let stored_reserved = reserved.remove(&key).unwrap_or_default();
             let matches = rows.get(task.task_id.as_str()).copied()

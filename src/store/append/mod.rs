@@ -330,6 +330,7 @@ impl AppendTx {
                 account_id: &p.write.account_id,
                 task_id: &p.write.task_id,
                 tags: &p.view.tags,
+                created_at_us: p.view.created_at.timestamp_micros(),
                 replaces: p.write.prior_view.is_some(),
             })
             .collect();
