@@ -134,6 +134,75 @@ impl Folder {
     }
 }
 
+/// Cuts pages of events in (task, sequence) order into whole tasks: the last task of a
+/// page is held back until the next page (or the end) shows it complete.
+#[derive(Default)]
+struct WholeTasks {
+    held: Vec<EventRow>,
+}
+
+impl WholeTasks {
+    fn take(&mut self, page: Vec<EventRow>, end: bool) -> Vec<EventRow> {
+        let mut rows = std::mem::take(&mut self.held);
+        rows.extend(page);
+        if !end {
+            if let Some(last) = rows.last() {
+                let cut = rows
+                    .iter()
+                    .rposition(|r| r.task_id != last.task_id)
+                    .map_or(0, |i| i + 1);
+                self.held = rows.split_off(cut);
+            }
+        }
+        rows
+    }
+}
+
+/// Folds whole tasks' events (in (task, sequence) order) on every core, off the async
+/// workers.
+async fn fold_tasks(rows: Vec<EventRow>) -> Vec<Folded> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let folding = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let target = rows.len().div_ceil(threads).max(1);
+        // Cut into about equal parts, each ending where a task ends.
+        let mut parts: Vec<&[EventRow]> = Vec::new();
+        let mut rest: &[EventRow] = &rows;
+        while !rest.is_empty() {
+            let mut cut = target.min(rest.len());
+            while cut < rest.len() && rest[cut].task_id == rest[cut - 1].task_id {
+                cut += 1;
+            }
+            let (part, tail) = rest.split_at(cut);
+            parts.push(part);
+            rest = tail;
+        }
+        std::thread::scope(|s| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut folder = Folder::default();
+                        let mut done: Vec<Folded> =
+                            part.iter().filter_map(|r| folder.push(r)).collect();
+                        done.extend(folder.finish());
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    });
+    folding
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
 /// `(?, ?, ...)` placeholders `$first..$first+n-1`.
 fn placeholders(first: usize, n: usize) -> String {
     let list: Vec<String> = (first..first + n).map(|i| format!("${i}")).collect();
@@ -180,15 +249,18 @@ impl Store {
         let snapshot = self.head_position().await?;
         let mut report = RebuildReport::default();
         let mut pager = ChainPager::new(1, snapshot, REPLAY_PAGE);
-        let mut folder = Folder::default();
+        let mut whole = WholeTasks::default();
         let mut page = pager.next(&self.pool).await?;
-        while !page.is_empty() {
-            let mut done = Vec::new();
-            for row in &page {
-                report.events += 1;
-                done.extend(folder.push(row));
-            }
+        loop {
+            let end = page.is_empty();
+            let rows = whole.take(page, end);
+            report.events += rows.len() as u64;
+            let done = fold_tasks(rows).await;
             report.tasks += done.len() as u64;
+            if end {
+                write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches).await?;
+                break;
+            }
             // Read the next page while this one is written.
             let (written, next) = tokio::join!(
                 write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches),
@@ -197,10 +269,6 @@ impl Store {
             written?;
             progress(report.events);
             page = next?;
-        }
-        if let Some(last) = folder.finish() {
-            report.tasks += 1;
-            write_tasks(&mut conn, SHADOW, &[last], &mut report.mismatches).await?;
         }
         fill_counts(&mut conn, SHADOW.tasks, SHADOW.counts).await?;
         progress(report.events);
@@ -243,18 +311,13 @@ impl Store {
             .await?;
         let mut report = RebuildReport::default();
         let mut pager = ChainPager::new(1, head, REPLAY_PAGE);
-        let mut folder = Folder::default();
+        let mut whole = WholeTasks::default();
         loop {
             let page = pager.next(&mut *tx).await?;
             let end = page.is_empty();
-            let mut done = Vec::new();
-            for row in &page {
-                report.events += 1;
-                done.extend(folder.push(row));
-            }
-            if end {
-                done.extend(folder.finish());
-            }
+            let rows = whole.take(page, end);
+            report.events += rows.len() as u64;
+            let done = fold_tasks(rows).await;
             report.tasks += done.len() as u64;
             compare(&mut tx, &done, &mut report.mismatches).await?;
             progress(report.events);
