@@ -244,6 +244,9 @@ impl Store {
     async fn replay_online(&self, progress: &impl Fn(u64)) -> Result<RebuildReport, StoreError> {
         let mut conn = self.pool.acquire().await?;
         clear(&mut conn, SHADOW).await?;
+        // Rows load faster into tables without their secondary indexes; they are built
+        // afterwards, once, from the live tables' definitions.
+        drop_secondary_indexes(&mut conn, self.backend).await?;
         // Every position up to the head read now is committed: the shadow is built from
         // them while writers go on appending after it.
         let snapshot = self.head_position().await?;
@@ -271,6 +274,16 @@ impl Store {
             page = next?;
         }
         fill_counts(&mut conn, SHADOW.tasks, SHADOW.counts).await?;
+        build_secondary_indexes(&mut conn, self.backend).await?;
+        if self.backend == Backend::Postgres {
+            // Statistics belong to the table: the planner must know the shadow's before it
+            // serves lists.
+            for table in SHADOW.all() {
+                sqlx::query(&format!("ANALYZE {table}"))
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
         progress(report.events);
 
         let mut caught_up = snapshot;
@@ -521,6 +534,91 @@ async fn catch_up(
             }
         }
         counts.write(&mut *conn, SHADOW.counts).await?;
+    }
+    Ok(())
+}
+
+/// The secondary (non-unique) indexes of `table`: name and definition.
+async fn secondary_indexes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    table: &str,
+) -> Result<Vec<(String, String)>, StoreError> {
+    let sql = match backend {
+        Backend::Postgres => {
+            "SELECT CAST(indexname AS TEXT), indexdef FROM pg_indexes \
+             WHERE schemaname = current_schema() AND tablename = $1"
+        }
+        Backend::Sqlite => {
+            "SELECT name, sql FROM sqlite_master \
+             WHERE type = 'index' AND tbl_name = $1 AND sql IS NOT NULL"
+        }
+    };
+    let all: Vec<(String, String)> = sqlx::query_as(sql).bind(table).fetch_all(conn).await?;
+    Ok(all
+        .into_iter()
+        .filter(|(_, definition)| !definition.to_ascii_uppercase().starts_with("CREATE UNIQUE"))
+        .collect())
+}
+
+async fn drop_secondary_indexes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> Result<(), StoreError> {
+    for table in SHADOW.per_task() {
+        for (name, _) in secondary_indexes(&mut *conn, backend, table).await? {
+            sqlx::query(&format!("DROP INDEX {name}"))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives each shadow table the secondary indexes its live table has. The definitions come
+/// from the live tables, which always have them, so a rebuild that stopped half-way cannot
+/// leave an index out of the next swap. Names alternate between `<live>_...` and
+/// `<shadow>_...` as the tables swap.
+async fn build_secondary_indexes(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> Result<(), StoreError> {
+    for (live, shadow) in LIVE.per_task().into_iter().zip(SHADOW.per_task()) {
+        let present: HashSet<String> = secondary_indexes(&mut *conn, backend, shadow)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        for (name, definition) in secondary_indexes(&mut *conn, backend, live).await? {
+            let renamed = match name.strip_prefix(&format!("{shadow}_")) {
+                Some(rest) => format!("{live}_{rest}"),
+                None => match name.strip_prefix(&format!("{live}_")) {
+                    Some(rest) => format!("{shadow}_{rest}"),
+                    None => format!("{shadow}_{name}"),
+                },
+            };
+            if present.contains(&renamed) {
+                continue;
+            }
+            // What follows the table name: `USING btree (...)` on PostgreSQL, `(...)` on
+            // SQLite.
+            let columns = match backend {
+                Backend::Postgres => definition.find(" USING "),
+                Backend::Sqlite => definition.find('('),
+            };
+            let Some(columns) = columns else {
+                return Err(StoreError::Corrupt {
+                    event_id: String::new(),
+                    message: format!("index {name} has a definition replay cannot copy"),
+                });
+            };
+            sqlx::query(&format!(
+                "CREATE INDEX {renamed} ON {shadow} {}",
+                definition[columns..].trim_start()
+            ))
+            .execute(&mut *conn)
+            .await?;
+        }
     }
     Ok(())
 }

@@ -31,6 +31,39 @@ async fn behind_the_ledgers_back(db: &TestDb, store: &Store, statements: &[&str]
     }
 }
 
+/// The secondary indexes of the projection tables, by what they index (names move between
+/// a table and its shadow as replay swaps them).
+async fn index_shapes(db: &TestDb, store: &Store) -> Vec<String> {
+    let mut shapes = Vec::new();
+    for table in ["tasks", "task_tags", "unique_ids", "task_counts"] {
+        let sql = match db.backend {
+            Backend::Postgres => {
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND tablename = $1"
+            }
+            Backend::Sqlite => {
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 \
+                 AND sql IS NOT NULL"
+            }
+        };
+        let definitions: Vec<String> = sqlx::query_scalar(sql)
+            .bind(table)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        for d in definitions {
+            let unique = d.to_ascii_uppercase().starts_with("CREATE UNIQUE");
+            let columns = &d[d.find('(').unwrap()..];
+            shapes.push(format!(
+                "{table} unique={unique} {}",
+                columns.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    shapes.sort();
+    shapes
+}
+
 /// Waits, polling, until `done` holds; fails the test after a minute.
 fn wait_until(what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -141,6 +174,8 @@ async fn replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_r
 ) {
     let t = TestLedger::new(backend).await;
     seed(&t, 30).await;
+    let indexes = index_shapes(&t.db, &t.store).await;
+    assert!(indexes.len() >= 10, "{indexes:?}");
     let writer = Writer::start(t.ledger.clone(), t.account_id.clone());
     let commits = writer.commits.clone();
     wait_until("the writer commits", || commits.load(Ordering::SeqCst) >= 3);
@@ -182,6 +217,11 @@ async fn replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_r
     let check = t.store.replay(true, |_| {}).await.unwrap();
     assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
     assert_eq!(check.events, t.store.count_events().await.unwrap());
+    assert_eq!(
+        index_shapes(&t.db, &t.store).await,
+        indexes,
+        "the swapped-in tables have every index the live ones had"
+    );
     assert!(t.store.verify(|_| {}).await.unwrap().is_intact());
     // The shadow tables are left empty.
     let shadow: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks_shadow")
