@@ -572,6 +572,7 @@ on_both_backends!(
     list_totals_are_exact_for_each_counted_filter_as_tasks_change,
     a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries,
     a_long_history_is_read_a_page_at_a_time_in_sequence_order,
+    verify_and_replay_walk_across_page_ends_without_losing_an_event,
 );
 
 async fn a_long_history_is_read_a_page_at_a_time_in_sequence_order(backend: Backend) {
@@ -621,4 +622,28 @@ async fn a_long_history_is_read_a_page_at_a_time_in_sequence_order(backend: Back
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn verify_and_replay_walk_across_page_ends_without_losing_an_event(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let ctx = t.customer();
+    // More tasks than a page of verify (4,000 events) or replay (5,000).
+    for _ in 0..11 {
+        let creates = (0..500).map(|_| t.ledger.create(&ctx, categorization(None), None));
+        for created in futures::future::join_all(creates).await {
+            created.expect("create a task");
+        }
+    }
+    let verified = t.store.verify(|_| {}).await.unwrap();
+    assert!(verified.is_intact(), "{:?}", verified.failures);
+    assert_eq!((verified.events, verified.tasks), (5500, 5500));
+    let tail = t.store.verify_from(1001, |_| {}).await.unwrap();
+    assert_eq!((tail.events, tail.tasks, tail.broken), (4500, 4500, 0));
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert_eq!((check.events, check.tasks), (5500, 5500));
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    let live = projection_snapshot(&t.store).await;
+    let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
+    assert_eq!((rebuilt.events, rebuilt.tasks), (5500, 5500));
+    assert_eq!(projection_snapshot(&t.store).await, live);
 }
