@@ -243,7 +243,7 @@ impl Store {
 
     async fn replay_online(&self, progress: &impl Fn(u64)) -> Result<RebuildReport, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        clear(&mut conn, SHADOW).await?;
+        clear(&mut conn, self.backend).await?;
         // Rows load faster into tables without their secondary indexes; they are built
         // afterwards, once, from the live tables' definitions.
         drop_secondary_indexes(&mut conn, self.backend).await?;
@@ -307,7 +307,7 @@ impl Store {
         tx.commit().await?;
         // The shadow now holds the old projections.
         let mut conn = self.pool.acquire().await?;
-        clear(&mut conn, SHADOW).await?;
+        clear(&mut conn, self.backend).await?;
         Ok(report)
     }
 
@@ -353,9 +353,15 @@ impl Store {
     }
 }
 
-async fn clear(conn: &mut AnyConnection, tables: Tables) -> Result<(), StoreError> {
-    for table in tables.all() {
-        sqlx::query(&format!("DELETE FROM {table}"))
+/// Empties the shadow tables (nobody else reads or writes them).
+async fn clear(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreError> {
+    let verb = match backend {
+        // Instant whatever the size, and leaves no dead rows behind.
+        Backend::Postgres => "TRUNCATE",
+        Backend::Sqlite => "DELETE FROM",
+    };
+    for table in SHADOW.all() {
+        sqlx::query(&format!("{verb} {table}"))
             .execute(&mut *conn)
             .await?;
     }
