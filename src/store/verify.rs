@@ -130,7 +130,10 @@ impl ChainPager {
              AND global_position <= $2 AND (task_id, sequence) > ($3, $4) \
              ORDER BY task_id, sequence LIMIT $5"
         );
+        // Planned for these values each time (an unnamed statement): a plan made for any
+        // range would not know that the range covers nearly every event, and sort them all.
         let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .persistent(false)
             .bind(self.from)
             .bind(self.until)
             .bind(&self.after.0)
