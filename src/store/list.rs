@@ -35,6 +35,20 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
+    /// Whether tags are the only filter.
+    fn only_tags(&self) -> bool {
+        !self.tags.is_empty()
+            && ListQuery {
+                tags: Vec::new(),
+                limit: self.limit,
+                after: self.after.clone(),
+                known_total: self.known_total,
+                ..ListQuery::default()
+            }
+            .counted()
+            .is_some_and(|(dimension, _)| dimension == "all")
+    }
+
     /// The counts-projection dimension and values whose sum is this query's total, when it
     /// filters on at most one of type, status, project, batch and customer_review_status
     /// (a task has one value of each, so the values' counts add up).
@@ -195,6 +209,7 @@ impl Store {
                 self.counted_total(account_id, dimension, &values).await?
             }
             (None, Some(known)) => known,
+            (None, None) if q.only_tags() => self.tagged_total(account_id, &tags).await?,
             (None, None) => {
                 let total_sql = format!("SELECT COUNT(*) FROM {from} WHERE {}", f.sql());
                 f.bind(sqlx::query(&total_sql))
@@ -237,6 +252,32 @@ impl Store {
 }
 
 impl Store {
+    /// How many tasks of the account carry every tag: from the tag index alone, without
+    /// reading the tasks.
+    async fn tagged_total(
+        &self,
+        account_id: &str,
+        tags: &BTreeSet<&String>,
+    ) -> Result<i64, StoreError> {
+        let mut sql =
+            String::from("SELECT COUNT(*) FROM task_tags g WHERE g.account_id = $1 AND g.tag = $2");
+        for i in 1..tags.len() {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM task_tags h WHERE h.task_id = g.task_id \
+                 AND h.tag = ${})",
+                i + 2
+            ));
+        }
+        let total: i64 = tags
+            .iter()
+            .fold(sqlx::query_scalar(&sql).bind(account_id), |q, tag| {
+                q.bind(tag.as_str())
+            })
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(total)
+    }
+
     /// The sum of the counts of `values` in `dimension`: one indexed read.
     async fn counted_total(
         &self,

@@ -562,6 +562,33 @@ async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(
         t.store.list_tasks(&t.account_id, &q).await.unwrap().total,
         3
     );
+    // Every tag asked for must be carried, on the page and in the total alike.
+    t.run(
+        &task,
+        Scope::Customer,
+        TaskAction::AddTags {
+            tags: vec!["x".into()],
+        },
+    )
+    .await
+    .unwrap();
+    for (tags, expected) in [
+        (vec!["s0", "x"], 1),
+        (vec!["x", "s0", "x"], 1),
+        (vec!["s0", "s1"], 0),
+    ] {
+        let q = ListQuery {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            limit: 10,
+            ..Default::default()
+        };
+        let page = t.store.list_tasks(&t.account_id, &q).await.unwrap();
+        assert_eq!(
+            (page.total, page.bodies.len()),
+            (expected, expected as usize),
+            "{tags:?}"
+        );
+    }
 }
 
 on_both_backends!(
