@@ -21,7 +21,7 @@ pub use idempotency::{IdempotencyRecord, IdempotencyState};
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
-pub use rebuild::RebuildReport;
+pub use rebuild::{RebuildReport, REPLAY_LOCK};
 pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
@@ -55,6 +55,9 @@ pub enum StoreError {
     /// grant what the key never had.
     #[error("API key {key_id} has an unknown scope {scope:?}")]
     CorruptKey { key_id: String, scope: String },
+    /// Another `replay` is rebuilding the projections: two would share the shadow tables.
+    #[error("another replay is running on this database; wait for it to finish")]
+    ReplayRunning,
 }
 
 impl StoreError {

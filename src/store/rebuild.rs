@@ -17,6 +17,8 @@ use super::sql::AnyQuery;
 use super::verify::ChainPager;
 use super::{Backend, Store, StoreError};
 
+/// The PostgreSQL advisory lock a rebuild holds ("tlreplay").
+pub const REPLAY_LOCK: i64 = 0x746c_7265_706c_6179;
 /// Events read per page by `replay`.
 const REPLAY_PAGE: i64 = 5000;
 /// Task ids per `IN (...)` list.
@@ -242,6 +244,29 @@ impl Store {
     }
 
     async fn replay_online(&self, progress: &impl Fn(u64)) -> Result<RebuildReport, StoreError> {
+        // One rebuild at a time: the session lock lives as long as this connection, which
+        // is closed (never returned to the pool) however the rebuild ends.
+        let mut guard = None;
+        if self.backend == Backend::Postgres {
+            let mut conn = self.pool.acquire().await?.detach();
+            let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(REPLAY_LOCK)
+                .fetch_one(&mut conn)
+                .await?;
+            if !locked {
+                return Err(StoreError::ReplayRunning);
+            }
+            guard = Some(conn);
+        }
+        let report = self.rebuild(progress).await;
+        if let Some(conn) = guard {
+            // Closing the session releases the lock; a failure to say goodbye is harmless.
+            let _ = sqlx::Connection::close(conn).await;
+        }
+        report
+    }
+
+    async fn rebuild(&self, progress: &impl Fn(u64)) -> Result<RebuildReport, StoreError> {
         let mut conn = self.pool.acquire().await?;
         clear(&mut conn, self.backend).await?;
         // Rows load faster into tables without their secondary indexes; they are built

@@ -674,3 +674,35 @@ async fn verify_and_replay_walk_across_page_ends_without_losing_an_event(backend
     assert_eq!((rebuilt.events, rebuilt.tasks), (5500, 5500));
     assert_eq!(projection_snapshot(&t.store).await, live);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_replay_on_postgres_is_refused_while_one_runs() {
+    let t = TestLedger::new(Backend::Postgres).await;
+    seed(&t, 3).await;
+    // Another process's replay, as far as this one can tell: a session holding the lock.
+    let mut other = t.store.pool().acquire().await.unwrap().detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(taskledger::store::REPLAY_LOCK)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(locked);
+    let refused = t.store.replay(false, |_| {}).await;
+    assert!(
+        matches!(refused, Err(taskledger::store::StoreError::ReplayRunning)),
+        "{refused:?}"
+    );
+    // A check writes nothing and may run beside it.
+    assert!(t
+        .store
+        .replay(true, |_| {})
+        .await
+        .unwrap()
+        .mismatches
+        .is_empty());
+    sqlx::Connection::close(other).await.unwrap();
+    let report = t.store.replay(false, |_| {}).await.unwrap();
+    assert_eq!(report.tasks, 3);
+    // The lock went with the replay's session: the next replay runs too.
+    assert_eq!(t.store.replay(false, |_| {}).await.unwrap().tasks, 3);
+}
