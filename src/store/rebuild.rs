@@ -7,6 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 
+use futures::{StreamExt, TryStreamExt};
 use sqlx::AnyConnection;
 use taskledger_projections::{fold, TaskView};
 
@@ -19,10 +20,12 @@ use super::{Backend, Store, StoreError};
 
 /// The PostgreSQL advisory lock a rebuild holds ("tlreplay").
 pub const REPLAY_LOCK: i64 = 0x746c_7265_706c_6179;
+/// Secondary indexes a rebuild builds side by side.
+const INDEX_BUILDS_AT_ONCE: usize = 3;
 /// Events read per page by `replay`.
 const REPLAY_PAGE: i64 = 5000;
 /// Task ids per `IN (...)` list.
-const IDS_PER_STATEMENT: usize = 500;
+const IDS_PER_STATEMENT: usize = 2000;
 /// Once the shadow is at most this many events behind, the last catch-up runs under the
 /// ledger head: the hold writers see is bounded by it.
 const LAST_CATCH_UP: i64 = 2000;
@@ -299,7 +302,7 @@ impl Store {
             page = next?;
         }
         fill_counts(&mut conn, SHADOW.tasks, SHADOW.counts).await?;
-        build_secondary_indexes(&mut conn, self.backend).await?;
+        build_secondary_indexes(self).await?;
         if self.backend == Backend::Postgres {
             // Statistics belong to the table: the planner must know the shadow's before it
             // serves lists.
@@ -350,18 +353,24 @@ impl Store {
         let mut report = RebuildReport::default();
         let mut pager = ChainPager::new(1, head, REPLAY_PAGE);
         let mut whole = WholeTasks::default();
+        let mut page = pager.next(&mut *tx).await?;
         loop {
-            let page = pager.next(&mut *tx).await?;
             let end = page.is_empty();
             let rows = whole.take(page, end);
             report.events += rows.len() as u64;
-            let done = fold_tasks(rows).await;
+            // Fold this page while the next one is read.
+            let (done, next) = if end {
+                (fold_tasks(rows).await, Ok(Vec::new()))
+            } else {
+                tokio::join!(fold_tasks(rows), pager.next(&mut *tx))
+            };
             report.tasks += done.len() as u64;
             compare(&mut tx, &done, &mut report.mismatches).await?;
             progress(report.events);
             if end {
                 break;
             }
+            page = next?;
         }
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
             .fetch_one(&mut *tx)
@@ -610,17 +619,17 @@ async fn drop_secondary_indexes(
 /// from the live tables, which always have them, so a rebuild that stopped half-way cannot
 /// leave an index out of the next swap. Names alternate between `<live>_...` and
 /// `<shadow>_...` as the tables swap.
-async fn build_secondary_indexes(
-    conn: &mut AnyConnection,
-    backend: Backend,
-) -> Result<(), StoreError> {
+async fn build_secondary_indexes(store: &Store) -> Result<(), StoreError> {
+    let backend = store.backend;
+    let mut conn = store.pool.acquire().await?;
+    let mut statements = Vec::new();
     for (live, shadow) in LIVE.per_task().into_iter().zip(SHADOW.per_task()) {
-        let present: HashSet<String> = secondary_indexes(&mut *conn, backend, shadow)
+        let present: HashSet<String> = secondary_indexes(&mut conn, backend, shadow)
             .await?
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        for (name, definition) in secondary_indexes(&mut *conn, backend, live).await? {
+        for (name, definition) in secondary_indexes(&mut conn, backend, live).await? {
             let renamed = match name.strip_prefix(&format!("{shadow}_")) {
                 Some(rest) => format!("{live}_{rest}"),
                 None => match name.strip_prefix(&format!("{live}_")) {
@@ -643,12 +652,40 @@ async fn build_secondary_indexes(
                     message: format!("index {name} has a definition replay cannot copy"),
                 });
             };
-            sqlx::query(&format!(
+            statements.push(format!(
                 "CREATE INDEX {renamed} ON {shadow} {}",
                 definition[columns..].trim_start()
-            ))
-            .execute(&mut *conn)
-            .await?;
+            ));
+        }
+    }
+    drop(conn);
+    match backend {
+        // Indexes are built on connections of their own, side by side, with memory
+        // enough to sort in one pass.
+        Backend::Postgres => {
+            let builds = statements.iter().map(|sql| async move {
+                let mut conn = store.pool.acquire().await?;
+                sqlx::query("SET maintenance_work_mem = '256MB'")
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(sql).execute(&mut *conn).await?;
+                sqlx::query("RESET maintenance_work_mem")
+                    .execute(&mut *conn)
+                    .await?;
+                Ok::<_, StoreError>(())
+            });
+            // A few at a time: each holds a pool connection for as long as it sorts.
+            futures::stream::iter(builds)
+                .buffer_unordered(INDEX_BUILDS_AT_ONCE)
+                .try_collect::<Vec<()>>()
+                .await?;
+        }
+        // One writer at a time on SQLite.
+        Backend::Sqlite => {
+            let mut conn = store.pool.acquire().await?;
+            for sql in &statements {
+                sqlx::query(sql).execute(&mut *conn).await?;
+            }
         }
     }
     Ok(())
