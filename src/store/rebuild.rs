@@ -277,11 +277,16 @@ impl Store {
         drop_secondary_indexes(&mut conn, self.backend).await?;
         // Every position up to the head read now is committed: the shadow is built from
         // them while writers go on appending after it.
-        let snapshot = self.head_position().await?;
+        // On SQLite the head and the events are read on one connection: another pooled
+        // connection may still hold an older snapshot, without the events up to this head.
+        let snapshot: i64 =
+            sqlx::query_scalar("SELECT last_position FROM ledger_head WHERE id = 1")
+                .fetch_one(&mut *conn)
+                .await?;
         let mut report = RebuildReport::default();
         let mut pager = ChainPager::new(1, snapshot, REPLAY_PAGE);
         let mut whole = WholeTasks::default();
-        let mut page = pager.next(&self.pool).await?;
+        let mut page = pager.next(&mut *conn).await?;
         loop {
             let end = page.is_empty();
             let rows = whole.take(page, end);
@@ -292,17 +297,23 @@ impl Store {
                 write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches).await?;
                 break;
             }
-            // Read the next page while this one is written.
-            let (written, next) = tokio::join!(
-                write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches),
-                pager.next(&self.pool)
-            );
-            written?;
+            let next = if self.backend == Backend::Postgres {
+                // Read the next page on another connection while this one is written.
+                let (written, next) = tokio::join!(
+                    write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches),
+                    pager.next(&self.pool)
+                );
+                written?;
+                next
+            } else {
+                write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches).await?;
+                pager.next(&mut *conn).await
+            };
             progress(report.events);
             page = next?;
         }
         fill_counts(&mut conn, SHADOW.tasks, SHADOW.counts).await?;
-        build_secondary_indexes(self).await?;
+        build_secondary_indexes(self, &mut conn).await?;
         if self.backend == Backend::Postgres {
             // Statistics belong to the table: the planner must know the shadow's before it
             // serves lists.
@@ -619,17 +630,19 @@ async fn drop_secondary_indexes(
 /// from the live tables, which always have them, so a rebuild that stopped half-way cannot
 /// leave an index out of the next swap. Names alternate between `<live>_...` and
 /// `<shadow>_...` as the tables swap.
-async fn build_secondary_indexes(store: &Store) -> Result<(), StoreError> {
+async fn build_secondary_indexes(
+    store: &Store,
+    conn: &mut AnyConnection,
+) -> Result<(), StoreError> {
     let backend = store.backend;
-    let mut conn = store.pool.acquire().await?;
     let mut statements = Vec::new();
     for (live, shadow) in LIVE.per_task().into_iter().zip(SHADOW.per_task()) {
-        let present: HashSet<String> = secondary_indexes(&mut conn, backend, shadow)
+        let present: HashSet<String> = secondary_indexes(&mut *conn, backend, shadow)
             .await?
             .into_iter()
             .map(|(name, _)| name)
             .collect();
-        for (name, definition) in secondary_indexes(&mut conn, backend, live).await? {
+        for (name, definition) in secondary_indexes(&mut *conn, backend, live).await? {
             let renamed = match name.strip_prefix(&format!("{shadow}_")) {
                 Some(rest) => format!("{live}_{rest}"),
                 None => match name.strip_prefix(&format!("{live}_")) {
@@ -658,7 +671,6 @@ async fn build_secondary_indexes(store: &Store) -> Result<(), StoreError> {
             ));
         }
     }
-    drop(conn);
     match backend {
         // Indexes are built on connections of their own, side by side, with memory
         // enough to sort in one pass.
@@ -680,9 +692,10 @@ async fn build_secondary_indexes(store: &Store) -> Result<(), StoreError> {
                 .try_collect::<Vec<()>>()
                 .await?;
         }
-        // One writer at a time on SQLite.
+        // One writer at a time on SQLite, and on the connection that dropped the old
+        // indexes: another pooled connection may still read an older snapshot of the
+        // schema, in which they exist.
         Backend::Sqlite => {
-            let mut conn = store.pool.acquire().await?;
             for sql in &statements {
                 sqlx::query(sql).execute(&mut *conn).await?;
             }
