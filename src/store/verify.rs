@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sqlx::AnyConnection;
 use taskledger_events::{canonical_json, GENESIS_HASH};
 
 use super::read::{EventRow, EVENT_COLUMNS};
@@ -180,18 +181,21 @@ impl Store {
         // snapshot no event lies beyond the head; one that does was not appended by taskledger.
         // Every position up to the head read now is committed, so the walks below see all of
         // them; no lock is needed and writers are not held up.
+        // One connection throughout: on SQLite another pooled connection may still read an
+        // older snapshot, without the events up to the head read here.
+        let mut conn = self.pool.acquire().await?;
         let (head, last_stored): (i64, Option<i64>) = sqlx::query_as(
             "SELECT (SELECT last_position FROM ledger_head WHERE id = 1), \
              (SELECT MAX(global_position) FROM events)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
         let until = last_stored.unwrap_or(0).max(head);
         let mut findings = Findings::default();
         let (events, tasks) = self
-            .verify_chains(from, until, &mut findings, &progress)
+            .verify_chains(&mut conn, from, until, &mut findings, &progress)
             .await?;
-        self.verify_positions(from, head, until, &mut findings)
+        self.verify_positions(&mut conn, from, head, until, &mut findings)
             .await?;
         progress(events);
         Ok(findings.into_report(events, tasks))
@@ -200,6 +204,7 @@ impl Store {
     /// The chain walk; returns how many events and tasks it saw.
     async fn verify_chains(
         &self,
+        conn: &mut AnyConnection,
         from: i64,
         until: i64,
         findings: &mut Findings,
@@ -208,19 +213,18 @@ impl Store {
         let mut pager = ChainPager::new(from, until, VERIFY_PAGE);
         let mut last: Option<ChainEnd> = None;
         let (mut events, mut tasks) = (0u64, 0u64);
-        let mut page = pager.next(&self.pool).await?;
+        let mut page = pager.next(&mut *conn).await?;
         while !page.is_empty() {
             // Hash this page on every core while the next one is read.
             let hashing = tokio::task::spawn_blocking(move || {
                 let problems = content_problems(&page);
                 (page, problems)
             });
-            let (hashed, next) = tokio::join!(hashing, pager.next(&self.pool));
+            let (hashed, next) = tokio::join!(hashing, pager.next(&mut *conn));
             let (rows, problems) =
                 hashed.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
-            let starts = self
-                .chain_starts(from, &rows, last.as_ref().map(|l| l.task_id.as_str()))
-                .await?;
+            let continuing = last.as_ref().map(|l| l.task_id.as_str());
+            let starts = chain_starts(&mut *conn, from, &rows, continuing).await?;
             for (row, problem) in rows.iter().zip(problems) {
                 events += 1;
                 let (last_sequence, last_hash) = match &last {
@@ -260,55 +264,12 @@ impl Store {
         Ok((events, tasks))
     }
 
-    /// For each task whose first event in the walk is on this page and is not its first
-    /// event, the sequence and stored hash of its previous event (before `from`). Nothing
-    /// to look up when the walk starts at the beginning.
-    async fn chain_starts(
-        &self,
-        from: i64,
-        rows: &[EventRow],
-        continuing: Option<&str>,
-    ) -> Result<HashMap<String, (i64, String)>, StoreError> {
-        let mut starts = HashMap::new();
-        if from <= 1 {
-            return Ok(starts);
-        }
-        let mut wanted: Vec<(&str, i64)> = Vec::new();
-        let mut previous = continuing;
-        for row in rows {
-            if previous != Some(row.task_id.as_str()) && row.sequence > 1 {
-                wanted.push((&row.task_id, row.sequence - 1));
-            }
-            previous = Some(&row.task_id);
-        }
-        for chunk in wanted.chunks(500) {
-            let mut sql = String::from("SELECT task_id, sequence, hash FROM events WHERE ");
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                sql.push_str(&format!(
-                    "(task_id = ${} AND sequence = ${})",
-                    2 * i + 1,
-                    2 * i + 2
-                ));
-            }
-            let query = chunk
-                .iter()
-                .fold(sqlx::query_as(&sql), |q, (task, sequence)| {
-                    q.bind(*task).bind(*sequence)
-                });
-            let found: Vec<(String, i64, String)> = query.fetch_all(&self.pool).await?;
-            starts.extend(found.into_iter().map(|(t, s, h)| (t, (s, h))));
-        }
-        Ok(starts)
-    }
-
     /// Checks that positions `from..=head` are all there and none lies beyond the head. A
     /// count proves it in one statement; only when it does not are the positions walked to
     /// name each event out of place.
     async fn verify_positions(
         &self,
+        conn: &mut AnyConnection,
         from: i64,
         head: i64,
         until: i64,
@@ -320,7 +281,7 @@ impl Store {
         )
         .bind(from)
         .bind(until)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
         let wanted = (head - from + 1).max(0);
         if count == wanted && max.unwrap_or(0) <= head {
@@ -336,7 +297,7 @@ impl Store {
             .bind(expected)
             .bind(until)
             .bind(POSITION_PAGE)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await?;
             let Some(last) = page.last() else { break };
             let next = last.0 + 1;
@@ -380,6 +341,50 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// For each task whose first event in the walk is on this page and is not its first
+/// event, the sequence and stored hash of its previous event (before `from`). Nothing
+/// to look up when the walk starts at the beginning.
+async fn chain_starts(
+    conn: &mut AnyConnection,
+    from: i64,
+    rows: &[EventRow],
+    continuing: Option<&str>,
+) -> Result<HashMap<String, (i64, String)>, StoreError> {
+    let mut starts = HashMap::new();
+    if from <= 1 {
+        return Ok(starts);
+    }
+    let mut wanted: Vec<(&str, i64)> = Vec::new();
+    let mut previous = continuing;
+    for row in rows {
+        if previous != Some(row.task_id.as_str()) && row.sequence > 1 {
+            wanted.push((&row.task_id, row.sequence - 1));
+        }
+        previous = Some(&row.task_id);
+    }
+    for chunk in wanted.chunks(500) {
+        let mut sql = String::from("SELECT task_id, sequence, hash FROM events WHERE ");
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!(
+                "(task_id = ${} AND sequence = ${})",
+                2 * i + 1,
+                2 * i + 2
+            ));
+        }
+        let query = chunk
+            .iter()
+            .fold(sqlx::query_as(&sql), |q, (task, sequence)| {
+                q.bind(*task).bind(*sequence)
+            });
+        let found: Vec<(String, i64, String)> = query.fetch_all(&mut *conn).await?;
+        starts.extend(found.into_iter().map(|(t, s, h)| (t, (s, h))));
+    }
+    Ok(starts)
 }
 
 fn failure_of(row: &EventRow, reason: String) -> VerifyFailure {
