@@ -16,6 +16,10 @@ use super::{Store, StoreError};
 const VERIFY_PAGE: i64 = 4000;
 /// Positions read per query when the positions are walked one by one.
 const POSITION_PAGE: i64 = 20_000;
+/// Up to this many events after `--from`, the tail is walked in global order (its cost
+/// follows the tail, with a map of the tail's chains, at most this many entries); a longer
+/// tail is walked chain by chain in constant memory.
+const TAIL_WALK_MAX: i64 = 100_000;
 /// How many broken events `verify` names; it counts them all.
 pub const VERIFY_NAMED_MAX: usize = 100;
 
@@ -176,6 +180,19 @@ impl Store {
         from: i64,
         progress: impl Fn(u64),
     ) -> Result<VerifyReport, StoreError> {
+        self.verify_from_walking(from, false, progress).await
+    }
+
+    /// [`Store::verify_from`], walking the chains in (task, sequence) order even for a
+    /// short tail (which is otherwise walked in global order). For tests: both walks must
+    /// find the same.
+    #[doc(hidden)]
+    pub async fn verify_from_walking(
+        &self,
+        from: i64,
+        walk_chains: bool,
+        progress: impl Fn(u64),
+    ) -> Result<VerifyReport, StoreError> {
         let from = from.max(1);
         // Appends move the head and insert their events in one transaction, so in one
         // snapshot no event lies beyond the head; one that does was not appended by taskledger.
@@ -192,9 +209,13 @@ impl Store {
         .await?;
         let until = last_stored.unwrap_or(0).max(head);
         let mut findings = Findings::default();
-        let (events, tasks) = self
-            .verify_chains(&mut conn, from, until, &mut findings, &progress)
-            .await?;
+        let tail = until - from + 1;
+        let (events, tasks) = if from > 1 && tail <= TAIL_WALK_MAX && !walk_chains {
+            verify_tail(&mut conn, from, until, &mut findings, &progress).await?
+        } else {
+            self.verify_chains(&mut conn, from, until, &mut findings, &progress)
+                .await?
+        };
         self.verify_positions(&mut conn, from, head, until, &mut findings)
             .await?;
         progress(events);
@@ -236,21 +257,8 @@ impl Store {
                             .map_or((0, GENESIS_HASH), |(s, h)| (*s, h.as_str()))
                     }
                 };
-                let mut reasons = Vec::new();
-                if row.sequence != last_sequence + 1 {
-                    reasons.push(format!(
-                        "sequence {} follows {last_sequence} in its task",
-                        row.sequence
-                    ));
-                }
-                if row.prev_hash != last_hash {
-                    reasons.push(
-                        "prev_hash does not match the hash of the task's previous event".into(),
-                    );
-                }
-                reasons.extend(problem);
-                if !reasons.is_empty() {
-                    findings.record(failure_of(row, reasons.join("; ")));
+                if let Some(failure) = check_link(row, problem, last_sequence, last_hash) {
+                    findings.record(failure);
                 }
                 last = Some(ChainEnd {
                     task_id: row.task_id.clone(),
@@ -352,9 +360,8 @@ async fn chain_starts(
     rows: &[EventRow],
     continuing: Option<&str>,
 ) -> Result<HashMap<String, (i64, String)>, StoreError> {
-    let mut starts = HashMap::new();
     if from <= 1 {
-        return Ok(starts);
+        return Ok(HashMap::new());
     }
     let mut wanted: Vec<(&str, i64)> = Vec::new();
     let mut previous = continuing;
@@ -364,6 +371,16 @@ async fn chain_starts(
         }
         previous = Some(&row.task_id);
     }
+    events_before(conn, &wanted).await
+}
+
+/// The sequence and stored hash of each (task, sequence) asked for that exists: a batch of
+/// primary-key lookups per query.
+async fn events_before(
+    conn: &mut AnyConnection,
+    wanted: &[(&str, i64)],
+) -> Result<HashMap<String, (i64, String)>, StoreError> {
+    let mut starts = HashMap::new();
     for chunk in wanted.chunks(500) {
         let mut sql = String::from("SELECT task_id, sequence, hash FROM events WHERE ");
         for i in 0..chunk.len() {
@@ -385,6 +402,90 @@ async fn chain_starts(
         starts.extend(found.into_iter().map(|(t, s, h)| (t, (s, h))));
     }
     Ok(starts)
+}
+
+/// The walk of a short tail, in global order (a range of the primary key): each task's
+/// chain is picked up from its event before `from` the first time the task appears.
+async fn verify_tail(
+    conn: &mut AnyConnection,
+    from: i64,
+    until: i64,
+    findings: &mut Findings,
+    progress: &impl Fn(u64),
+) -> Result<(u64, u64), StoreError> {
+    let sql = format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
+         AND global_position <= $2 ORDER BY global_position LIMIT $3"
+    );
+    let mut chains: HashMap<String, (i64, String)> = HashMap::new();
+    let mut events = 0u64;
+    let mut after = from;
+    loop {
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(after)
+            .bind(until)
+            .bind(VERIFY_PAGE)
+            .fetch_all(&mut *conn)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = last.global_position + 1;
+        let hashing = tokio::task::spawn_blocking(move || {
+            let problems = content_problems(&rows);
+            (rows, problems)
+        });
+        let mut wanted: Vec<(String, i64)> = Vec::new();
+        let (rows, problems) = hashing
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        let mut first_seen = std::collections::HashSet::new();
+        for row in &rows {
+            // Only a task's first event in the walk is picked up from before `from`.
+            if !chains.contains_key(&row.task_id)
+                && first_seen.insert(row.task_id.as_str())
+                && row.sequence > 1
+            {
+                wanted.push((row.task_id.clone(), row.sequence - 1));
+            }
+        }
+        let wanted: Vec<(&str, i64)> = wanted.iter().map(|(t, s)| (t.as_str(), *s)).collect();
+        let starts = events_before(&mut *conn, &wanted).await?;
+        for (row, problem) in rows.iter().zip(problems) {
+            events += 1;
+            let (last_sequence, last_hash) = match chains.get(&row.task_id) {
+                Some((s, h)) => (*s, h.as_str()),
+                None => starts
+                    .get(&row.task_id)
+                    .map_or((0, GENESIS_HASH), |(s, h)| (*s, h.as_str())),
+            };
+            if let Some(failure) = check_link(row, problem, last_sequence, last_hash) {
+                findings.record(failure);
+            }
+            chains.insert(row.task_id.clone(), (row.sequence, row.hash.clone()));
+        }
+        progress(events);
+    }
+    Ok((events, chains.len() as u64))
+}
+
+/// The finding for one event of a chain, if any, given where its task's chain stood.
+fn check_link(
+    row: &EventRow,
+    problem: Option<String>,
+    last_sequence: i64,
+    last_hash: &str,
+) -> Option<VerifyFailure> {
+    let mut reasons = Vec::new();
+    if row.sequence != last_sequence + 1 {
+        reasons.push(format!(
+            "sequence {} follows {last_sequence} in its task",
+            row.sequence
+        ));
+    }
+    if row.prev_hash != last_hash {
+        reasons.push("prev_hash does not match the hash of the task's previous event".into());
+    }
+    reasons.extend(problem);
+    (!reasons.is_empty()).then(|| failure_of(row, reasons.join("; ")))
 }
 
 fn failure_of(row: &EventRow, reason: String) -> VerifyFailure {
