@@ -27,10 +27,10 @@ pub(crate) async fn replay(store: &Store, check: bool) -> anyhow::Result<ExitCod
 }
 
 /// Recomputes every hash chain.
-pub(crate) async fn verify(store: &Store) -> anyhow::Result<ExitCode> {
+pub(crate) async fn verify(store: &Store, from: i64) -> anyhow::Result<ExitCode> {
     let total = store.count_events().await?;
     let bar = progress_bar(total, "verifying");
-    let report = store.verify(|n| bar.set_position(n)).await?;
+    let report = store.verify_from(from, |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
     if report.is_intact() {
         println!(

@@ -222,11 +222,15 @@ fn parse(p: ListParams) -> Result<Options, ApiError> {
             .map(UniqueId::into_string)
             .collect(),
         tags: p.tags.0.into_iter().map(Tag::into_string).collect(),
-        after: match p.next_token.filter(|t| !t.is_empty()) {
-            Some(token) => Some(decode_token(&token)?),
-            None => None,
-        },
+        after: None,
+        known_total: None,
     };
+    let mut query = query;
+    if let Some(token) = p.next_token.filter(|t| !t.is_empty()) {
+        let cursor = decode_token(&token)?;
+        query.after = Some((cursor.created_us, cursor.task_id));
+        query.known_total = cursor.total;
+    }
     Ok(Options {
         query,
         include_attachment_url: p.include_attachment_url.unwrap_or_default().0,
@@ -234,12 +238,22 @@ fn parse(p: ListParams) -> Result<Options, ApiError> {
     })
 }
 
-fn encode_token(created_us: i64, task_id: &str) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(json!({ "c": created_us, "t": task_id }).to_string())
+/// Where a walk stands: after the task `(created_us, task_id)`, with the walk's `total` as
+/// counted on its first page, so later pages of a filter the counts projection does not
+/// cover need not count again.
+#[derive(Debug, PartialEq)]
+struct Cursor {
+    created_us: i64,
+    task_id: String,
+    total: Option<i64>,
 }
 
-fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
+fn encode_token(created_us: i64, task_id: &str, total: i64) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(json!({ "c": created_us, "t": task_id, "n": total }).to_string())
+}
+
+fn decode_token(token: &str) -> Result<Cursor, ApiError> {
     let invalid = || ApiError::bad_request("next_token is not valid");
     if token.len() > MAX_TOKEN_BYTES {
         return Err(invalid());
@@ -248,8 +262,16 @@ fn decode_token(token: &str) -> Result<(i64, String), ApiError> {
         .decode(token.trim_end_matches('='))
         .map_err(|_| invalid())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    let total = match value.get("n") {
+        None => None,
+        Some(n) => Some(n.as_i64().filter(|n| *n >= 0).ok_or_else(invalid)?),
+    };
     match (value["c"].as_i64(), value["t"].as_str()) {
-        (Some(c), Some(t)) => Ok((c, t.to_string())),
+        (Some(c), Some(t)) => Ok(Cursor {
+            created_us: c,
+            task_id: t.to_string(),
+            total,
+        }),
         _ => Err(invalid()),
     }
 }
@@ -283,7 +305,7 @@ async fn list_tasks(
         page.bodies
     };
     let next_token = match &page.next {
-        Some((c, t)) => Value::String(encode_token(*c, t)),
+        Some((c, t)) => Value::String(encode_token(*c, t, page.total)),
         None => Value::Null,
     };
     // The stored task objects are spliced in as they are, byte for byte.
@@ -328,13 +350,14 @@ mod tests {
 
     #[test]
     fn a_next_token_round_trips_and_garbage_is_a_400() {
-        let token = encode_token(1_700_000_000_000_000, "0190a1b2c3d4e5f601234567");
+        let token = encode_token(1_700_000_000_000_000, "0190a1b2c3d4e5f601234567", 42);
         assert_eq!(
             decode_token(&token).unwrap(),
-            (
-                1_700_000_000_000_000,
-                "0190a1b2c3d4e5f601234567".to_string()
-            )
+            Cursor {
+                created_us: 1_700_000_000_000_000,
+                task_id: "0190a1b2c3d4e5f601234567".to_string(),
+                total: Some(42),
+            }
         );
         assert!(decode_token("not-a-token").is_err());
         assert!(decode_token(&"A".repeat(MAX_TOKEN_BYTES + 1)).is_err());

@@ -28,6 +28,58 @@ pub struct ListQuery {
     pub limit: i64,
     /// Continue after this (created_at_us, task_id), exclusive.
     pub after: Option<(i64, String)>,
+    /// The total of the first page of this walk, carried by the caller (e.g. in its next
+    /// token). Used only for filters the counts projection does not cover (times, tags,
+    /// unique_ids, two filters at once), so their later pages are not counted again.
+    pub known_total: Option<i64>,
+}
+
+impl ListQuery {
+    /// Whether tags are the only filter.
+    fn only_tags(&self) -> bool {
+        !self.tags.is_empty()
+            && ListQuery {
+                tags: Vec::new(),
+                limit: self.limit,
+                after: self.after.clone(),
+                known_total: self.known_total,
+                ..ListQuery::default()
+            }
+            .counted()
+            .is_some_and(|(dimension, _)| dimension == "all")
+    }
+
+    /// The counts-projection dimension and values whose sum is this query's total, when it
+    /// filters on at most one of type, status, project, batch and customer_review_status
+    /// (a task has one value of each, so the values' counts add up).
+    fn counted(&self) -> Option<(&'static str, BTreeSet<&str>)> {
+        let uncounted = self.created_from_us.is_some()
+            || self.created_to_us.is_some()
+            || self.completed_after_us.is_some()
+            || self.completed_before_us.is_some()
+            || self.updated_after_us.is_some()
+            || self.updated_before_us.is_some()
+            || !self.unique_ids.is_empty()
+            || !self.tags.is_empty();
+        if uncounted {
+            return None;
+        }
+        let filters = [
+            ("type", self.task_types.as_slice()),
+            ("status", self.statuses.as_slice()),
+            ("project", self.project.as_slice()),
+            ("batch", self.batch.as_slice()),
+            ("review", self.review_statuses.as_slice()),
+        ];
+        let mut set = filters.iter().filter(|(_, values)| !values.is_empty());
+        match (set.next(), set.next()) {
+            (None, _) => Some(("all", BTreeSet::from([""]))),
+            (Some((dimension, values)), None) => {
+                Some((*dimension, values.iter().map(String::as_str).collect()))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -129,41 +181,57 @@ impl Store {
         f.any_of("t.batch", q.batch.as_slice());
         f.any_of("t.customer_review_status", &q.review_statuses);
         f.any_of("t.unique_id", &q.unique_ids);
-        if !q.tags.is_empty() {
-            // A tag asked for twice counts once in the HAVING below.
-            let tags: BTreeSet<&String> = q.tags.iter().collect();
-            f.push(|f| {
-                let list: Vec<String> = tags
-                    .iter()
-                    .map(|t| f.placeholder(Param::Text((*t).clone())))
-                    .collect();
-                let n = f.placeholder(Param::Int(tags.len() as i64));
-                format!(
-                    "t.task_id IN (SELECT g.task_id FROM task_tags g WHERE g.account_id = {account} \
-                     AND g.tag IN ({}) GROUP BY g.task_id HAVING COUNT(*) = {n})",
-                    list.join(", ")
-                )
-            });
-        }
-        let total_sql = format!("SELECT COUNT(*) FROM tasks t WHERE {}", f.sql());
-        let total: i64 = f
-            .bind(sqlx::query(&total_sql))
-            .fetch_one(&self.pool)
-            .await?
-            .try_get(0)?;
+        // With tags, the page is read from the first tag's index in list order (task_tags
+        // carries each task's created_at_us), each further tag checked per task: the cost is
+        // bounded by the page, not by how many tasks carry the tag.
+        let tags: BTreeSet<&String> = q.tags.iter().collect();
+        let (from, order) = match tags.first() {
+            Some(first) => {
+                f.push(|f| {
+                    let tag = f.placeholder(Param::Text((*first).clone()));
+                    format!("g.account_id = {account} AND g.tag = {tag}")
+                });
+                for other in tags.iter().skip(1) {
+                    f.push(|f| {
+                        let tag = f.placeholder(Param::Text((*other).clone()));
+                        format!(
+                            "EXISTS (SELECT 1 FROM task_tags h WHERE h.task_id = t.task_id \
+                             AND h.tag = {tag})"
+                        )
+                    });
+                }
+                ("task_tags g JOIN tasks t ON t.task_id = g.task_id", "g")
+            }
+            None => ("tasks t", "t"),
+        };
+        let total = match (q.counted(), q.known_total) {
+            (Some((dimension, values)), _) => {
+                self.counted_total(account_id, dimension, &values).await?
+            }
+            (None, Some(known)) => known,
+            (None, None) if q.only_tags() => self.tagged_total(account_id, &tags).await?,
+            (None, None) => {
+                let total_sql = format!("SELECT COUNT(*) FROM {from} WHERE {}", f.sql());
+                f.bind(sqlx::query(&total_sql))
+                    .fetch_one(&self.pool)
+                    .await?
+                    .try_get(0)?
+            }
+        };
 
         if let Some((created, task_id)) = &q.after {
+            // A row comparison is one range of the list index: a late page starts where
+            // the cursor is instead of filtering every task before it.
             f.push(|f| {
-                let c1 = f.placeholder(Param::Int(*created));
-                let c2 = f.placeholder(Param::Int(*created));
+                let c = f.placeholder(Param::Int(*created));
                 let t = f.placeholder(Param::Text(task_id.clone()));
-                format!("(t.created_at_us < {c1} OR (t.created_at_us = {c2} AND t.task_id < {t}))")
+                format!("({order}.created_at_us, {order}.task_id) < ({c}, {t})")
             });
         }
         let limit = f.placeholder(Param::Int(q.limit + 1));
         let page_sql = format!(
-            "SELECT t.body, t.created_at_us, t.task_id FROM tasks t WHERE {} \
-             ORDER BY t.created_at_us DESC, t.task_id DESC LIMIT {limit}",
+            "SELECT t.body, t.created_at_us, t.task_id FROM {from} WHERE {} \
+             ORDER BY {order}.created_at_us DESC, {order}.task_id DESC LIMIT {limit}",
             f.sql()
         );
         let rows = f.bind(sqlx::query(&page_sql)).fetch_all(&self.pool).await?;
@@ -180,5 +248,57 @@ impl Store {
             total,
             next: if more { next } else { None },
         })
+    }
+}
+
+impl Store {
+    /// How many tasks of the account carry every tag: from the tag index alone, without
+    /// reading the tasks.
+    async fn tagged_total(
+        &self,
+        account_id: &str,
+        tags: &BTreeSet<&String>,
+    ) -> Result<i64, StoreError> {
+        let mut sql =
+            String::from("SELECT COUNT(*) FROM task_tags g WHERE g.account_id = $1 AND g.tag = $2");
+        for i in 1..tags.len() {
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM task_tags h WHERE h.task_id = g.task_id \
+                 AND h.tag = ${})",
+                i + 2
+            ));
+        }
+        let total: i64 = tags
+            .iter()
+            .fold(sqlx::query_scalar(&sql).bind(account_id), |q, tag| {
+                q.bind(tag.as_str())
+            })
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(total)
+    }
+
+    /// The sum of the counts of `values` in `dimension`: one indexed read.
+    async fn counted_total(
+        &self,
+        account_id: &str,
+        dimension: &str,
+        values: &BTreeSet<&str>,
+    ) -> Result<i64, StoreError> {
+        let list: Vec<String> = (0..values.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM task_counts WHERE account_id = $1 \
+             AND dimension = $2 AND value IN ({})",
+            list.join(", ")
+        );
+        let total: i64 = values
+            .iter()
+            .fold(
+                sqlx::query_scalar(&sql).bind(account_id).bind(dimension),
+                |q, v| q.bind(*v),
+            )
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(total)
     }
 }

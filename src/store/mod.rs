@@ -4,6 +4,7 @@
 
 mod append;
 mod callbacks;
+mod counts;
 mod follow;
 mod idempotency;
 mod keys;
@@ -13,6 +14,7 @@ mod projection;
 mod read;
 mod rebuild;
 mod sql;
+mod verify;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
@@ -21,7 +23,8 @@ pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState}
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
-pub use rebuild::{RebuildReport, VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
+pub use rebuild::{RebuildReport, REPLAY_LOCK};
+pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -54,6 +57,9 @@ pub enum StoreError {
     /// grant what the key never had.
     #[error("API key {key_id} has an unknown scope {scope:?}")]
     CorruptKey { key_id: String, scope: String },
+    /// Another `replay` is rebuilding the projections: two would share the shadow tables.
+    #[error("another replay is running on this database; wait for it to finish")]
+    ReplayRunning,
 }
 
 impl StoreError {

@@ -18,7 +18,7 @@ pub(super) const TASK_COLUMNS: &str = "task_id, account_id, version, body, task_
 
 /// New task rows per INSERT: 13 parameters each stays far below both backends' limits.
 const TASK_ROWS_PER_INSERT: usize = 400;
-/// Rows of three parameters per INSERT (tags, unique_ids).
+/// Rows of three or four parameters per INSERT (tags, unique_ids).
 const SMALL_ROWS_PER_INSERT: usize = 1000;
 
 /// One row of `tasks`.
@@ -84,7 +84,16 @@ pub(super) async fn insert_task_rows(
     conn: &mut AnyConnection,
     rows: &[&TaskRow],
 ) -> Result<bool, StoreError> {
-    let head = format!("INSERT INTO tasks ({TASK_COLUMNS}) VALUES ");
+    insert_task_rows_into(conn, "tasks", rows).await
+}
+
+/// [`insert_task_rows`] into `table` (`tasks` or the shadow a replay builds).
+pub(super) async fn insert_task_rows_into(
+    conn: &mut AnyConnection,
+    table: &str,
+    rows: &[&TaskRow],
+) -> Result<bool, StoreError> {
+    let head = format!("INSERT INTO {table} ({TASK_COLUMNS}) VALUES ");
     for chunk in rows.chunks(TASK_ROWS_PER_INSERT) {
         let inserted = insert_rows(&mut *conn, &head, chunk, |q, row| row.bind(q)).await;
         if !unique_violation_as_false(inserted)? {
@@ -173,6 +182,9 @@ pub(super) struct TaskTags<'a> {
     pub account_id: &'a str,
     pub task_id: &'a str,
     pub tags: &'a [String],
+    /// The task's creation time, kept beside each tag so a tag's tasks are listed from
+    /// their index in list order.
+    pub created_at_us: i64,
     /// Whether the task may have tag rows already (it existed before this write).
     pub replaces: bool,
 }
@@ -189,58 +201,36 @@ pub(super) async fn replace_tags(
             .execute(&mut *conn)
             .await?;
     }
-    let mut rows: Vec<(&str, &str, &str)> = Vec::new();
+    insert_tags_into(conn, "task_tags", tasks).await
+}
+
+/// Inserts each task's tags into `table` (`task_tags` or its shadow), each tag once.
+pub(super) async fn insert_tags_into(
+    conn: &mut AnyConnection,
+    table: &str,
+    tasks: &[TaskTags<'_>],
+) -> Result<(), StoreError> {
+    let head = format!("INSERT INTO {table} (task_id, account_id, tag, created_at_us) VALUES ");
+    let mut rows: Vec<(&str, &str, &str, i64)> = Vec::new();
     for t in tasks {
         let mut seen = HashSet::with_capacity(t.tags.len());
         rows.extend(
             t.tags
                 .iter()
                 .filter(|tag| seen.insert(tag.as_str()))
-                .map(|tag| (t.task_id, t.account_id, tag.as_str())),
+                .map(|tag| (t.task_id, t.account_id, tag.as_str(), t.created_at_us)),
         );
     }
     for chunk in rows.chunks(SMALL_ROWS_PER_INSERT) {
         insert_rows(
             &mut *conn,
-            "INSERT INTO task_tags (task_id, account_id, tag) VALUES ",
+            &head,
             chunk,
-            |q, (task, account, tag)| q.bind(*task).bind(*account).bind(*tag),
+            |q, (task, account, tag, created)| {
+                q.bind(*task).bind(*account).bind(*tag).bind(*created)
+            },
         )
         .await?;
     }
     Ok(())
-}
-
-/// Whether the stored row, tags and unique_id reservation of a task are exactly what folding
-/// its `version` events gives (`view`).
-pub(super) async fn projection_matches(
-    conn: &mut AnyConnection,
-    account_id: &str,
-    view: &TaskView,
-    version: i64,
-) -> Result<bool, StoreError> {
-    let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = $1");
-    let stored: Option<TaskRow> = sqlx::query_as(&sql)
-        .bind(&view.task_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if stored.as_ref() != Some(&TaskRow::of(account_id, version, view)) {
-        return Ok(false);
-    }
-    let tags: Vec<String> =
-        sqlx::query_scalar("SELECT tag FROM task_tags WHERE task_id = $1 AND account_id = $2")
-            .bind(&view.task_id)
-            .bind(account_id)
-            .fetch_all(&mut *conn)
-            .await?;
-    let stored_tags: HashSet<&str> = tags.iter().map(String::as_str).collect();
-    let expected_tags: HashSet<&str> = view.tags.iter().map(String::as_str).collect();
-    let reserved: Vec<String> = sqlx::query_scalar(
-        "SELECT unique_id FROM unique_ids WHERE task_id = $1 AND account_id = $2",
-    )
-    .bind(&view.task_id)
-    .bind(account_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(stored_tags == expected_tags && reserved.as_slice() == view.unique_id.as_slice())
 }

@@ -95,6 +95,30 @@ impl Store {
         rows.iter().map(EventRow::envelope).collect()
     }
 
+    /// A page of a task's history: at most `limit` events with a sequence above `after`,
+    /// oldest first, or none if the task is not in this account. One indexed range read on
+    /// `(task_id, sequence)`, however long the history.
+    pub async fn task_events_page(
+        &self,
+        account_id: &str,
+        task_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = $1 AND account_id = $2 \
+             AND sequence > $3 ORDER BY sequence LIMIT $4"
+        );
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(task_id)
+            .bind(account_id)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(EventRow::envelope).collect()
+    }
+
     /// Events after a global position, in global order. Because appends are serialized on the
     /// ledger head, every position below a visible one is visible too: nothing is skipped.
     pub async fn events_after(

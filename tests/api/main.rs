@@ -14,6 +14,7 @@ mod idempotency_fencing;
 mod kafka;
 mod list_api;
 mod relay_halts;
+mod scale;
 mod sdk;
 mod server_limits;
 mod soak;

@@ -15,6 +15,7 @@ use taskledger_events::{
 };
 use taskledger_projections::{fold, FoldError, TaskView, UniqueIdChange};
 
+use super::counts::CountDeltas;
 use super::idempotency::record_answer;
 use super::projection::{
     insert_task_rows, release_unique_ids, replace_tags, reserve_unique_ids, update_task_row,
@@ -338,10 +339,19 @@ impl AppendTx {
                 account_id: &p.write.account_id,
                 task_id: &p.write.task_id,
                 tags: &p.view.tags,
+                created_at_us: p.view.created_at.timestamp_micros(),
                 replaces: p.write.prior_view.is_some(),
             })
             .collect();
         replace_tags(self.conn(), &retagged).await?;
+        let mut counts = CountDeltas::default();
+        for p in &changing {
+            if let Some(prior) = &p.write.prior_view {
+                counts.view(&p.write.account_id, prior, -1);
+            }
+            counts.view(&p.write.account_id, &p.view, 1);
+        }
+        counts.write(self.conn(), "task_counts").await?;
         let events: Vec<&SealedEvent> = changing.iter().flat_map(|p| &p.sealed).collect();
         if !insert_events(self.conn(), &events).await? {
             return Ok(Err(Refused::Conflict));

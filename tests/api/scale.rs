@@ -1,0 +1,723 @@
+//! Scale behaviour of the store: `replay` online beside a writer that keeps committing,
+//! `replay --check` comparing a page of tasks at a time, and `verify` streaming, from the
+//! start or from a position; on PostgreSQL and SQLite alike.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use taskledger::domain::{Json, Metadata, Tags, TaskAction, TaskId};
+use taskledger::ledger::Ledger;
+use taskledger::store::{ListQuery, Store};
+use taskledger_events::Scope;
+
+use crate::helpers::{
+    categorization, context, on_both_backends, projection_snapshot, Backend, TestDb, TestLedger,
+};
+
+/// Runs SQL that the append-only triggers would refuse, on one connection.
+async fn behind_the_ledgers_back(db: &TestDb, store: &Store, statements: &[&str]) {
+    let mut conn = store.pool().acquire().await.unwrap();
+    let unlock: &[&str] = match db.backend {
+        Backend::Postgres => &["ALTER TABLE events DISABLE TRIGGER events_no_update"],
+        Backend::Sqlite => &[
+            "DROP TRIGGER IF EXISTS events_no_update",
+            "DROP TRIGGER IF EXISTS events_no_delete",
+        ],
+    };
+    for sql in unlock.iter().chain(statements) {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.unwrap();
+    }
+}
+
+/// The secondary indexes of the projection tables, by what they index (names move between
+/// a table and its shadow as replay swaps them).
+async fn index_shapes(db: &TestDb, store: &Store) -> Vec<String> {
+    let mut shapes = Vec::new();
+    for table in ["tasks", "task_tags", "unique_ids", "task_counts"] {
+        let sql = match db.backend {
+            Backend::Postgres => {
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+                 AND tablename = $1"
+            }
+            Backend::Sqlite => {
+                "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 \
+                 AND sql IS NOT NULL"
+            }
+        };
+        let definitions: Vec<String> = sqlx::query_scalar(sql)
+            .bind(table)
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        for d in definitions {
+            let unique = d.to_ascii_uppercase().starts_with("CREATE UNIQUE");
+            let columns = &d[d.find('(').unwrap()..];
+            shapes.push(format!(
+                "{table} unique={unique} {}",
+                columns.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
+        }
+    }
+    shapes.sort();
+    shapes
+}
+
+/// Waits, polling, until `done` holds, from inside a synchronous callback (hence not
+/// [`crate::helpers::eventually`]); `PATIENCE` only turns a hang into a failure.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + crate::helpers::PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A writer that keeps creating tasks (with unique_ids, some moved to the next task) and
+/// changing them until told to stop; counts its commits and keeps every error.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    commits: Arc<AtomicU64>,
+    errors: Arc<Mutex<Vec<String>>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Writer {
+    fn start(ledger: Ledger, account_id: String) -> Writer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let commits = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let handle = tokio::spawn({
+            let (stop, commits, errors) = (stop.clone(), commits.clone(), errors.clone());
+            async move {
+                let customer = context(&account_id, Scope::Customer);
+                let mut previous: Option<TaskId> = None;
+                let mut i = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    i += 1;
+                    let unique_id = format!("w{i}");
+                    let mut outcome = ledger
+                        .create(&customer, categorization(Some(&unique_id)), None)
+                        .await
+                        .map(|c| TaskId::parse(&c.view.task_id).unwrap());
+                    if let (Ok(task), Some(prev)) = (&outcome, &previous) {
+                        // The previous task's unique_id moves to this one: a release and a
+                        // reservation in two tasks the catch-up must both see.
+                        let moved = async {
+                            let give_up = TaskAction::SetUniqueId {
+                                unique_id: format!("x{i}").try_into().unwrap(),
+                            };
+                            ledger.execute(&customer, prev, cmd(give_up), None).await?;
+                            let take = TaskAction::SetUniqueId {
+                                unique_id: format!("w{}", i - 1).try_into().unwrap(),
+                            };
+                            ledger.execute(&customer, task, cmd(take), None).await?;
+                            let tags = TaskAction::SetTags {
+                                tags: Tags::try_from(vec![format!("t{}", i % 3), "w".into()])
+                                    .unwrap(),
+                            };
+                            ledger.execute(&customer, task, cmd(tags), None).await
+                        };
+                        if let Err(e) = moved.await {
+                            outcome = Err(e);
+                        }
+                    }
+                    match outcome {
+                        Ok(task) => {
+                            previous = Some(task);
+                            commits.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(e) => errors.lock().unwrap().push(e.to_string()),
+                    }
+                }
+            }
+        });
+        Writer {
+            stop,
+            commits,
+            errors,
+            handle,
+        }
+    }
+
+    async fn stop(self) -> Vec<String> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.handle.await.expect("the writer does not panic");
+        let errors = self.errors.lock().unwrap().clone();
+        errors
+    }
+}
+
+fn cmd(action: TaskAction) -> taskledger::domain::TaskCommand {
+    taskledger::domain::TaskCommand::new(Scope::Customer, action)
+}
+
+async fn seed(t: &TestLedger, tasks: usize) -> Vec<TaskId> {
+    let mut ids = Vec::new();
+    for i in 0..tasks {
+        let task = t.create(Some(&format!("seed{i}"))).await;
+        t.run(
+            &task,
+            Scope::Customer,
+            TaskAction::AddTags {
+                tags: Tags::try_from(vec![format!("s{}", i % 4)]).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+        ids.push(task);
+    }
+    ids
+}
+
+async fn replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_rebuild(
+    backend: Backend,
+) {
+    let t = TestLedger::new(backend).await;
+    seed(&t, 30).await;
+    let indexes = index_shapes(&t.db, &t.store).await;
+    assert!(indexes.len() >= 10, "{indexes:?}");
+    let writer = Writer::start(t.ledger.clone(), t.account_id.clone());
+    let commits = writer.commits.clone();
+    wait_until("the writer commits", || commits.load(Ordering::SeqCst) >= 3);
+
+    let progressed = AtomicBool::new(false);
+    let report = t
+        .store
+        .replay(false, |_| {
+            // The first report comes after the rebuild read its snapshot: hold the replay
+            // here until the writer has committed more, so the replay must catch those up.
+            if !progressed.swap(true, Ordering::SeqCst) {
+                let from = commits.load(Ordering::SeqCst);
+                tokio::task::block_in_place(|| {
+                    wait_until("the writer commits during the replay", || {
+                        commits.load(Ordering::SeqCst) >= from + 10
+                    })
+                });
+            }
+        })
+        .await
+        .expect("the replay succeeds beside the writer");
+    assert!(report.mismatches.is_empty(), "{:?}", report.mismatches);
+    let before_stop = commits.load(Ordering::SeqCst);
+    let errors = writer.stop().await;
+    assert!(errors.is_empty(), "the writer saw errors: {errors:?}");
+    assert!(
+        before_stop >= 13,
+        "the writer kept committing: {before_stop}"
+    );
+
+    let replayed = projection_snapshot(&t.store).await;
+    let fresh = t.store.replay(false, |_| {}).await.unwrap();
+    assert!(fresh.mismatches.is_empty(), "{:?}", fresh.mismatches);
+    assert_eq!(
+        projection_snapshot(&t.store).await,
+        replayed,
+        "the online replay left what a fresh rebuild gives"
+    );
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    assert_eq!(check.events, t.store.count_events().await.unwrap());
+    assert_eq!(
+        index_shapes(&t.db, &t.store).await,
+        indexes,
+        "the swapped-in tables have every index the live ones had"
+    );
+    assert!(t.store.verify(|_| {}).await.unwrap().is_intact());
+    // The shadow tables are left empty.
+    let shadow: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks_shadow")
+        .fetch_one(t.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(shadow, 0);
+}
+
+async fn replay_check_names_each_task_whose_row_tags_or_unique_id_differ(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let tasks = seed(&t, 12).await;
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    assert_eq!((check.tasks, check.events), (12, 24));
+
+    let (a, b, c) = (tasks[2].as_str(), tasks[5].as_str(), tasks[9].as_str());
+    let damage = [
+        format!("UPDATE tasks SET body = '{{}}' WHERE task_id = '{a}'"),
+        format!("INSERT INTO task_tags (task_id, account_id, tag) SELECT task_id, account_id, 'extra' FROM tasks WHERE task_id = '{b}'"),
+        format!("DELETE FROM unique_ids WHERE task_id = '{c}'"),
+    ];
+    for sql in &damage {
+        sqlx::query(sql).execute(t.store.pool()).await.unwrap();
+    }
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    let mut expected = vec![a.to_string(), b.to_string(), c.to_string()];
+    expected.sort();
+    assert_eq!(check.mismatches, expected);
+
+    let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
+    assert_eq!((rebuilt.tasks, rebuilt.events), (12, 24));
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+}
+
+/// Three tasks with three events each, created one after another, so positions 1-3 are
+/// task 0, 4-6 task 1, 7-9 task 2; then a fourth event on task 0 at position 10.
+async fn three_chains(t: &TestLedger) -> Vec<TaskId> {
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let task = t.create(None).await;
+        for n in 0..2 {
+            t.run(
+                &task,
+                Scope::Customer,
+                TaskAction::SetMetadata {
+                    metadata: Metadata::parse(json!({"i": i, "n": n})).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        }
+        tasks.push(task);
+    }
+    t.run(
+        &tasks[0],
+        Scope::Customer,
+        TaskAction::SetMetadata {
+            metadata: Metadata::parse(json!({"last": true})).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    tasks
+}
+
+/// `verify_from` walks a short tail in global order; walking it chain by chain (as a long
+/// tail is) must find exactly the same.
+async fn both_walks_from(t: &TestLedger, from: i64) -> taskledger::store::VerifyReport {
+    let in_global_order = t.store.verify_from(from, |_| {}).await.unwrap();
+    let chain_by_chain = t
+        .store
+        .verify_from_walking(from, true, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(in_global_order, chain_by_chain);
+    in_global_order
+}
+
+async fn verify_from_a_position_checks_what_follows_and_picks_each_chain_up_there(
+    backend: Backend,
+) {
+    let t = TestLedger::new(backend).await;
+    let tasks = three_chains(&t).await;
+    let all = t.store.verify(|_| {}).await.unwrap();
+    assert!(all.is_intact(), "{:?}", all.failures);
+    assert_eq!((all.events, all.tasks), (10, 3));
+
+    let tail = both_walks_from(&t, 6).await;
+    assert!(tail.is_intact(), "{:?}", tail.failures);
+    assert_eq!(
+        (tail.events, tail.tasks),
+        (5, 3),
+        "positions 6-10 of three tasks"
+    );
+
+    // An event before the position is not checked again...
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &[r#"UPDATE events SET payload = '{"metadata":{}}' WHERE global_position = 2"#],
+    )
+    .await;
+    assert!(both_walks_from(&t, 6).await.is_intact());
+    assert_eq!(t.store.verify(|_| {}).await.unwrap().broken, 1);
+    // ...but the chain is picked up from its stored hash: an event after the position
+    // whose predecessor's hash was altered is named.
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &["UPDATE events SET hash = 'f' WHERE global_position = 3"],
+    )
+    .await;
+    let tail = both_walks_from(&t, 6).await;
+    assert_eq!(tail.broken, 1, "{:?}", tail.failures);
+    let failure = &tail.failures[0];
+    assert_eq!(
+        (failure.global_position, failure.task_id.as_str()),
+        (10, tasks[0].as_str())
+    );
+    assert!(failure.reason.contains("prev_hash"), "{}", failure.reason);
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskledger"))
+        .args(["verify", "--from", "4"])
+        .env("DATABASE_URL", &t.db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BROKEN: 1 findings in 7 events"), "{text}");
+    assert!(text.contains("global position 10"), "{text}");
+}
+
+async fn verify_names_a_missing_position_and_the_chain_it_breaks(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let tasks = three_chains(&t).await;
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &["DELETE FROM events WHERE global_position = 5"],
+    )
+    .await;
+    let report = t.store.verify(|_| {}).await.unwrap();
+    assert_eq!(report.events, 9);
+    let named: Vec<(i64, &str)> = report
+        .failures
+        .iter()
+        .map(|f| (f.global_position, f.reason.as_str()))
+        .collect();
+    assert_eq!(report.broken, 2, "{named:?}");
+    // Position 6 follows 4 in the global order, and task 1's sequence 3 follows 1.
+    assert_eq!(report.failures[0].global_position, 6);
+    assert_eq!(report.failures[0].task_id, tasks[1].as_str());
+    assert!(report.failures[0].reason.contains("follows 4"), "{named:?}");
+    assert!(
+        report.failures[0].reason.contains("sequence 3 follows 1"),
+        "{named:?}"
+    );
+}
+
+/// What `GET /v1/tasks` would answer as `total`, and the tasks a walk of every page finds.
+async fn total_and_walk(t: &TestLedger, q: &ListQuery) -> (i64, usize) {
+    let first = t.store.list_tasks(&t.account_id, q).await.unwrap();
+    let mut seen = first.bodies.len();
+    let mut next = first.next.clone();
+    while let Some(after) = next {
+        let page = t
+            .store
+            .list_tasks(
+                &t.account_id,
+                &ListQuery {
+                    after: Some(after),
+                    ..q.clone()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, first.total, "every page carries the same total");
+        seen += page.bodies.len();
+        next = page.next;
+    }
+    (first.total, seen)
+}
+
+async fn list_totals_are_exact_for_each_counted_filter_as_tasks_change(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let customer = t.customer();
+    let contributor = context(&t.account_id, Scope::Contributor);
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let mut create = categorization(None);
+        create.project = Some(format!("p{}", i % 3).try_into().unwrap());
+        create.batch = (i % 2 == 0).then(|| "b0".try_into().unwrap());
+        let committed = t.ledger.create(&customer, create, None).await.unwrap();
+        tasks.push(TaskId::parse(&committed.view.task_id).unwrap());
+    }
+    for task in &tasks[0..2] {
+        let cancel = TaskAction::Cancel {
+            clear_unique_id: false,
+        };
+        t.ledger
+            .execute(&customer, task, cmd(cancel), None)
+            .await
+            .unwrap();
+    }
+    for task in &tasks[2..5] {
+        let complete = taskledger::domain::TaskCommand::new(
+            Scope::Contributor,
+            TaskAction::Complete {
+                response: Json::try_from(json!({"category": "big"})).unwrap(),
+            },
+        );
+        t.ledger
+            .execute(&contributor, task, complete, None)
+            .await
+            .unwrap();
+    }
+    let audit = TaskAction::CustomerAudit {
+        audited_by: "qa".into(),
+        accepted: true,
+        comments: None,
+    };
+    t.ledger
+        .execute(&customer, &tasks[2], cmd(audit), None)
+        .await
+        .unwrap();
+
+    let page = |q: ListQuery| ListQuery { limit: 2, ..q };
+    let cases: Vec<(ListQuery, i64)> = vec![
+        (ListQuery::default(), 9),
+        (
+            ListQuery {
+                statuses: vec!["canceled".into()],
+                ..Default::default()
+            },
+            2,
+        ),
+        (
+            ListQuery {
+                statuses: vec!["pending".into(), "completed".into(), "pending".into()],
+                ..Default::default()
+            },
+            7,
+        ),
+        (
+            ListQuery {
+                task_types: vec!["categorization".into()],
+                ..Default::default()
+            },
+            9,
+        ),
+        (
+            ListQuery {
+                project: Some("p1".into()),
+                ..Default::default()
+            },
+            3,
+        ),
+        (
+            ListQuery {
+                batch: Some("b0".into()),
+                ..Default::default()
+            },
+            5,
+        ),
+        (
+            ListQuery {
+                review_statuses: vec!["accepted".into()],
+                ..Default::default()
+            },
+            1,
+        ),
+        // Two filters at once are counted from the tasks themselves.
+        (
+            ListQuery {
+                statuses: vec!["completed".into()],
+                project: Some("p2".into()),
+                ..Default::default()
+            },
+            1,
+        ),
+    ];
+    for (q, expected) in &cases {
+        let (total, walked) = total_and_walk(&t, &page(q.clone())).await;
+        assert_eq!((total, walked), (*expected, *expected as usize), "{q:?}");
+    }
+
+    // The counts are a projection: replay --check compares them, replay rebuilds them.
+    sqlx::query(
+        "UPDATE task_counts SET n = n + 5 WHERE dimension = 'status' AND value = 'canceled'",
+    )
+    .execute(t.store.pool())
+    .await
+    .unwrap();
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert_eq!(check.mismatches.len(), 1, "{:?}", check.mismatches);
+    assert!(
+        check.mismatches[0].contains("canceled"),
+        "{:?}",
+        check.mismatches
+    );
+    t.store.replay(false, |_| {}).await.unwrap();
+    for (q, expected) in &cases {
+        assert_eq!(
+            total_and_walk(&t, &page(q.clone())).await.0,
+            *expected,
+            "{q:?}"
+        );
+    }
+    assert!(t
+        .store
+        .replay(true, |_| {})
+        .await
+        .unwrap()
+        .mismatches
+        .is_empty());
+}
+
+async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    seed(&t, 5).await;
+    let q = ListQuery {
+        tags: vec!["s0".into()],
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        t.store.list_tasks(&t.account_id, &q).await.unwrap().total,
+        2
+    );
+    let carried = ListQuery {
+        known_total: Some(2),
+        ..q.clone()
+    };
+    // A task tagged meanwhile shows on the page; the walk keeps its first total.
+    let task = t.create(None).await;
+    t.run(
+        &task,
+        Scope::Customer,
+        TaskAction::AddTags {
+            tags: Tags::try_from(vec!["s0".into()]).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    let page = t.store.list_tasks(&t.account_id, &carried).await.unwrap();
+    assert_eq!((page.total, page.bodies.len()), (2, 3));
+    assert_eq!(
+        t.store.list_tasks(&t.account_id, &q).await.unwrap().total,
+        3
+    );
+    // Every tag asked for must be carried, on the page and in the total alike.
+    t.run(
+        &task,
+        Scope::Customer,
+        TaskAction::AddTags {
+            tags: Tags::try_from(vec!["x".into()]).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    for (tags, expected) in [
+        (vec!["s0", "x"], 1),
+        (vec!["x", "s0", "x"], 1),
+        (vec!["s0", "s1"], 0),
+    ] {
+        let q = ListQuery {
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            limit: 10,
+            ..Default::default()
+        };
+        let page = t.store.list_tasks(&t.account_id, &q).await.unwrap();
+        assert_eq!(
+            (page.total, page.bodies.len()),
+            (expected, expected as usize),
+            "{tags:?}"
+        );
+    }
+}
+
+on_both_backends!(
+    replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_rebuild,
+    replay_check_names_each_task_whose_row_tags_or_unique_id_differ,
+    verify_from_a_position_checks_what_follows_and_picks_each_chain_up_there,
+    verify_names_a_missing_position_and_the_chain_it_breaks,
+    list_totals_are_exact_for_each_counted_filter_as_tasks_change,
+    a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries,
+    a_long_history_is_read_a_page_at_a_time_in_sequence_order,
+    verify_and_replay_walk_across_page_ends_without_losing_an_event,
+);
+
+async fn a_long_history_is_read_a_page_at_a_time_in_sequence_order(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(None).await;
+    let other = t.create(None).await;
+    for n in 0..6 {
+        t.run(
+            &task,
+            Scope::Customer,
+            TaskAction::SetMetadata {
+                metadata: Metadata::parse(json!({ "n": n })).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut sequences = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = t
+            .store
+            .task_events_page(&t.account_id, task.as_str(), after, 3)
+            .await
+            .unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = last.sequence;
+        assert!(page.iter().all(|e| e.task_id == task.as_str()));
+        sequences.extend(page.iter().map(|e| e.sequence));
+    }
+    assert_eq!(sequences, (1..=7).collect::<Vec<i64>>());
+    let whole = t
+        .store
+        .task_events(&t.account_id, task.as_str(), None)
+        .await
+        .unwrap();
+    let paged = t
+        .store
+        .task_events_page(&t.account_id, task.as_str(), 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(paged, whole[2..].to_vec());
+    assert!(t
+        .store
+        .task_events_page("another-account", other.as_str(), 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn verify_and_replay_walk_across_page_ends_without_losing_an_event(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let ctx = t.customer();
+    // More tasks than a page of verify (4,000 events) or replay (5,000).
+    for _ in 0..11 {
+        let creates = (0..500).map(|_| t.ledger.create(&ctx, categorization(None), None));
+        for created in futures::future::join_all(creates).await {
+            created.expect("create a task");
+        }
+    }
+    let verified = t.store.verify(|_| {}).await.unwrap();
+    assert!(verified.is_intact(), "{:?}", verified.failures);
+    assert_eq!((verified.events, verified.tasks), (5500, 5500));
+    let tail = both_walks_from(&t, 1001).await;
+    assert_eq!((tail.events, tail.tasks, tail.broken), (4500, 4500, 0));
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert_eq!((check.events, check.tasks), (5500, 5500));
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    let live = projection_snapshot(&t.store).await;
+    let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
+    assert_eq!((rebuilt.events, rebuilt.tasks), (5500, 5500));
+    assert_eq!(projection_snapshot(&t.store).await, live);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_replay_on_postgres_is_refused_while_one_runs() {
+    let t = TestLedger::new(Backend::Postgres).await;
+    seed(&t, 3).await;
+    // Another process's replay, as far as this one can tell: a session holding the lock.
+    let mut other = t.store.pool().acquire().await.unwrap().detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(taskledger::store::REPLAY_LOCK)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(locked);
+    let refused = t.store.replay(false, |_| {}).await;
+    assert!(
+        matches!(refused, Err(taskledger::store::StoreError::ReplayRunning)),
+        "{refused:?}"
+    );
+    // A check writes nothing and may run beside it.
+    assert!(t
+        .store
+        .replay(true, |_| {})
+        .await
+        .unwrap()
+        .mismatches
+        .is_empty());
+    sqlx::Connection::close(other).await.unwrap();
+    let report = t.store.replay(false, |_| {}).await.unwrap();
+    assert_eq!(report.tasks, 3);
+    // The lock went with the replay's session: the next replay runs too.
+    assert_eq!(t.store.replay(false, |_| {}).await.unwrap().tasks, 3);
+}
