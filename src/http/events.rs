@@ -2,12 +2,11 @@
 
 use axum::routing::get;
 use axum::Json;
-use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 use taskledger_events::EventEnvelope;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
-use super::extract::{AccountRead, Limit, QueryParams};
+use super::extract::{AccountRead, Limit, Position, QueryParams};
 use super::{ApiError, Routes};
 
 pub(super) fn router() -> Routes {
@@ -17,26 +16,6 @@ pub(super) fn router() -> Routes {
 #[derive(OpenApi)]
 #[openapi(paths(list_events))]
 pub(super) struct Docs;
-
-/// A global position given in a query: an integer >= 0.
-#[derive(Debug, Clone, Copy, Default)]
-struct Position(i64);
-
-impl<'de> Deserialize<'de> for Position {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse::<i64>()
-            .ok()
-            .filter(|n| *n >= 0)
-            .map(Position)
-            .ok_or_else(|| {
-                de::Error::custom(format!(
-                    "must be a global position (an integer >= 0); got {:?}",
-                    s.chars().take(64).collect::<String>()
-                ))
-            })
-    }
-}
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

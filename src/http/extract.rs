@@ -370,6 +370,27 @@ impl<'de> Deserialize<'de> for Time {
     }
 }
 
+/// A position given in a query (a global position, or a sequence within a task): an
+/// integer >= 0.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Position(pub i64);
+
+impl<'de> Deserialize<'de> for Position {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Position)
+            .ok_or_else(|| {
+                de::Error::custom(format!(
+                    "must be a position (an integer >= 0); got {:?}",
+                    s.chars().take(64).collect::<String>()
+                ))
+            })
+    }
+}
+
 /// A page size from 1 to `MAX`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit<const MAX: i64>(pub i64);

@@ -6,14 +6,15 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use taskledger_events::{Actor, EventEnvelope};
 use taskledger_projections::TaskView as Task;
-use utoipa::{OpenApi, ToSchema};
+use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::extract::{
-    self, field_message, AccountRead, Caller, LenientBody, LenientJson, QueryParams, Time,
+    self, field_message, AccountRead, Caller, LenientBody, LenientJson, Limit, Position,
+    QueryParams, Time,
 };
 use super::task_bodies::{
     AuditBody, CancelParams, CompleteBody, ContributorAuditBody, CreateTaskBody, CustomerAuditBody,
@@ -225,30 +226,70 @@ impl From<EventEnvelope> for HistoryEntryOut {
 pub struct HistoryOut {
     task_id: String,
     events: Vec<HistoryEntryOut>,
+    /// Pass as `after` to continue: the sequence of the last event of this page (the
+    /// request's `after` when the page is empty).
+    next_after: i64,
+    /// Whether events follow this page.
+    has_more: bool,
+}
+
+/// The most events one history page holds, and the page size when `limit` is not given: a
+/// task's history can grow without bound, a page cannot.
+const HISTORY_PAGE_MAX: i64 = 1000;
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+struct HistoryParams {
+    /// A sequence within the task: events strictly after it.
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0, default = 0)]
+    after: Option<Position>,
+    /// 1 to 1000.
+    #[param(value_type = Option<i64>, nullable = false, minimum = 1, maximum = 1000, default = 1000)]
+    limit: Option<Limit<HISTORY_PAGE_MAX>>,
 }
 
 #[utoipa::path(
     get,
     path = "/v1/task/{id}/history",
-    summary = "A task's events, oldest first",
+    summary = "A task's events, oldest first, a page at a time",
+    description = "At most `limit` events (1000 when not given) after the sequence `after`; \
+                   pass `next_after` back as `after` while `has_more` is true.",
+    params(HistoryParams),
     responses((status = 200, description = "The task's events.", body = HistoryOut))
 )]
 async fn task_history(
     AccountRead { state, caller }: AccountRead,
     Path(id): Path<String>,
+    QueryParams(query): QueryParams<HistoryParams>,
 ) -> Result<Json<HistoryOut>, ApiError> {
     let task_id = extract::task_id(&id)?;
-    let events = state
-        .ledger
-        .store()
-        .task_events(caller.account_id(), task_id.as_str(), None)
+    let after = query.after.unwrap_or_default().0;
+    let limit = query.limit.map_or(HISTORY_PAGE_MAX, |Limit(n)| n);
+    let store = state.ledger.store();
+    let account_id = caller.account_id();
+    let mut events = store
+        .task_events_page(account_id, task_id.as_str(), after, limit + 1)
         .await?;
-    if events.is_empty() {
+    // Every task has a first event: none at all means no such task (of this account), while
+    // an empty page past the end of a real history is just empty.
+    let exists = !events.is_empty()
+        || (after > 0
+            && !store
+                .task_events_page(account_id, task_id.as_str(), 0, 1)
+                .await?
+                .is_empty());
+    if !exists {
         return Err(extract::not_found());
     }
+    let has_more = events.len() as i64 > limit;
+    events.truncate(limit as usize);
+    let next_after = events.last().map_or(after, |e| e.sequence);
     Ok(Json(HistoryOut {
         task_id: task_id.to_string(),
         events: events.into_iter().map(HistoryEntryOut::from).collect(),
+        next_after,
+        has_more,
     }))
 }
 

@@ -562,6 +562,50 @@ async fn racing_creates_with_one_unique_id_give_one_task_and_409s(backend: Backe
     assert_eq!(app.get("/v1/tasks?unique_id=race").await.body["total"], 1);
 }
 
+async fn a_long_history_is_read_a_page_at_a_time(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.create(json!({})).await.task_id();
+    for n in 0..5 {
+        let path = format!("/v1/task/{id}/setMetadata");
+        assert_eq!(app.post(&path, json!({ "n": n })).await.status, 200);
+    }
+    let history = format!("/v1/task/{id}/history");
+    // Without paging parameters: every event (six here), and nothing more to read.
+    let all = app.get(&history).await;
+    assert_eq!(all.body["events"].as_array().unwrap().len(), 6);
+    assert_eq!(all.body["has_more"], false);
+    assert_eq!(all.body["next_after"], 6);
+    // Two at a time, in sequence order, each page continuing where the last one ended.
+    let mut sequences = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app.get(&format!("{history}?limit=2&after={after}")).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let events = page.body["events"].as_array().unwrap();
+        assert!(events.len() <= 2);
+        sequences.extend(events.iter().map(|e| e["sequence"].as_i64().unwrap()));
+        after = page.body["next_after"].as_i64().unwrap();
+        if page.body["has_more"] == false {
+            break;
+        }
+    }
+    assert_eq!(sequences, vec![1, 2, 3, 4, 5, 6]);
+    // Past the end of a real history: an empty page, not a 404.
+    let past = app.get(&format!("{history}?after=6")).await;
+    assert_eq!(past.status, 200, "{}", past.body);
+    assert_eq!(past.body["events"], json!([]));
+    assert_eq!(past.body["next_after"], 6);
+    // A task that does not exist is a 404 however it is paged; bad paging is a 400.
+    let missing = format!("/v1/task/{}/history", "0".repeat(24));
+    app.get(&format!("{missing}?after=3"))
+        .await
+        .assert_error(404, "not found");
+    for bad in ["limit=0", "limit=1001", "after=-1", "after=x"] {
+        let reply = app.get(&format!("{history}?{bad}")).await;
+        reply.assert_error(400, bad.split('=').next().unwrap());
+    }
+}
+
 on_sqlite!(
     creating_a_task_answers_200_with_the_reference_task_object,
     every_task_type_is_created_and_checked_by_its_own_rules,
@@ -570,6 +614,7 @@ on_sqlite!(
     requests_without_a_valid_key_answer_401,
     another_accounts_task_is_a_404_exactly_like_a_missing_one,
     as_of_shows_the_task_as_it_stood_and_history_lists_every_event,
+    a_long_history_is_read_a_page_at_a_time,
     cancel_is_idempotent_refuses_finished_tasks_and_can_clear_the_unique_id,
     set_metadata_replaces_it_and_refuses_non_objects_and_oversized_ones,
     unique_id_can_be_set_replaced_and_cleared_with_409_naming_the_holder,
