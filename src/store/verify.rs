@@ -53,9 +53,6 @@ pub struct VerifyReport {
     pub broken: u64,
     /// The [`VERIFY_NAMED_MAX`] findings lowest in the global order, in global order.
     pub failures: Vec<VerifyFailure>,
-    /// The first finding (`failures[0]`), kept for callers that only ask whether the ledger
-    /// is intact.
-    pub first_failure: Option<VerifyFailure>,
 }
 
 impl VerifyReport {
@@ -88,13 +85,11 @@ impl Findings {
     }
 
     fn into_report(self, events: u64, tasks: u64) -> VerifyReport {
-        let failures: Vec<VerifyFailure> = self.named.into_values().collect();
         VerifyReport {
             events,
             tasks,
             broken: self.broken,
-            first_failure: failures.first().cloned(),
-            failures,
+            failures: self.named.into_values().collect(),
         }
     }
 }
