@@ -53,9 +53,6 @@ pub struct VerifyReport {
     pub broken: u64,
     /// The [`VERIFY_NAMED_MAX`] findings lowest in the global order, in global order.
     pub failures: Vec<VerifyFailure>,
-    /// The first finding (`failures[0]`), kept for callers that only ask whether the ledger
-    /// is intact.
-    pub first_failure: Option<VerifyFailure>,
 }
 
 impl VerifyReport {
@@ -88,13 +85,11 @@ impl Findings {
     }
 
     fn into_report(self, events: u64, tasks: u64) -> VerifyReport {
-        let failures: Vec<VerifyFailure> = self.named.into_values().collect();
         VerifyReport {
             events,
             tasks,
             broken: self.broken,
-            first_failure: failures.first().cloned(),
-            failures,
+            failures: self.named.into_values().collect(),
         }
     }
 }
@@ -212,11 +207,16 @@ impl Store {
         let until = last_stored.unwrap_or(0).max(head);
         let mut findings = Findings::default();
         let tail = until - from + 1;
+        let walk = Walk {
+            from,
+            until,
+            findings: &mut findings,
+            progress: &progress,
+        };
         let (events, tasks) = if from > 1 && tail <= TAIL_WALK_MAX && !walk_chains {
-            verify_tail(&mut conn, from, until, &mut findings, &progress).await?
+            verify_tail(&mut conn, walk).await?
         } else {
-            self.verify_chains(&mut conn, from, until, &mut findings, &progress)
-                .await?
+            self.verify_chains(&mut conn, walk).await?
         };
         self.verify_positions(&mut conn, from, head, until, &mut findings)
             .await?;
@@ -228,26 +228,17 @@ impl Store {
     async fn verify_chains(
         &self,
         conn: &mut AnyConnection,
-        from: i64,
-        until: i64,
-        findings: &mut Findings,
-        progress: &impl Fn(u64),
+        walk: Walk<'_, impl Fn(u64)>,
     ) -> Result<(u64, u64), StoreError> {
-        let mut pager = ChainPager::new(from, until, VERIFY_PAGE);
+        let mut pager = ChainPager::new(walk.from, walk.until, VERIFY_PAGE);
         let mut last: Option<ChainEnd> = None;
         let (mut events, mut tasks) = (0u64, 0u64);
         let mut page = pager.next(&mut *conn).await?;
         while !page.is_empty() {
             // Hash this page on every core while the next one is read.
-            let hashing = tokio::task::spawn_blocking(move || {
-                let problems = content_problems(&page);
-                (page, problems)
-            });
-            let (hashed, next) = tokio::join!(hashing, pager.next(&mut *conn));
-            let (rows, problems) =
-                hashed.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            let ((rows, problems), next) = tokio::join!(hash_page(page), pager.next(&mut *conn));
             let continuing = last.as_ref().map(|l| l.task_id.as_str());
-            let starts = chain_starts(&mut *conn, from, &rows, continuing).await?;
+            let starts = chain_starts(&mut *conn, walk.from, &rows, continuing).await?;
             for (row, problem) in rows.iter().zip(problems) {
                 events += 1;
                 let (last_sequence, last_hash) = match &last {
@@ -260,7 +251,7 @@ impl Store {
                     }
                 };
                 if let Some(failure) = check_link(row, problem, last_sequence, last_hash) {
-                    findings.record(failure);
+                    walk.findings.record(failure);
                 }
                 last = Some(ChainEnd {
                     task_id: row.task_id.clone(),
@@ -268,7 +259,7 @@ impl Store {
                     hash: row.hash.clone(),
                 });
             }
-            progress(events);
+            (walk.progress)(events);
             page = next?;
         }
         Ok((events, tasks))
@@ -410,10 +401,7 @@ async fn events_before(
 /// chain is picked up from its event before `from` the first time the task appears.
 async fn verify_tail(
     conn: &mut AnyConnection,
-    from: i64,
-    until: i64,
-    findings: &mut Findings,
-    progress: &impl Fn(u64),
+    walk: Walk<'_, impl Fn(u64)>,
 ) -> Result<(u64, u64), StoreError> {
     let sql = format!(
         "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
@@ -421,24 +409,18 @@ async fn verify_tail(
     );
     let mut chains: HashMap<String, (i64, String)> = HashMap::new();
     let mut events = 0u64;
-    let mut after = from;
+    let mut after = walk.from;
     loop {
         let rows: Vec<EventRow> = sqlx::query_as(&sql)
             .bind(after)
-            .bind(until)
+            .bind(walk.until)
             .bind(VERIFY_PAGE)
             .fetch_all(&mut *conn)
             .await?;
         let Some(last) = rows.last() else { break };
         after = last.global_position + 1;
-        let hashing = tokio::task::spawn_blocking(move || {
-            let problems = content_problems(&rows);
-            (rows, problems)
-        });
+        let (rows, problems) = hash_page(rows).await;
         let mut wanted: Vec<(String, i64)> = Vec::new();
-        let (rows, problems) = hashing
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         let mut first_seen = std::collections::HashSet::new();
         for row in &rows {
             // Only a task's first event in the walk is picked up from before `from`.
@@ -460,13 +442,33 @@ async fn verify_tail(
                     .map_or((0, GENESIS_HASH), |(s, h)| (*s, h.as_str())),
             };
             if let Some(failure) = check_link(row, problem, last_sequence, last_hash) {
-                findings.record(failure);
+                walk.findings.record(failure);
             }
             chains.insert(row.task_id.clone(), (row.sequence, row.hash.clone()));
         }
-        progress(events);
+        (walk.progress)(events);
     }
     Ok((events, chains.len() as u64))
+}
+
+/// A walk over the events `from..=until`: where its findings go, and whom it tells how
+/// many events it has seen.
+struct Walk<'w, P> {
+    from: i64,
+    until: i64,
+    findings: &'w mut Findings,
+    progress: &'w P,
+}
+
+/// Hashes a page off the async workers, on every core; the rows come back with their
+/// content problems.
+async fn hash_page(rows: Vec<EventRow>) -> (Vec<EventRow>, Vec<Option<String>>) {
+    tokio::task::spawn_blocking(move || {
+        let problems = content_problems(&rows);
+        (rows, problems)
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
 }
 
 /// The finding for one event of a chain, if any, given where its task's chain stood.

@@ -9,12 +9,20 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use taskledger::domain::{Json, Metadata, Tags, TaskAction, TaskId};
 use taskledger::ledger::Ledger;
-use taskledger::store::{ListQuery, Store};
+use taskledger::store::{ListQuery, RebuildReport, Store};
 use taskledger_events::Scope;
 
 use crate::helpers::{
     categorization, context, on_both_backends, projection_snapshot, Backend, TestDb, TestLedger,
 };
+
+/// Runs `replay --check` and asserts it names no mismatch; its report for what else a
+/// test checks.
+async fn assert_check_finds_nothing(store: &Store) -> RebuildReport {
+    let check = store.replay(true, |_| {}).await.unwrap();
+    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    check
+}
 
 /// Runs SQL that the append-only triggers would refuse, on one connection.
 async fn behind_the_ledgers_back(db: &TestDb, store: &Store, statements: &[&str]) {
@@ -216,8 +224,7 @@ async fn replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_r
         replayed,
         "the online replay left what a fresh rebuild gives"
     );
-    let check = t.store.replay(true, |_| {}).await.unwrap();
-    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    let check = assert_check_finds_nothing(&t.store).await;
     assert_eq!(check.events, t.store.count_events().await.unwrap());
     assert_eq!(
         index_shapes(&t.db, &t.store).await,
@@ -236,8 +243,7 @@ async fn replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_r
 async fn replay_check_names_each_task_whose_row_tags_or_unique_id_differ(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let tasks = seed(&t, 12).await;
-    let check = t.store.replay(true, |_| {}).await.unwrap();
-    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    let check = assert_check_finds_nothing(&t.store).await;
     assert_eq!((check.tasks, check.events), (12, 24));
 
     let (a, b, c) = (tasks[2].as_str(), tasks[5].as_str(), tasks[9].as_str());
@@ -256,8 +262,7 @@ async fn replay_check_names_each_task_whose_row_tags_or_unique_id_differ(backend
 
     let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
     assert_eq!((rebuilt.tasks, rebuilt.events), (12, 24));
-    let check = t.store.replay(true, |_| {}).await.unwrap();
-    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
+    assert_check_finds_nothing(&t.store).await;
 }
 
 /// Three tasks with three events each, created one after another, so positions 1-3 are
@@ -535,13 +540,7 @@ async fn list_totals_are_exact_for_each_counted_filter_as_tasks_change(backend: 
             "{q:?}"
         );
     }
-    assert!(t
-        .store
-        .replay(true, |_| {})
-        .await
-        .unwrap()
-        .mismatches
-        .is_empty());
+    assert_check_finds_nothing(&t.store).await;
 }
 
 async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(backend: Backend) {
@@ -681,9 +680,8 @@ async fn verify_and_replay_walk_across_page_ends_without_losing_an_event(backend
     assert_eq!((verified.events, verified.tasks), (5500, 5500));
     let tail = both_walks_from(&t, 1001).await;
     assert_eq!((tail.events, tail.tasks, tail.broken), (4500, 4500, 0));
-    let check = t.store.replay(true, |_| {}).await.unwrap();
+    let check = assert_check_finds_nothing(&t.store).await;
     assert_eq!((check.events, check.tasks), (5500, 5500));
-    assert!(check.mismatches.is_empty(), "{:?}", check.mismatches);
     let live = projection_snapshot(&t.store).await;
     let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
     assert_eq!((rebuilt.events, rebuilt.tasks), (5500, 5500));
@@ -708,13 +706,7 @@ async fn a_second_replay_on_postgres_is_refused_while_one_runs() {
         "{refused:?}"
     );
     // A check writes nothing and may run beside it.
-    assert!(t
-        .store
-        .replay(true, |_| {})
-        .await
-        .unwrap()
-        .mismatches
-        .is_empty());
+    assert_check_finds_nothing(&t.store).await;
     sqlx::Connection::close(other).await.unwrap();
     let report = t.store.replay(false, |_| {}).await.unwrap();
     assert_eq!(report.tasks, 3);

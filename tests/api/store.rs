@@ -263,7 +263,7 @@ async fn a_taken_unique_id_is_refused_naming_its_task_until_released(backend: Ba
     );
     // The refused commands gave their reserved positions back: no hole, head at the end.
     let report = t.store.verify(|_| {}).await.unwrap();
-    assert!(report.first_failure.is_none(), "{:?}", report.first_failure);
+    assert!(report.is_intact(), "{:?}", report.failures.first());
     assert_eq!(t.store.head_position().await.unwrap(), report.events as i64);
 }
 
@@ -411,12 +411,13 @@ async fn verify_names_the_first_event_altered_behind_the_databases_back(backend:
     t.set_metadata(&task, json!({"a": 2})).await;
     let intact = t.store.verify(|_| {}).await.unwrap();
     assert_eq!(intact.events, 3);
-    assert!(intact.first_failure.is_none());
+    assert!(intact.is_intact());
 
     tamper_with_event(&t.db, &t.store, 2, r#"{"metadata":{"a":1000}}"#).await;
     let report = t.store.verify(|_| {}).await.unwrap();
     let failure = report
-        .first_failure
+        .failures
+        .first()
         .expect("the tampered event is reported");
     assert_eq!(failure.global_position, 2);
     assert_eq!(failure.task_id, task.as_str());

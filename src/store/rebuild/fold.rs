@@ -1,0 +1,129 @@
+//! Folding pages of events, in (task, sequence) order, into one view per task.
+
+use taskledger_projections::{fold, TaskView};
+
+use crate::store::read::EventRow;
+
+/// A task folded from its events: its view, or `None` if the events do not fold.
+pub(super) struct Folded {
+    pub(super) task_id: String,
+    pub(super) account_id: String,
+    pub(super) version: i64,
+    pub(super) view: Option<TaskView>,
+}
+
+/// Folds events that arrive in (task, sequence) order into one view per task; a task is
+/// handed out once the first event of the next task (or the end) shows it is complete.
+#[derive(Default)]
+pub(super) struct Folder {
+    current: Option<Folded>,
+}
+
+impl Folder {
+    pub(super) fn push(&mut self, row: &EventRow) -> Option<Folded> {
+        let done = match &self.current {
+            Some(c) if c.task_id == row.task_id => None,
+            _ => self.current.take(),
+        };
+        let current = self.current.get_or_insert_with(|| Folded {
+            task_id: row.task_id.clone(),
+            account_id: row.account_id.clone(),
+            version: 0,
+            view: None,
+        });
+        let prior = current.view.take();
+        // A task that failed to fold stays failed: later events have nothing to fold onto.
+        let broken = current.version > 0 && prior.is_none();
+        current.version = row.sequence;
+        if !broken {
+            let folded = row
+                .envelope()
+                .map_err(|e| e.to_string())
+                .and_then(|envelope| {
+                    let event = envelope.event().map_err(|e| e.to_string())?;
+                    fold(prior, &envelope.task_id, envelope.recorded_at, &event)
+                        .map_err(|e| e.to_string())
+                });
+            match folded {
+                Ok(view) => current.view = Some(view),
+                Err(message) => {
+                    tracing::error!(task_id = %row.task_id, %message, "event does not fold");
+                }
+            }
+        }
+        done
+    }
+
+    pub(super) fn finish(&mut self) -> Option<Folded> {
+        self.current.take()
+    }
+}
+
+/// Cuts pages of events in (task, sequence) order into whole tasks: the last task of a
+/// page is held back until the next page (or the end) shows it complete.
+#[derive(Default)]
+pub(super) struct WholeTasks {
+    held: Vec<EventRow>,
+}
+
+impl WholeTasks {
+    pub(super) fn take(&mut self, page: Vec<EventRow>, end: bool) -> Vec<EventRow> {
+        let mut rows = std::mem::take(&mut self.held);
+        rows.extend(page);
+        if !end {
+            if let Some(last) = rows.last() {
+                let cut = rows
+                    .iter()
+                    .rposition(|r| r.task_id != last.task_id)
+                    .map_or(0, |i| i + 1);
+                self.held = rows.split_off(cut);
+            }
+        }
+        rows
+    }
+}
+
+/// Folds whole tasks' events (in (task, sequence) order) on every core, off the async
+/// workers.
+pub(super) async fn fold_tasks(rows: Vec<EventRow>) -> Vec<Folded> {
+    if rows.is_empty() {
+        return Vec::new();
+    }
+    let folding = tokio::task::spawn_blocking(move || {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let target = rows.len().div_ceil(threads).max(1);
+        // Cut into about equal parts, each ending where a task ends.
+        let mut parts: Vec<&[EventRow]> = Vec::new();
+        let mut rest: &[EventRow] = &rows;
+        while !rest.is_empty() {
+            let mut cut = target.min(rest.len());
+            while cut < rest.len() && rest[cut].task_id == rest[cut - 1].task_id {
+                cut += 1;
+            }
+            let (part, tail) = rest.split_at(cut);
+            parts.push(part);
+            rest = tail;
+        }
+        std::thread::scope(|s| {
+            let workers: Vec<_> = parts
+                .into_iter()
+                .map(|part| {
+                    s.spawn(move || {
+                        let mut folder = Folder::default();
+                        let mut done: Vec<Folded> =
+                            part.iter().filter_map(|r| folder.push(r)).collect();
+                        done.extend(folder.finish());
+                        done
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        })
+    });
+    folding
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
