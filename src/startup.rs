@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::body::Body;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
@@ -177,12 +177,14 @@ async fn serve_connection(
         let request = request.map(|body| Body::new(TimeoutBody::new(body_timeout, body)));
         router.clone().oneshot(request)
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    // HTTP/1 only: the clients of the reference API speak it, and hyper's header-read
+    // deadline guards only HTTP/1; an auto-detecting server would wait without a deadline
+    // for a silent client's first bytes, or hold an idle HTTP/2 connection forever.
+    let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs));
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        .header_read_timeout(Duration::from_secs(limits.header_read_timeout_secs))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(connection);
     let mut draining = false;
     loop {

@@ -76,7 +76,11 @@ impl<'de, T: Choice + Copy> Deserialize<'de> for AnyOf<T> {
                         v.chars().take(64).collect::<String>()
                     ))
                 })?;
-                out.push(*found);
+                // Each name once: a filter then holds at most `T::ALL.len()` values however
+                // long the list, so no query can carry thousands of parameters.
+                if !out.iter().any(|c: &T| c.name() == found.name()) {
+                    out.push(*found);
+                }
             }
         }
         Ok(AnyOf(out))
@@ -93,7 +97,7 @@ pub(super) struct ListParams {
     /// Created at or after this time.
     #[param(value_type = Option<String>, nullable = false)]
     start_time: Option<Time>,
-    /// Created before this time.
+    /// Created at or before this time.
     #[param(value_type = Option<String>, nullable = false)]
     end_time: Option<Time>,
     #[param(value_type = Option<String>, nullable = false)]
@@ -361,6 +365,17 @@ mod tests {
         );
         assert!(decode_token("not-a-token").is_err());
         assert!(decode_token(&"A".repeat(MAX_TOKEN_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn a_comma_list_holds_each_name_once_however_long_it_is() {
+        let long = vec!["error"; 20_000].join(",");
+        let o = params(&format!(
+            "status={long},pending&type=categorization,categorization"
+        ))
+        .unwrap();
+        assert_eq!(o.query.statuses, vec!["error", "pending"]);
+        assert_eq!(o.query.task_types, vec!["categorization"]);
     }
 
     #[test]

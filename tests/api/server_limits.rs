@@ -46,6 +46,15 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_connects_and_sends_nothing_is_disconnected() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.limits.header_read_timeout_secs = 1).await;
+    let mut stream = TcpStream::connect(address(&app)).await.unwrap();
+    let answered = read_until_closed(&mut stream).await;
+    assert!(!answered.contains("200 OK"), "no request ran: {answered:?}");
+    assert_eq!(app.get("/healthz").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_request_body_that_stalls_is_refused_with_408() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.limits.body_read_timeout_secs = 1).await;
     let mut stream = TcpStream::connect(address(&app)).await.unwrap();
