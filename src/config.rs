@@ -16,6 +16,7 @@ pub struct DatabaseSettings {
         long,
         env = "TASKLEDGER_DB_CONNECTIONS",
         default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..),
         global = true
     )]
     pub db_connections: u32,

@@ -467,7 +467,12 @@ async fn run_committer(
                     metrics.observe_batch(1);
                     let result = match store.commit_batch(vec![job.write.clone()]).await {
                         Ok(mut results) => {
-                            metrics.observe_events_appended(appended(&results));
+                            let events = appended(&results);
+                            metrics.observe_events_appended(events);
+                            if events > 0 {
+                                // The followers (relay, callbacks) need not wait for their poll.
+                                commits.send_modify(|n| *n += 1);
+                            }
                             results
                                 .pop()
                                 .expect("one result")

@@ -177,7 +177,12 @@ impl Scheduler {
     async fn task_as_of(&self, envelope: &EventEnvelope) -> Result<Option<TaskView>, Unavailable> {
         let history = match self
             .store()
-            .task_events(&envelope.account_id, &envelope.task_id, None)
+            // Nothing recorded after this event is needed to fold the task as of it.
+            .task_events(
+                &envelope.account_id,
+                &envelope.task_id,
+                Some(envelope.recorded_at.timestamp_micros()),
+            )
             .await
         {
             Ok(history) => history,
