@@ -180,15 +180,21 @@ async fn bench_reports_the_ledger_against_the_database_anchor() {
 async fn a_second_serve_on_one_sqlite_ledger_is_refused() {
     let db = crate::helpers::TestDb::new(Backend::Sqlite).await;
     let _first = crate::helpers::ServerProcess::start(&db, crate::helpers::free_port(), &[]).await;
-    let second = Command::new(env!("CARGO_BIN_EXE_taskledger"))
+    // Bounded and killed on drop: if the lock ever stops refusing it, this second serve
+    // would run forever, and the test must fail rather than hang.
+    let second = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskledger"))
         .arg("serve")
         .env("DATABASE_URL", &db.url)
         .env(
             "TASKLEDGER_LISTEN",
             format!("127.0.0.1:{}", crate::helpers::free_port()),
         )
-        .output()
-        .unwrap();
+        .kill_on_drop(true)
+        .output();
+    let second =
+        crate::helpers::within(crate::helpers::PATIENCE, "the second serve to exit", second)
+            .await
+            .unwrap();
     assert!(!second.status.success());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(
