@@ -337,18 +337,20 @@ fn an_imageannotation_task_is_created_when_one_geometry_has_objects_to_annotate(
 }
 
 #[test]
-fn a_videoannotation_task_is_created_with_attachments() {
+fn a_videoannotation_task_is_created_with_attachments_and_geometries() {
     assert_created(
         "videoannotation",
-        json!({"attachments": ["https://example.com/f1.jpg", "https://example.com/f2.jpg"]}),
+        json!({"attachments": ["https://example.com/f1.jpg", "https://example.com/f2.jpg"],
+               "geometries": {"box": {"objects_to_annotate": ["car"]}}}),
     );
 }
 
 #[test]
-fn a_lidarsegmentation_task_is_created_with_an_attachment() {
+fn a_lidarsegmentation_task_is_created_with_frames_and_labels() {
     assert_created(
         "lidarsegmentation",
-        json!({"attachment": "https://example.com/scan.json", "attachment_type": "json"}),
+        json!({"attachments": ["https://example.com/scan.json"], "attachment_type": "json",
+               "labels": ["road", "car"]}),
     );
 }
 

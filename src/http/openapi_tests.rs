@@ -374,3 +374,32 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
     .collect();
     assert_eq!(served, published);
 }
+
+#[test]
+fn the_create_operation_lists_every_task_types_rules_as_validation_runs_them() {
+    let doc = doc_json();
+    let create = &doc["paths"]["/v1/task/{id}"]["post"];
+    let id = create["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "id")
+        .expect("the type is a path parameter");
+    let description = id["description"].as_str().unwrap();
+    for row in TYPE_RULES {
+        let needs: Vec<String> = row.requires.iter().map(|r| r.describe()).collect();
+        assert_eq!(
+            id["x-task-type-rules"][row.task_type.as_str()],
+            json!(needs)
+        );
+        assert!(
+            description.contains(&format!("`{}`: {}", row.task_type, needs.join("; "))),
+            "{}",
+            row.task_type
+        );
+    }
+    assert_eq!(
+        id["schema"]["enum"].as_array().unwrap().len(),
+        TYPE_RULES.len()
+    );
+}
