@@ -130,6 +130,10 @@ fn error(error: Value) -> TaskAction {
 }
 
 fn customer_audit(accepted: bool, comments: Option<&str>) -> TaskAction {
+    customer_review(Some(accepted), comments)
+}
+
+fn customer_review(accepted: Option<bool>, comments: Option<&str>) -> TaskAction {
     TaskAction::CustomerAudit {
         audited_by: "customer@example.com".into(),
         accepted,
@@ -1011,6 +1015,25 @@ fn a_customer_rejecting_a_completed_task_records_rejected_with_comments() {
     completed_task()
         .when(customer(customer_audit(false, Some("wrong animal"))))
         .then_expect([customer_audited("rejected", Some("wrong animal"))]);
+}
+
+#[test]
+fn a_customer_commenting_without_accepting_or_rejecting_records_commented() {
+    completed_task()
+        .when(customer(customer_review(
+            None,
+            Some("check the second box"),
+        )))
+        .then_expect([customer_audited("commented", Some("check the second box"))]);
+}
+
+#[test]
+fn a_customer_review_with_neither_a_verdict_nor_comments_is_refused() {
+    for comments in [None, Some("   ")] {
+        completed_task()
+            .when(customer(customer_review(None, comments)))
+            .then_expect_invalid("accepted");
+    }
 }
 
 #[test]
