@@ -23,17 +23,25 @@
 //! so a payload's canonical text, and therefore its hash, is the same in every reader.
 
 mod dedup;
+mod digest;
 mod envelope;
 mod event;
+mod key;
+pub mod merkle;
 mod seal;
 
 pub use dedup::Deduplicator;
+pub use digest::{
+    digest_message, parse_public_key, verify_signature, DigestError, SignedDigest,
+    DIGEST_MESSAGE_TAG, ED25519,
+};
 pub use envelope::{canonical_json, Actor, EventEnvelope, Scope, UnknownScope, GENESIS_HASH};
 pub use event::{
     AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,
     TaskCompleted, TaskCreated, TaskErrored, TaskEvent, TaskMetadataSet, TaskTagsAdded,
     TaskTagsRemoved, TaskTagsReplaced, TaskUniqueIdCleared, TaskUniqueIdSet, UniqueIdClearReason,
 };
+pub use key::{ApiKeyCreated, ApiKeyRevoked, KeyEvent, LedgerEvent};
 pub use seal::{
     seal_events, EnvelopeContext, SealedEvent, UnknownHashVersion, CURRENT_HASH_VERSION, HASH_V1,
     HASH_V2,
