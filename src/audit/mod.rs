@@ -21,7 +21,7 @@ use signing::SigningKeys;
 pub struct SigningKeySettings {
     /// The Ed25519 signing key file, outside the database (created 0600 by `serve`).
     /// Default: beside the SQLite file, or ./taskledger.signing-key.json for PostgreSQL.
-    #[arg(long, env = "TASKLEDGER_SIGNING_KEY_FILE")]
+    #[arg(long, env = "TASKLEDGER_SIGNING_KEY_FILE", global = true)]
     pub signing_key_file: Option<PathBuf>,
 }
 

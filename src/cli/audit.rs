@@ -48,6 +48,8 @@ pub(super) async fn digest(
         return Ok(ExitCode::FAILURE);
     };
     let keys = SigningKeys::load(key_file)?;
+    // A ledger upgraded from before the trees, not yet served: its trees first.
+    store.ensure_trees().await?;
     let digest = crate::audit::sign_digest(store, &keys, &account_id).await?;
     println!("{}", serde_json::to_string(&digest)?);
     Ok(ExitCode::SUCCESS)

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::{json, Value};
+use taskledger::store::EventFilter;
 use taskledger_events::merkle::{
     event_leaf_hash, parse_hash, parse_hashes, verify_consistency, verify_inclusion,
 };
@@ -650,7 +651,79 @@ async fn a_python_auditor_verifies_a_digest_and_a_proof_with_a_common_ed25519_li
     }
 }
 
+async fn every_event_filter_is_read_through_an_index(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let task = t.create(None).await;
+    let filter = |f: fn(&mut EventFilter)| {
+        let mut filter = EventFilter::default();
+        f(&mut filter);
+        filter
+    };
+    let task_id = task.to_string();
+    let cases: Vec<(&str, EventFilter, Option<&str>)> = vec![
+        (
+            "task_id",
+            EventFilter {
+                task_id: Some(task_id),
+                ..EventFilter::default()
+            },
+            None,
+        ),
+        (
+            "event_type",
+            filter(|f| f.event_types = vec!["TaskCreated".into(), "TaskCompleted".into()]),
+            Some("events_by_account_type"),
+        ),
+        (
+            "actor_key_id",
+            filter(|f| f.actor_key_id = Some("key_x".into())),
+            Some("events_by_account_key"),
+        ),
+        (
+            "actor_scope",
+            filter(|f| f.actor_scope = Some("system".into())),
+            Some("events_by_account_scope"),
+        ),
+        (
+            "request_id",
+            filter(|f| f.request_id = Some("r".into())),
+            Some("events_by_account_request"),
+        ),
+        (
+            "recorded_after",
+            filter(|f| f.recorded_after_us = Some(0)),
+            None,
+        ),
+        (
+            "recorded_before",
+            filter(|f| f.recorded_before_us = Some(i64::MAX)),
+            None,
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, filter, index) in cases {
+        let plan = t
+            .store
+            .search_plan(&t.account_id, &filter)
+            .await
+            .unwrap()
+            .join("\n");
+        assert!(!plan.is_empty(), "{name}: a plan");
+        let indexed = match backend {
+            Backend::Postgres => plan.contains("Index") && !plan.contains("Seq Scan"),
+            Backend::Sqlite => {
+                plan.contains("USING INDEX") || plan.contains("USING COVERING INDEX")
+            }
+        };
+        if !indexed || index.is_some_and(|i| !plan.contains(i)) {
+            wrong.push(format!("{name} should read {index:?}:\n{plan}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
+}
+
 on_both_backends!(
+    every_event_filter_is_read_through_an_index,
     each_event_filter_narrows_the_account_feed_in_global_order,
     named_keys_are_listed_per_account_and_recorded_as_its_events,
     digests_and_proofs_verify_with_the_independent_verifier,
