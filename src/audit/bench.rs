@@ -64,3 +64,39 @@ pub async fn tree_cost(
         without_trees: without_total.expect("at least one round"),
     })
 }
+
+/// `taskledger bench --merkle`: prints both throughputs and their ratio.
+pub async fn report(
+    db: &crate::config::DatabaseSettings,
+    commands: u64,
+    concurrency: usize,
+    max_batch: usize,
+) -> anyhow::Result<std::process::ExitCode> {
+    use anyhow::Context;
+    let store = Store::open(
+        &db.database_url,
+        (concurrency as u32 + 4).max(db.db_connections),
+    )
+    .await
+    .with_context(|| format!("opening {}", crate::startup::redact(&db.database_url)))?;
+    eprintln!("measuring the Merkle trees' cost: 2 rounds with and without, alternated");
+    let cost = tree_cost(&store, commands, concurrency, max_batch, 2, &|_| {}).await?;
+    for (name, m) in [
+        ("ledger with the Merkle trees (2 rounds)", &cost.with_trees),
+        (
+            "ledger without the Merkle trees (2 rounds)",
+            &cost.without_trees,
+        ),
+    ] {
+        println!(
+            "{name:<44} {:>8} in {:>7.2} s = {:>9.0}/s  p50 {:>7.2} ms  p99 {:>7.2} ms",
+            m.operations,
+            m.elapsed.as_secs_f64(),
+            m.per_second(),
+            m.p50.as_secs_f64() * 1e3,
+            m.p99.as_secs_f64() * 1e3
+        );
+    }
+    println!("with trees / without: {:.3}", cost.ratio());
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -55,16 +55,6 @@ pub(super) async fn throughput(
         "ledger / anchor: {:.2}",
         ledger.per_second() / anchor.per_second()
     );
-    eprintln!("measuring the Merkle trees' cost: 2 rounds with and without, alternated");
-    let trees =
-        crate::audit::bench::tree_cost(&store, commands, concurrency, max_batch, 2, &|_| {})
-            .await?;
-    line("ledger with the Merkle trees (2 rounds)", &trees.with_trees);
-    line(
-        "ledger without the Merkle trees (2 rounds)",
-        &trees.without_trees,
-    );
-    println!("with trees / without: {:.3}", trees.ratio());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -91,6 +91,10 @@ pub enum Command {
         /// The most commands per append transaction.
         #[arg(long, default_value_t = 256)]
         max_batch: usize,
+        /// Also measure what the Merkle trees cost: task creations with and without them,
+        /// alternated over two rounds each (then the trees are rebuilt).
+        #[arg(long)]
+        merkle: bool,
     },
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
@@ -141,7 +145,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             commands,
             concurrency,
             max_batch,
-        } => bench::throughput(db, commands, concurrency, max_batch).await,
+            merkle,
+        } => {
+            let code = bench::throughput(db, commands, concurrency, max_batch).await?;
+            if !merkle {
+                return Ok(code);
+            }
+            crate::audit::bench::report(db, commands, concurrency, max_batch).await
+        }
         Command::Soak(settings) => bench::soak(db, &settings).await,
         Command::Tail {
             kafka_brokers,

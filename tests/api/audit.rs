@@ -13,9 +13,11 @@ use taskledger_events::merkle::{
 use taskledger_events::{canonical_json, parse_public_key, EventEnvelope, Scope, SignedDigest};
 
 use crate::helpers::process::taskledger;
+use taskledger::audit::watch::{DigestWatcher, Verdict};
+
 use crate::helpers::{
-    a_moment_between, assert_ledger_intact, on_both_backends, on_sqlite, spawn_app, task_body,
-    Backend, TestApp, TestDb, TestLedger, CREATE,
+    a_moment_between, assert_ledger_intact, eventually, on_both_backends, on_sqlite, spawn_app,
+    task_body, within, Backend, TestApp, TestDb, TestLedger, CREATE, PATIENCE,
 };
 
 /// Every event of acme's feed with these query parameters, page by page (`limit` a page).
@@ -722,6 +724,134 @@ async fn every_event_filter_is_read_through_an_index(backend: Backend) {
     assert!(wrong.is_empty(), "{}", wrong.join("\n\n"));
 }
 
+/// The next digest of `account_id` on the topic with more than `above` leaves.
+async fn next_digest(
+    consumer: &rdkafka::consumer::StreamConsumer,
+    account_id: &str,
+    above: u64,
+    others: &mut Vec<SignedDigest>,
+) -> SignedDigest {
+    use rdkafka::Message;
+    within(PATIENCE, "a digest on the topic", async {
+        loop {
+            let message = consumer.recv().await.expect("consume the digest topic");
+            let digest: SignedDigest =
+                serde_json::from_slice(message.payload().expect("a value")).unwrap();
+            assert_eq!(message.key(), Some(digest.account_id.as_bytes()));
+            if digest.account_id != account_id {
+                others.push(digest);
+            } else if digest.tree_size > above {
+                return digest;
+            }
+        }
+    })
+    .await
+}
+
+async fn digests_are_published_and_a_watcher_checks_each_against_the_last(backend: Backend) {
+    let digest_topic = crate::helpers::kafka::topic();
+    let (broker, _events_topic, app) = crate::helpers::kafka::relayed(backend, |s| {
+        s.audit.kafka_digest_topic = digest_topic.clone();
+        s.audit.digest_interval_secs = 1;
+    })
+    .await;
+    let acme = app.get("/v1/ledger/digest").await.body["account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.create(json!({})).await.task_id();
+    app.as_key(&app.other_key)
+        .post(CREATE, task_body())
+        .await
+        .task_id();
+    let consumer = eventually(PATIENCE, "the digest topic", async || {
+        taskledger::relay::stream_consumer(&broker.addr, &digest_topic, true)
+    })
+    .await;
+    let mut others = Vec::new();
+    let first = next_digest(&consumer, &acme, 2, &mut others).await;
+    assert_eq!(first.tree_size, 3, "acme's two keys and its task");
+    for _ in 0..3 {
+        app.completed(json!({})).await;
+    }
+    let second = next_digest(&consumer, &acme, first.tree_size, &mut others).await;
+    assert!(second.tree_size > first.tree_size);
+
+    let mut watcher = DigestWatcher::new(&app.address, &app.key);
+    assert_eq!(
+        watcher.check(first.clone()).await.unwrap(),
+        Verdict::First {
+            tree_size: first.tree_size
+        }
+    );
+    let mut forged = second.clone();
+    forged.tree_size += 1;
+    assert!(matches!(
+        watcher.check(forged).await.unwrap(),
+        Verdict::Broken(_)
+    ));
+    assert_eq!(
+        watcher.check(second.clone()).await.unwrap(),
+        Verdict::Extends {
+            from: first.tree_size,
+            to: second.tree_size
+        }
+    );
+    // A digest that does not extend the last one (a rewritten log signed anew) is caught.
+    let older = first.clone();
+    assert!(matches!(
+        watcher.check(older).await.unwrap(),
+        Verdict::Broken(_)
+    ));
+    // globex's digests are on the topic too; the watcher, holding acme's key, leaves them.
+    let globex = app
+        .as_key(&app.other_key)
+        .get("/v1/ledger/digest")
+        .await
+        .body["account_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let other = match others.iter().find(|d| d.account_id == globex) {
+        Some(d) => d.clone(),
+        None => next_digest(&consumer, &globex, 0, &mut Vec::new()).await,
+    };
+    assert_eq!(watcher.check(other).await.unwrap(), Verdict::OtherAccount);
+}
+
+/// `bench --merkle` measures appends with and without the trees, and leaves the trees whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bench_measures_the_trees_cost_and_leaves_them_whole() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let out = taskledger(
+        &db.url,
+        &[
+            "bench",
+            "--commands",
+            "60",
+            "--concurrency",
+            "4",
+            "--merkle",
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    assert!(text.contains("ledger with the Merkle trees"), "{text}");
+    assert!(text.contains("ledger without the Merkle trees"), "{text}");
+    assert!(text.contains("with trees / without:"), "{text}");
+    let store = db.store().await;
+    let bench = store.find_account("bench").await.unwrap().unwrap();
+    let head = store.tree_head(&bench).await.unwrap();
+    assert_eq!(
+        head.tree_size,
+        60 + 4 * 60,
+        "every bench event is in the tree"
+    );
+    let recomputed = store.recompute_tree(&bench, 0).await.unwrap();
+    assert_eq!(recomputed.root, head.root);
+    assert_eq!(recomputed.first_changed_leaf, None);
+}
+
 on_both_backends!(
     every_event_filter_is_read_through_an_index,
     each_event_filter_narrows_the_account_feed_in_global_order,
@@ -731,6 +861,11 @@ on_both_backends!(
     verify_digest_catches_a_rewritten_and_rehashed_tail,
     replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once,
 );
+
+mod kafka {
+    use super::*;
+    on_sqlite!(digests_are_published_and_a_watcher_checks_each_against_the_last);
+}
 
 mod python {
     use super::*;
