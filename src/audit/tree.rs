@@ -76,7 +76,7 @@ impl Frontier {
                 expected: size.count_ones(),
                 found: 0,
             })?;
-        if text.len() % 64 != 0 {
+        if !text.len().is_multiple_of(64) {
             return Err(TreeError::BadFrontier {
                 size,
                 expected: size.count_ones(),
@@ -161,7 +161,7 @@ impl Nodes for Fetched<'_> {
 /// MTH of leaves `[start, end)`: a stored node when complete, else split as RFC 6962 does.
 fn range_hash(nodes: &mut dyn Nodes, start: u64, end: u64) -> Hash {
     let n = end - start;
-    if n.is_power_of_two() && start % n == 0 {
+    if n.is_power_of_two() && start.is_multiple_of(n) {
         return nodes.node(NodeId {
             level: n.trailing_zeros(),
             index: start / n,
