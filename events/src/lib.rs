@@ -16,6 +16,13 @@
 //!   is versioned (`hash_version`), so events hashed by an earlier release keep verifying
 //!   ([`EventEnvelope::hash_matches`]).
 //!
+//! # Keys and audits
+//!
+//! Creating and revoking an API key are recorded too, as [`KeyEvent`]s in the same envelope
+//! (decode any event with [`EventEnvelope::ledger_event`]). Each account's events form an
+//! RFC 6962 Merkle tree whose root the ledger signs ([`SignedDigest`]); [`merkle`] and
+//! [`verify_signature`] check digests and proofs without any of the service's code.
+//!
 //! # Numbers
 //!
 //! The crate's `serde_json` is built with `float_roundtrip`: a float parses to the exact

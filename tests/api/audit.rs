@@ -6,18 +6,22 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use taskledger::store::EventFilter;
+use taskledger::domain::TaskId;
+use taskledger::store::{CommandWrite, EventFilter};
 use taskledger_events::merkle::{
     event_leaf_hash, parse_hash, parse_hashes, verify_consistency, verify_inclusion,
 };
-use taskledger_events::{canonical_json, parse_public_key, EventEnvelope, Scope, SignedDigest};
+use taskledger_events::{
+    canonical_json, parse_public_key, EventEnvelope, Scope, SignedDigest, TaskCreated, TaskEvent,
+    GENESIS_HASH,
+};
 
-use crate::helpers::process::taskledger;
 use taskledger::audit::watch::{DigestWatcher, Verdict};
 
+use crate::helpers::process::taskledger;
 use crate::helpers::{
-    a_moment_between, assert_ledger_intact, eventually, on_both_backends, on_sqlite, spawn_app,
-    task_body, within, Backend, TestApp, TestDb, TestLedger, CREATE, PATIENCE,
+    a_moment_between, assert_ledger_intact, context, eventually, on_both_backends, on_sqlite,
+    spawn_app, task_body, within, Backend, TestApp, TestDb, TestLedger, CREATE, PATIENCE,
 };
 
 /// Every event of acme's feed with these query parameters, page by page (`limit` a page).
@@ -852,7 +856,81 @@ async fn bench_measures_the_trees_cost_and_leaves_them_whole() {
     assert_eq!(recomputed.first_changed_leaf, None);
 }
 
+/// A new categorization task of `account_id`, decided, as the ledger hands it to the store.
+fn new_task_write(account_id: &str) -> CommandWrite {
+    CommandWrite {
+        account_id: account_id.to_string(),
+        task_id: TaskId::generate().to_string(),
+        actor: context(account_id, Scope::Customer).actor,
+        request_id: None,
+        expected_sequence: 0,
+        prev_hash: GENESIS_HASH.to_string(),
+        prior_view: None,
+        events: vec![TaskEvent::TaskCreated(TaskCreated {
+            task_type: "categorization".into(),
+            instruction: None,
+            callback_url: None,
+            project: None,
+            batch: None,
+            params: json!({"attachment_type": "text", "attachment": "car", "categories": ["a", "b"]}),
+            metadata: json!({}),
+            tags: Vec::new(),
+            unique_id: None,
+            clear_unique_id_on_error: false,
+        })],
+        idempotency: None,
+    }
+}
+
+async fn one_group_commit_of_many_accounts_grows_each_accounts_tree(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let mut accounts = Vec::new();
+    for i in 0..8 {
+        accounts.push(
+            t.store
+                .ensure_account(&format!("tenant-{i}"))
+                .await
+                .unwrap(),
+        );
+    }
+    for _ in 0..3 {
+        // Each transaction carries two commands of every account, interleaved.
+        let writes: Vec<CommandWrite> = (0..2)
+            .flat_map(|_| accounts.iter().map(|a| new_task_write(a)))
+            .collect();
+        let results = t.store.commit_batch(writes).await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+    for account in &accounts {
+        let head = t.store.tree_head(account).await.unwrap();
+        assert_eq!(head.tree_size, 6);
+        let recomputed = t.store.recompute_tree(account, 6).await.unwrap();
+        assert_eq!(recomputed.root_at, Some(head.root), "{account}");
+        assert_eq!(recomputed.first_changed_leaf, None);
+    }
+    // A leaf is found only in its own account's tree.
+    let first = t
+        .store
+        .events_after(0, 1, Some(&accounts[0]))
+        .await
+        .unwrap();
+    let id = first[0].event_id.to_string();
+    assert_eq!(
+        t.store
+            .leaf_of_event(&accounts[0], &id)
+            .await
+            .unwrap()
+            .map(|l| l.0),
+        Some(0)
+    );
+    assert_eq!(
+        t.store.leaf_of_event(&accounts[1], &id).await.unwrap(),
+        None
+    );
+}
+
 on_both_backends!(
+    one_group_commit_of_many_accounts_grows_each_accounts_tree,
     every_event_filter_is_read_through_an_index,
     each_event_filter_narrows_the_account_feed_in_global_order,
     named_keys_are_listed_per_account_and_recorded_as_its_events,
