@@ -64,6 +64,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::tasks::Docs::openapi(),
         super::list::Docs::openapi(),
         super::events::Docs::openapi(),
+        super::audit::Docs::openapi(),
+        super::keys::Docs::openapi(),
     ] {
         doc.merge(part);
     }

@@ -360,6 +360,11 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
         ("operations", "openapi healthz readyz metrics"),
         ("events", "list_events"),
         (
+            "ledger",
+            "ledger_digest ledger_public_keys inclusion_proof consistency_proof",
+        ),
+        ("keys", "list_keys"),
+        (
             "tasks",
             "create_task retrieve_task task_history list_tasks cancel_task set_task_metadata \
              set_task_unique_id clear_task_unique_id add_task_tags set_task_tags \
