@@ -224,6 +224,7 @@ fn list_parameters_are_all_documented() {
         "include_attachment_url",
         "limited_response",
         "next_token",
+        "offset",
     ]
     .into_iter()
     .map(String::from)
