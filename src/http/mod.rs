@@ -3,6 +3,7 @@
 //! Every request gets an `x-request-id` (the client's, if usable, else a UUID v7) before any
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
+mod console;
 mod contract;
 mod error;
 mod events;
@@ -172,6 +173,7 @@ pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -
         ));
     routes(&state)
         .router
+        .merge(console::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(observe)

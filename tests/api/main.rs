@@ -6,6 +6,7 @@ mod callback_isolation;
 mod callbacks;
 mod cli;
 mod concurrency;
+mod console;
 mod health;
 mod helpers;
 mod hostile_input;
