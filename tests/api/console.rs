@@ -45,12 +45,18 @@ async fn create_task(app: &TestApp, metadata: Value) -> String {
 async fn sign_in(browser: &Browser, app: &TestApp) {
     browser.goto(&app.url("/console")).await;
     browser
-        .wait_for("the sign-in field", "document.activeElement?.id === 'api-key'")
+        .wait_for(
+            "the sign-in field",
+            "document.activeElement?.id === 'api-key'",
+        )
         .await;
     browser.type_text(&app.key).await;
     browser.press("Enter").await;
     browser
-        .wait_for("the tasks table", "document.querySelector('#tasks caption')")
+        .wait_for(
+            "the tasks table",
+            "document.querySelector('#tasks caption')",
+        )
         .await;
 }
 
@@ -86,7 +92,10 @@ async fn the_console_is_served_from_the_binary_with_its_types_policy_and_revalid
         assert!(!body.is_empty());
         // Nothing refers to another origin: no CDN, font or analytics.
         let text = String::from_utf8(body.to_vec()).unwrap();
-        assert!(!text.contains("//cdn") && !text.contains("fonts.g"), "{path}");
+        assert!(
+            !text.contains("//cdn") && !text.contains("fonts.g"),
+            "{path}"
+        );
         for scheme in ["http://", "https://"] {
             assert!(
                 !text.contains(scheme) || path.ends_with(".svg"),
@@ -104,7 +113,12 @@ async fn the_console_is_served_from_the_binary_with_its_types_policy_and_revalid
         assert_eq!(again.status(), 304, "{path} revalidates by its ETag");
         assert!(again.bytes().await.unwrap().is_empty());
     }
-    let missing = app.client.get(app.url("/console/nope.js")).send().await.unwrap();
+    let missing = app
+        .client
+        .get(app.url("/console/nope.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 404);
     // The console needs no key; the API behind it still does.
     let api = app.client.get(app.url("/v1/tasks")).send().await.unwrap();
@@ -119,18 +133,27 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     let before_change = a_moment_between().await;
     // The console's "as of" control has millisecond steps: keep the next change a whole
     // millisecond after the moment it will ask for.
-    let asked = before_change + chrono::Duration::microseconds(1000 - i64::from(before_change.timestamp_subsec_micros() % 1000));
+    let asked = before_change
+        + chrono::Duration::microseconds(
+            1000 - i64::from(before_change.timestamp_subsec_micros() % 1000),
+        );
     eventually(PATIENCE, "the clock to pass the asked moment", async || {
         ok_if(chrono::Utc::now() > asked, chrono::Utc::now())
     })
     .await;
     let changed = app
-        .post(&format!("/v1/task/{task}/setMetadata"), json!({"reviewed": true, "score": 0.1}))
+        .post(
+            &format!("/v1/task/{task}/setMetadata"),
+            json!({"reviewed": true, "score": 0.1}),
+        )
         .await;
     assert_eq!(changed.status, 200, "{}", changed.body);
     let tagged = app
         .as_key(&app.key)
-        .put(&format!("/v1/task/{task}/tags"), json!(["audit:q4", "ünïcode"]))
+        .put(
+            &format!("/v1/task/{task}/tags"),
+            json!(["audit:q4", "ünïcode"]),
+        )
         .await;
     assert_eq!(tagged.status, 200, "{}", tagged.body);
     app.complete(&task).await;
@@ -141,11 +164,17 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
 
     let browser = Browser::start(1280, 800).await;
     browser
-        .send("Emulation.setTimezoneOverride", json!({"timezoneId": "UTC"}))
+        .send(
+            "Emulation.setTimezoneOverride",
+            json!({"timezoneId": "UTC"}),
+        )
         .await;
     browser.goto(&app.url("/console")).await;
     browser
-        .wait_for("the sign-in field", "document.activeElement?.id === 'api-key'")
+        .wait_for(
+            "the sign-in field",
+            "document.activeElement?.id === 'api-key'",
+        )
         .await;
     let label = browser
         .eval("document.querySelector('label[for=api-key]').textContent")
@@ -156,19 +185,26 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     browser.type_text("not-a-key").await;
     browser.press("Enter").await;
     browser
-        .wait_for("the sign-in error", "document.querySelector('#sign-in-error').textContent")
+        .wait_for(
+            "the sign-in error",
+            "document.querySelector('#sign-in-error').textContent",
+        )
         .await;
     let refused = app.as_key("not-a-key").get("/v1/tasks?limit=1").await;
     assert_eq!(refused.status, 401);
     assert_eq!(
-        browser.eval("document.querySelector('#sign-in-error').textContent").await,
+        browser
+            .eval("document.querySelector('#sign-in-error').textContent")
+            .await,
         refused.body["error"]
     );
     browser.screenshot("sign-in-refused").await;
 
     // The right key, typed and sent with the keyboard alone.
     browser
-        .eval("(() => { const f = document.querySelector('#api-key'); f.value = ''; f.focus(); })()")
+        .eval(
+            "(() => { const f = document.querySelector('#api-key'); f.value = ''; f.focus(); })()",
+        )
         .await;
     browser.type_text(&app.key).await;
     browser.press("Enter").await;
@@ -186,7 +222,9 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         json!(["Task id", "Type", "Status", "Project", "Batch", "Created", "Updated"])
     );
     assert_eq!(
-        browser.eval("sessionStorage.getItem('taskledger.api-key')").await,
+        browser
+            .eval("sessionStorage.getItem('taskledger.api-key')")
+            .await,
         json!(app.key)
     );
     assert_eq!(browser.eval("localStorage.length").await, json!(0));
@@ -203,7 +241,9 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         )
         .await;
     assert_eq!(
-        browser.eval("document.querySelector('#tasks tbody a').textContent").await,
+        browser
+            .eval("document.querySelector('#tasks tbody a').textContent")
+            .await,
         json!(task)
     );
 
@@ -214,15 +254,22 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     browser
         .wait_for(
             "the history",
-            &format!("document.querySelectorAll('#history li').length === {}", history.len()),
+            &format!(
+                "document.querySelectorAll('#history li').length === {}",
+                history.len()
+            ),
         )
         .await;
     assert_eq!(
-        browser.eval("document.querySelector('#history').getAttribute('aria-labelledby')").await,
+        browser
+            .eval("document.querySelector('#history').getAttribute('aria-labelledby')")
+            .await,
         "history-title"
     );
     assert_eq!(
-        browser.eval("document.querySelector('#history-title').textContent").await,
+        browser
+            .eval("document.querySelector('#history-title').textContent")
+            .await,
         "History"
     );
     let first_item = browser
@@ -249,7 +296,9 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         .eval("document.querySelector('#integrity-result').textContent")
         .await;
     assert_eq!(
-        browser.eval("document.querySelector('#integrity').dataset.result").await,
+        browser
+            .eval("document.querySelector('#integrity').dataset.result")
+            .await,
         "verified",
         "{result}"
     );
@@ -261,13 +310,17 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     if digest.status == 404 {
         assert!(result.contains("chain check only"), "{result}");
         assert_eq!(
-            browser.eval("document.querySelector('#integrity').dataset.scope").await,
+            browser
+                .eval("document.querySelector('#integrity').dataset.scope")
+                .await,
             "chain"
         );
     } else {
         assert_eq!(digest.status, 200, "{}", digest.body);
         assert_eq!(
-            browser.eval("document.querySelector('#integrity').dataset.scope").await,
+            browser
+                .eval("document.querySelector('#integrity').dataset.scope")
+                .await,
             "digest"
         );
         assert!(result.contains("signature"), "{result}");
@@ -275,8 +328,17 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     let checks = browser
         .eval("[...document.querySelectorAll('#integrity li')].map(li => li.dataset.check)")
         .await;
-    assert!(checks.as_array().unwrap().contains(&json!("Content hashes")), "{checks}");
-    assert!(checks.as_array().unwrap().contains(&json!("Chain links")), "{checks}");
+    assert!(
+        checks
+            .as_array()
+            .unwrap()
+            .contains(&json!("Content hashes")),
+        "{checks}"
+    );
+    assert!(
+        checks.as_array().unwrap().contains(&json!("Chain links")),
+        "{checks}"
+    );
 
     // The current object is the task the API serves.
     let shown: Value = serde_json::from_str(
@@ -297,7 +359,9 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         .position(|e| e["type"] == "TaskMetadataSet")
         .expect("a metadata event");
     browser
-        .eval(&format!("document.querySelectorAll('#history button')[{metadata_event}].focus()"))
+        .eval(&format!(
+            "document.querySelectorAll('#history button')[{metadata_event}].focus()"
+        ))
         .await;
     browser.press("Enter").await;
     browser
@@ -310,7 +374,9 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     assert!(fields.contains(&json!("metadata.reviewed")), "{fields:?}");
     assert!(fields.contains(&json!("metadata.big")), "{fields:?}");
     assert_eq!(
-        browser.eval("document.querySelectorAll('#history button')[0].getAttribute('aria-pressed')").await,
+        browser
+            .eval("document.querySelectorAll('#history button')[0].getAttribute('aria-pressed')")
+            .await,
         "false"
     );
     assert_eq!(
@@ -330,7 +396,10 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         ))
         .await;
     browser
-        .wait_for("the task as of then", "document.querySelector('#as-of-result pre')")
+        .wait_for(
+            "the task as of then",
+            "document.querySelector('#as-of-result pre')",
+        )
         .await;
     let then: Value = serde_json::from_str(
         browser
@@ -375,7 +444,10 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     browser
         .wait_for(
             "the events table",
-            &format!("document.querySelectorAll('#events tbody tr').length === {}", feed.len()),
+            &format!(
+                "document.querySelectorAll('#events tbody tr').length === {}",
+                feed.len()
+            ),
         )
         .await;
     browser.screenshot("events").await;
@@ -399,7 +471,12 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     let api_requests: Vec<_> = browser
         .events_named("Network.requestWillBeSent")
         .into_iter()
-        .filter(|e| e["params"]["request"]["url"].as_str().unwrap().contains("/v1/"))
+        .filter(|e| {
+            e["params"]["request"]["url"]
+                .as_str()
+                .unwrap()
+                .contains("/v1/")
+        })
         .collect();
     assert!(!api_requests.is_empty());
     for request in api_requests {
@@ -410,13 +487,14 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     }
 }
 
-async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed(
-    backend: Backend,
-) {
+async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed(backend: Backend) {
     let app = spawn_app(backend).await;
     let task = create_task(&app, json!({"amount": 100})).await;
     let changed = app
-        .post(&format!("/v1/task/{task}/setMetadata"), json!({"amount": 250}))
+        .post(
+            &format!("/v1/task/{task}/setMetadata"),
+            json!({"amount": 250}),
+        )
         .await;
     assert_eq!(changed.status, 200, "{}", changed.body);
     let history = app.history(&task).await;
@@ -436,7 +514,9 @@ async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed
 
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &app).await;
-    browser.eval(&format!("location.hash = '#/task/{task}'")).await;
+    browser
+        .eval(&format!("location.hash = '#/task/{task}'"))
+        .await;
     browser
         .wait_for(
             "the integrity check to finish",
@@ -448,17 +528,25 @@ async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed
         .await;
     let result = result.as_str().unwrap();
     assert_eq!(
-        browser.eval("document.querySelector('#integrity').dataset.result").await,
+        browser
+            .eval("document.querySelector('#integrity').dataset.result")
+            .await,
         "failed",
         "{result}"
     );
-    assert!(result.starts_with("Not verified: Content hashes check failed"), "{result}");
+    assert!(
+        result.starts_with("Not verified: Content hashes check failed: "),
+        "{result}"
+    );
     let names_event = format!(
         "event 2 ({}, global position {}",
         altered["type"].as_str().unwrap(),
         altered["global_position"]
     );
-    assert!(result.contains(&names_event), "{result} should name {names_event}");
+    assert!(
+        result.contains(&names_event),
+        "{result} should name {names_event}"
+    );
     assert!(
         result.contains("the stored hash does not match the event's content"),
         "{result}"
@@ -471,7 +559,9 @@ async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed
         "ok"
     );
     assert!(!result.contains("Verified"));
-    browser.screenshot(&format!("task-tampered-{backend:?}")).await;
+    browser
+        .screenshot(&format!("task-tampered-{backend:?}"))
+        .await;
     browser.assert_stayed_within(&app.address);
 }
 
@@ -480,7 +570,11 @@ async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed
 // JavaScript, to check the browser's verifier against.
 
 fn leaf(data: &[u8]) -> [u8; 32] {
-    Sha256::new().chain_update([0]).chain_update(data).finalize().into()
+    Sha256::new()
+        .chain_update([0])
+        .chain_update(data)
+        .finalize()
+        .into()
 }
 
 fn node(left: &[u8; 32], right: &[u8; 32]) -> [u8; 32] {
@@ -535,7 +629,13 @@ async fn the_browser_checks_agree_with_rfc_6962_and_rfc_8032_vectors_computed_ap
 ) {
     // The Certificate Transparency test leaves and their published roots, sizes 1 to 8.
     let data: Vec<Vec<u8>> = [
-        "", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+        "",
+        "00",
+        "10",
+        "2021",
+        "3031",
+        "40414243",
+        "5051525354555657",
         "606162636465666768696a6b6c6d6e6f",
     ]
     .iter()
@@ -578,7 +678,11 @@ async fn the_browser_checks_agree_with_rfc_6962_and_rfc_8032_vectors_computed_ap
                 cases.push(json!({"index": (m + 1) % n, "size": n, "leaf": leaf_hash, "path": proof, "root": root, "valid": false}));
                 let mut bent = proof.clone();
                 let last = bent.len() - 1;
-                let flipped = if bent[last].starts_with("00") { "01" } else { "00" };
+                let flipped = if bent[last].starts_with("00") {
+                    "01"
+                } else {
+                    "00"
+                };
                 bent[last].replace_range(0..2, flipped);
                 cases.push(json!({"index": m, "size": n, "leaf": leaf_hash, "path": bent, "root": root, "valid": false}));
             }
@@ -646,6 +750,113 @@ async fn the_browser_checks_agree_with_rfc_6962_and_rfc_8032_vectors_computed_ap
         )
         .await;
     assert_eq!(signatures, json!([true, true, false, false]));
+
+    // The whole digest check over a tree built here: a digest signed (by a key the test makes
+    // with WebCrypto, standing in for the server's), proofs from `path`, and what each kind of
+    // forgery or gap makes of it.
+    let hashes: Vec<Vec<u8>> = (0u8..5).map(|i| Sha256::digest([i, 42]).to_vec()).collect();
+    let proofs: Vec<Value> = (0..5)
+        .map(|m| json!({"leaf_index": m, "tree_size": 5, "audit_path": path(m, &hashes).iter().map(hex::encode).collect::<Vec<_>>()}))
+        .collect();
+    let events: Vec<Value> = (0..5)
+        .map(|m| {
+            json!({"sequence": m + 1, "type": "TaskCreated", "global_position": m + 1,
+                        "event_id": format!("e{m}"), "hash": hex::encode(&hashes[m]),
+                        "actor": {"account_id": "acct_1"}})
+        })
+        .collect();
+    let tree = json!({"root": hex::encode(mth(&hashes)), "proofs": proofs, "events": events});
+    let outcomes = browser
+        .eval(&format!(
+            "import('/console/verify.js').then(async v => {{
+               const t = {tree};
+               const pair = await crypto.subtle.generateKey({{name: 'Ed25519'}}, true, ['sign', 'verify']);
+               const pub = v.bytesToHex(new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey)));
+               const sign = async (m) => v.bytesToHex(new Uint8Array(await crypto.subtle.sign({{name: 'Ed25519'}}, pair.privateKey, new TextEncoder().encode(m))));
+               const digestOf = async (fields) => {{
+                 const d = {{account_id: 'acct_1', tree_size: 5, root_hash: t.root, last_global_position: 5,
+                            signed_at: '2026-11-28T00:00:00Z', key_id: 'sk_1', algorithm: 'ed25519', ...fields}};
+                 d.signed_message = JSON.stringify({{account_id: d.account_id, tree_size: d.tree_size, root_hash: d.root_hash, signed_at: d.signed_at}});
+                 d.signature = await sign(d.signed_message);
+                 return d;
+               }};
+               const keys = {{keys: [{{key_id: 'sk_1', algorithm: 'ed25519', public_key: pub}}]}};
+               const run = async (d, ks, events, proofs) =>
+                 (await v.checkDigest(d, ks, events, proofs)).map(c => [c.name, c.ok, !!c.partial, c.detail]);
+               const good = await digestOf({{}});
+               const out = {{}};
+               out.good = await run(good, keys, t.events, t.proofs);
+               out.forged = await run({{...good, signature: (await digestOf({{signed_at: 'x'}})).signature}}, keys, t.events, t.proofs);
+               out.unknown_key = await run({{...good, key_id: 'sk_2'}}, keys, t.events, t.proofs);
+               out.other_root = await run({{...good, root_hash: '00'.repeat(32)}}, keys, t.events, t.proofs);
+               const bent = t.proofs.map(p => ({{...p, audit_path: [...p.audit_path]}}));
+               bent[3].audit_path[0] = '11'.repeat(32);
+               out.bent_proof = await run(good, keys, t.events, bent);
+               out.newer = await run(good, keys, t.events, [...t.proofs.slice(0, 4), null]);
+               out.other_account = await run(await digestOf({{account_id: 'acct_2'}}), keys, t.events, t.proofs);
+               return out;
+             }})"
+        ))
+        .await;
+    let verdict = |case: &str| -> Vec<(bool, bool)> {
+        outcomes[case]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c[1].as_bool().unwrap(), c[2].as_bool().unwrap()))
+            .collect()
+    };
+    let detail = |case: &str, i: usize| outcomes[case][i][3].as_str().unwrap().to_string();
+    // [inclusion, signature] as (ok, partial).
+    assert_eq!(
+        verdict("good"),
+        [(true, false), (true, false)],
+        "{outcomes}"
+    );
+    assert_eq!(
+        verdict("forged"),
+        [(true, false), (false, false)],
+        "{outcomes}"
+    );
+    assert!(
+        detail("forged", 1).contains("does not verify"),
+        "{outcomes}"
+    );
+    assert_eq!(
+        verdict("unknown_key"),
+        [(true, false), (false, false)],
+        "{outcomes}"
+    );
+    assert!(detail("unknown_key", 1).contains("sk_2"), "{outcomes}");
+    // A root that is not the one signed fails the signature, and no proof leads to it.
+    assert_eq!(
+        verdict("other_root"),
+        [(false, false), (false, false)],
+        "{outcomes}"
+    );
+    assert_eq!(
+        verdict("bent_proof"),
+        [(false, false), (true, false)],
+        "{outcomes}"
+    );
+    assert!(
+        detail("bent_proof", 0).starts_with("event 4 "),
+        "{outcomes}"
+    );
+    assert_eq!(
+        verdict("newer"),
+        [(false, true), (true, false)],
+        "{outcomes}"
+    );
+    assert!(
+        detail("newer", 0).contains("1 newer than the digest"),
+        "{outcomes}"
+    );
+    assert_eq!(
+        verdict("other_account"),
+        [(true, false), (false, false)],
+        "{outcomes}"
+    );
 
     // The canonical payload text, rebuilt from JSON text by the browser, is the Rust one.
     let metadata = awkward_metadata();

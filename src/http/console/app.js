@@ -546,5 +546,10 @@ document.getElementById('sign-out').addEventListener('click', () => {
   location.hash = '#/';
   route();
 });
+// The fragment routes views, so the skip link moves focus itself instead of changing it.
+document.querySelector('.skip').addEventListener('click', (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
 window.addEventListener('hashchange', route);
 route();

@@ -192,14 +192,22 @@ impl Browser {
 
     /// Waits until `expression` is true in the page; `what` names it if it never is.
     pub async fn wait_for(&self, what: &str, expression: &str) {
-        let probe = format!("(() => {{ try {{ return !!({expression}); }} catch {{ return false; }} }})()");
+        let probe =
+            format!("(() => {{ try {{ return !!({expression}); }} catch {{ return false; }} }})()");
         eventually(PATIENCE, what, async || {
             let holds = self.eval(&probe).await;
             if holds == json!(true) {
                 Ok(())
             } else {
-                let text = self.eval("document.querySelector('main')?.innerText ?? ''").await;
-                Err(text.as_str().unwrap_or_default().chars().take(400).collect::<String>())
+                let text = self
+                    .eval("document.querySelector('main')?.innerText ?? ''")
+                    .await;
+                Err(text
+                    .as_str()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(400)
+                    .collect::<String>())
             }
         })
         .await;
@@ -218,7 +226,8 @@ impl Browser {
             " " => (32, " "),
             other => panic!("no key code for {other}"),
         };
-        let mut down = json!({"type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code});
+        let mut down =
+            json!({"type": "keyDown", "key": key, "code": key, "windowsVirtualKeyCode": code});
         if !text.is_empty() {
             down["text"] = json!(text);
         }
