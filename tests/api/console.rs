@@ -450,6 +450,19 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
             ),
         )
         .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#events-result').firstElementChild.tagName")
+            .await,
+        "DIV",
+        "the table comes first: no warning, no stray text"
+    );
+    assert!(!browser
+        .eval("document.querySelector('#events-result').innerText")
+        .await
+        .as_str()
+        .unwrap()
+        .starts_with("null"));
     browser.screenshot("events").await;
     browser
         .eval(&format!(

@@ -199,7 +199,7 @@ async function renderTasks(params) {
   const rows = page.docs.map((t) => h('tr', {},
     h('th', { scope: 'row' }, h('a', { href: `#/task/${encodeURIComponent(t.task_id)}`, class: 'mono' }, t.task_id)),
     h('td', {}, t.type), h('td', {}, t.status), h('td', {}, t.project ?? ''), h('td', {}, t.batch ?? ''),
-    h('td', {}, t.created_at), h('td', {}, t.updated_at)));
+    h('td', { class: 'time' }, t.created_at), h('td', { class: 'time' }, t.updated_at)));
   const table = h('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Tasks table' },
     h('table', { id: 'tasks' },
       h('caption', {}, `${page.total} task${page.total === 1 ? '' : 's'} match`),
@@ -489,7 +489,7 @@ async function renderEvents(params) {
   const filtered = EVENT_FILTERS.some((f) => params.get(f));
   const ignored = filtered && page.events.some((e) => !matches(e, params));
   const rows = page.events.map((e) => h('tr', {},
-    h('td', {}, e.global_position), h('td', {}, e.recorded_at), h('td', {}, e.event_type),
+    h('td', {}, e.global_position), h('td', { class: 'time' }, e.recorded_at), h('td', {}, e.event_type),
     h('td', {}, e.task_id ? h('a', { href: `#/task/${encodeURIComponent(e.task_id)}`, class: 'mono' }, e.task_id) : ''),
     h('td', {}, actorText(e.actor)), h('td', { class: 'mono' }, e.request_id ?? '')));
   const table = h('div', { class: 'scroll', tabindex: '0', role: 'region', 'aria-label': 'Events table' },
@@ -514,9 +514,9 @@ async function renderEvents(params) {
       },
     }, 'Next page'));
   }
-  result.replaceChildren(
+  result.replaceChildren(...[
     ignored ? h('p', { class: 'error', role: 'alert' }, 'This server does not filter events by these fields (it has no event search); the page below is unfiltered.') : null,
-    rows.length ? table : h('p', {}, 'No event matches.'), paging);
+    rows.length ? table : h('p', {}, 'No event matches.'), paging].filter(Boolean));
 }
 
 // ---------------------------------------------------------------------------------------
