@@ -15,7 +15,7 @@ use crate::helpers::{
 };
 
 crate::helpers::backends!(
-    both: [a_task_whose_event_was_altered_in_the_database_shows_which_check_failed],
+    both: [tasks_whose_events_were_altered_or_removed_in_the_database_show_which_check_failed],
     sqlite: [
         the_console_is_served_from_the_binary_with_its_types_policy_and_revalidation,
         an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it_verified,
@@ -500,7 +500,9 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     }
 }
 
-async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed(backend: Backend) {
+async fn tasks_whose_events_were_altered_or_removed_in_the_database_show_which_check_failed(
+    backend: Backend,
+) {
     let app = spawn_app(backend).await;
     let task = create_task(&app, json!({"amount": 100})).await;
     let changed = app
@@ -524,6 +526,30 @@ async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed
         &canonical_json(&payload),
     )
     .await;
+
+    // Another task loses its middle event: every hash still matches its content, the chain
+    // does not.
+    let gapped = create_task(&app, json!({})).await;
+    for n in [1, 2] {
+        let changed = app
+            .post(&format!("/v1/task/{gapped}/setMetadata"), json!({"n": n}))
+            .await;
+        assert_eq!(changed.status, 200, "{}", changed.body);
+    }
+    let gapped_history = app.history(&gapped).await;
+    let removed = gapped_history[1]["global_position"].as_i64().unwrap();
+    if backend == Backend::Sqlite {
+        sqlx::raw_sql("DROP TRIGGER events_no_delete")
+            .execute(app.store.pool())
+            .await
+            .unwrap();
+    }
+    let deleted = sqlx::query("DELETE FROM events WHERE global_position = $1")
+        .bind(removed)
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(deleted.rows_affected(), 1);
 
     let browser = Browser::start(1280, 800).await;
     sign_in(&browser, &app).await;
@@ -574,6 +600,42 @@ async fn a_task_whose_event_was_altered_in_the_database_shows_which_check_failed
     assert!(!result.contains("Verified"));
     browser
         .screenshot(&format!("task-tampered-{backend:?}"))
+        .await;
+
+    browser
+        .eval(&format!("location.hash = '#/task/{gapped}'"))
+        .await;
+    browser
+        .wait_for(
+            "the gapped task's check to finish",
+            &format!(
+                "document.querySelector('h1')?.textContent === 'Task {gapped}' && \
+                      document.querySelector('#integrity').dataset.result !== 'checking'"
+            ),
+        )
+        .await;
+    let third = &gapped_history[2];
+    let expected = format!(
+        "Not verified: Chain links check failed: event 3 ({}, global position {}, id {}): \
+         expected sequence 2 (an event is missing)",
+        third["type"].as_str().unwrap(),
+        third["global_position"],
+        third["event_id"].as_str().unwrap()
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#integrity-result').textContent")
+            .await,
+        expected
+    );
+    assert_eq!(
+        browser
+            .eval("document.querySelector('[data-check=\"Content hashes\"]').className")
+            .await,
+        "ok"
+    );
+    browser
+        .screenshot(&format!("task-gapped-{backend:?}"))
         .await;
     browser.assert_stayed_within(&app.address);
 }

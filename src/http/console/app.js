@@ -412,11 +412,12 @@ async function renderTask(id) {
   historyList.replaceChildren(...history.events.map((e, i) => {
     const button = h('button', { type: 'button', class: 'event', 'aria-pressed': 'false', onclick: () => choose(i) },
       h('span', { class: 'etype' }, e.type),
-      h('dl', {},
-        h('dt', {}, 'Recorded'), h('dd', {}, e.recorded_at),
-        h('dt', {}, 'Actor'), h('dd', {}, actorText(e.actor)),
-        h('dt', {}, 'Request'), h('dd', { class: 'mono' }, e.request_id ?? '(none)'),
-        h('dt', {}, 'Position'), h('dd', {}, `${e.global_position} (sequence ${e.sequence})`)));
+      // A button holds phrasing content only: the facts are spans laid out as a grid.
+      h('span', { class: 'facts' },
+        h('span', { class: 'k' }, 'Recorded'), h('span', {}, e.recorded_at),
+        h('span', { class: 'k' }, 'Actor'), h('span', {}, actorText(e.actor)),
+        h('span', { class: 'k' }, 'Request'), h('span', { class: 'mono' }, e.request_id ?? '(none)'),
+        h('span', { class: 'k' }, 'Position'), h('span', {}, `${e.global_position} (sequence ${e.sequence})`)));
     buttons.push(button);
     return h('li', {}, button);
   }));

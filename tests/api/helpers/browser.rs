@@ -123,7 +123,12 @@ impl Browser {
             )
             .await;
         browser.session = attached["sessionId"].as_str().unwrap().to_string();
-        for domain in ["Page.enable", "Network.enable", "Runtime.enable"] {
+        for domain in [
+            "Page.enable",
+            "Network.enable",
+            "Runtime.enable",
+            "Log.enable",
+        ] {
             browser.send(domain, json!({})).await;
         }
         browser.resize(width, height).await;
@@ -274,10 +279,24 @@ impl Browser {
             .collect()
     }
 
-    /// Asserts the page raised no uncaught exception and asked for nothing outside `origin`.
+    /// Asserts the page raised no uncaught exception, asked for nothing outside `origin`,
+    /// and did not even try: a request the Content-Security-Policy blocks never reaches the
+    /// network events, but Chromium logs the refusal.
     pub fn assert_stayed_within(&self, origin: &str) {
         let thrown = self.events_named("Runtime.exceptionThrown");
         assert!(thrown.is_empty(), "the page threw: {thrown:?}");
+        let refused: Vec<_> = self
+            .events_named("Log.entryAdded")
+            .into_iter()
+            .filter(|e| {
+                let entry = &e["params"]["entry"];
+                entry["source"] == "security"
+                    || entry["text"]
+                        .as_str()
+                        .is_some_and(|t| t.contains("Content Security Policy"))
+            })
+            .collect();
+        assert!(refused.is_empty(), "the page broke its policy: {refused:?}");
         let urls = self.requested_urls();
         assert!(!urls.is_empty(), "no request was seen at all");
         let prefix = format!("{origin}/");
