@@ -158,7 +158,7 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     assert_eq!(tagged.status, 200, "{}", tagged.body);
     app.complete(&task).await;
     let other = create_task(&app, json!({})).await;
-    create_task(&app, json!({"n": 3})).await;
+    let third = create_task(&app, json!({"n": 3})).await;
     let history = app.history(&task).await;
     assert!(history.len() >= 4);
 
@@ -230,6 +230,53 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     assert_eq!(browser.eval("localStorage.length").await, json!(0));
     browser.screenshot("tasks").await;
 
+    // Two rows a page: "Next page" follows `next_token` to the third task.
+    browser
+        .eval("document.querySelector('#f-limit').value = '2'; document.querySelector('.filters button').click()")
+        .await;
+    let ids = "[...document.querySelectorAll('#tasks tbody a')].map(a => a.textContent)";
+    browser
+        .wait_for(
+            "a page of two",
+            "document.querySelector('#tasks-result').dataset.loaded === 'limit=2' && \
+             document.querySelectorAll('#tasks tbody tr').length === 2",
+        )
+        .await;
+    let mut seen = browser.eval(ids).await.as_array().unwrap().clone();
+    browser
+        .eval("document.querySelector('#next-page').click()")
+        .await;
+    browser
+        .wait_for(
+            "the second page",
+            "document.querySelector('#tasks-result').dataset.loaded.includes('next_token=')",
+        )
+        .await;
+    seen.extend(browser.eval(ids).await.as_array().unwrap().clone());
+    assert!(
+        browser.eval("!document.querySelector('#next-page')").await == json!(true),
+        "no page after the last"
+    );
+    seen.sort_by_key(|v| v.to_string());
+    let mut all = vec![json!(task), json!(other), json!(third)];
+    all.sort_by_key(|v| v.to_string());
+    assert_eq!(seen, all);
+
+    // Tags: all of them.
+    browser
+        .eval("document.querySelector('#f-limit').value = '25'; document.querySelector('#f-tags').value = 'audit:q4, ünïcode'; document.querySelector('.filters button').click()")
+        .await;
+    browser
+        .wait_for(
+            "the tagged task",
+            "document.querySelector('#tasks-result').dataset.loaded.includes('tags=audit')",
+        )
+        .await;
+    assert_eq!(browser.eval(ids).await, json!([task]));
+    browser
+        .eval("document.querySelector('#f-tags').value = ''")
+        .await;
+
     // A filter narrows the table to the completed task.
     browser
         .eval("document.querySelector('#f-status').value = 'completed'; document.querySelector('.filters button').click()")
@@ -237,9 +284,15 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     browser
         .wait_for(
             "the completed task alone",
-            "document.querySelectorAll('#tasks tbody tr').length === 1",
+            "document.querySelector('#tasks-result').dataset.loaded === 'status=completed&limit=25'",
         )
         .await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#tasks tbody tr').length")
+            .await,
+        json!(1)
+    );
     assert_eq!(
         browser
             .eval("document.querySelector('#tasks tbody a').textContent")
@@ -391,7 +444,7 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
     let local = asked.format("%Y-%m-%dT%H:%M:%S%.3f").to_string();
     browser
         .eval(&format!(
-            "(() => {{ const f = document.querySelector('#as-of'); f.step = '0.001'; f.value = '{local}'; \
+            "(() => {{ const f = document.querySelector('#as-of'); f.value = '{local}'; \
              document.querySelector('#as-of').form.requestSubmit(); }})()"
         ))
         .await;

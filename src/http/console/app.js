@@ -157,6 +157,14 @@ function select(id, name, options, value) {
     options.map((o) => h('option', { value: o, selected: o === value }, o)));
 }
 
+const PAGE_SIZES = ['2', '10', '25', '50', '100'];
+
+// A "Rows per page" choice, kept in the view's URL fragment like the filters.
+function pageSize(id, params, fallback) {
+  const value = PAGE_SIZES.includes(params.get('limit')) ? params.get('limit') : fallback;
+  return h('select', { id, name: 'limit' }, PAGE_SIZES.map((o) => h('option', { value: o, selected: o === value }, o)));
+}
+
 async function renderTasks(params) {
   const input = (id, name, value, type = 'text') => h('input', { id, name, type, value: value || '' });
   const tags = params.getAll('tags').join(', ');
@@ -169,12 +177,13 @@ async function renderTasks(params) {
     field('Unique id', input('f-unique', 'unique_id', params.get('unique_id'))),
     field('Created from', h('input', { id: 'f-from', type: 'datetime-local', step: '1', value: toLocal(params.get('start_time')) }), 'Your local time'),
     field('Created to', h('input', { id: 'f-to', type: 'datetime-local', step: '1', value: toLocal(params.get('end_time')) })),
+    field('Rows per page', pageSize('f-limit', params, '25')),
     h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Apply filters')));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const q = new URLSearchParams();
     const data = new FormData(form);
-    for (const name of ['status', 'type', 'project', 'batch', 'unique_id']) {
+    for (const name of ['status', 'type', 'project', 'batch', 'unique_id', 'limit']) {
       const v = String(data.get(name) || '').trim();
       if (v) q.set(name, v);
     }
@@ -188,7 +197,7 @@ async function renderTasks(params) {
   const result = h('div', { id: 'tasks-result', 'aria-live': 'polite' }, h('p', {}, 'Loading…'));
   show(h('h1', {}, 'Tasks'), form, result);
   const query = new URLSearchParams(params);
-  query.set('limit', '25');
+  if (!PAGE_SIZES.includes(query.get('limit'))) query.set('limit', '25');
   let page;
   try {
     page = (await api(`/v1/tasks?${query}`)).json;
@@ -223,6 +232,8 @@ async function renderTasks(params) {
     }, 'Next page'));
   }
   result.replaceChildren(rows.length ? table : h('p', {}, 'No task matches.'), paging);
+  // Which query the table shows: lets a reader (or a test) tell a new page from the last.
+  result.dataset.loaded = query.toString();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -349,7 +360,8 @@ async function renderTask(id) {
     h('p', { id: 'integrity-result', role: 'status' }, 'Checking in this browser…'),
     h('ul', { class: 'checks' }));
   const current = h('section', { 'aria-labelledby': 'current-title' }, h('h2', { id: 'current-title' }, 'Current object'), h('p', {}, 'Loading…'));
-  const asOfInput = h('input', { id: 'as-of', type: 'datetime-local', step: '1', required: true });
+  // Millisecond steps: the events of a busy task are often less than a second apart.
+  const asOfInput = h('input', { id: 'as-of', type: 'datetime-local', step: '0.001', required: true });
   const asOfOut = h('div', { id: 'as-of-result', 'aria-live': 'polite' });
   const asOfForm = h('form', { class: 'inline', 'aria-labelledby': 'as-of-title' },
     field('As of (your local time)', asOfInput), h('button', { type: 'submit' }, 'Show'));
@@ -460,12 +472,13 @@ async function renderEvents(params) {
     field('Request id', input('e-request', 'request_id')),
     field('Recorded after', h('input', { id: 'e-after', type: 'datetime-local', step: '1', value: toLocal(params.get('recorded_after')) }), 'Your local time'),
     field('Recorded before', h('input', { id: 'e-before', type: 'datetime-local', step: '1', value: toLocal(params.get('recorded_before')) })),
+    field('Rows per page', pageSize('e-limit', params, '50')),
     h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Search')));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
     const q = new URLSearchParams();
     const data = new FormData(form);
-    for (const name of ['task_id', 'event_type', 'actor_key_id', 'actor_scope', 'request_id']) {
+    for (const name of ['task_id', 'event_type', 'actor_key_id', 'actor_scope', 'request_id', 'limit']) {
       const v = String(data.get(name) || '').trim();
       if (v) q.set(name, v);
     }
@@ -479,7 +492,7 @@ async function renderEvents(params) {
   show(h('h1', {}, 'Events'), form, result);
   const query = new URLSearchParams();
   for (const name of [...EVENT_FILTERS, 'after']) if (params.get(name)) query.set(name, params.get(name));
-  query.set('limit', '50');
+  query.set('limit', PAGE_SIZES.includes(params.get('limit')) ? params.get('limit') : '50');
   let page;
   try {
     [page] = await Promise.all([api(`/v1/events?${query}`).then((r) => r.json), names()]);
@@ -518,6 +531,7 @@ async function renderEvents(params) {
   result.replaceChildren(...[
     ignored ? h('p', { class: 'error', role: 'alert' }, 'This server does not filter events by these fields (it has no event search); the page below is unfiltered.') : null,
     rows.length ? table : h('p', {}, 'No event matches.'), paging].filter(Boolean));
+  result.dataset.loaded = query.toString();
 }
 
 // ---------------------------------------------------------------------------------------
