@@ -36,6 +36,12 @@ async function api(path, key = sessionStorage.getItem(KEY)) {
     } catch {
       // Not the API's error body: keep the status line.
     }
+    // The signed-in key stopped working (revoked): back to the sign-in form, with the
+    // API's reason.
+    if (res.status === 401 && key === sessionStorage.getItem(KEY)) {
+      sessionStorage.removeItem(KEY);
+      renderSignIn(message);
+    }
     throw new ApiError(res.status, message);
   }
   return {
@@ -121,10 +127,10 @@ function actorText(actor) {
 // ---------------------------------------------------------------------------------------
 // Sign in.
 
-function renderSignIn() {
+function renderSignIn(reason = '') {
   nav.hidden = true;
   const input = h('input', { id: 'api-key', name: 'api-key', type: 'password', autocomplete: 'off', required: true, spellcheck: 'false' });
-  const error = h('p', { id: 'sign-in-error', class: 'error', role: 'alert' });
+  const error = h('p', { id: 'sign-in-error', class: 'error', role: 'alert' }, reason);
   const form = h('form', { class: 'sign-in', 'aria-labelledby': 'sign-in-title' },
     field('API key', input, 'Kept in this tab only (sessionStorage) and sent as Basic auth.'),
     h('button', { type: 'submit' }, 'Sign in'), error);
@@ -337,12 +343,12 @@ async function verifyTask(box, history) {
   const proofs = [];
   try {
     publicKeys = (await api('/v1/ledger/public-keys')).json;
-    for (const e of history.events) {
-      if (e.global_position > digest.last_global_position) {
-        proofs.push(null);
-      } else {
-        proofs.push((await api(`/v1/ledger/proof/inclusion?event_id=${encodeURIComponent(e.event_id)}&tree_size=${digest.tree_size}`)).json);
-      }
+    // One proof per event, a few requests at a time.
+    const proofOf = (e) => (e.global_position > digest.last_global_position
+      ? null
+      : api(`/v1/ledger/proof/inclusion?event_id=${encodeURIComponent(e.event_id)}&tree_size=${digest.tree_size}`).then((r) => r.json));
+    for (let i = 0; i < history.events.length; i += 6) {
+      proofs.push(...await Promise.all(history.events.slice(i, i + 6).map(proofOf)));
     }
   } catch (err) {
     checks.push({ name: 'Inclusion proofs', ok: false, detail: `a proof or the public keys could not be fetched: ${err.message}` });
