@@ -180,6 +180,12 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         .eval("document.querySelector('label[for=api-key]').textContent")
         .await;
     assert_eq!(label, "API key");
+    assert_eq!(
+        browser
+            .eval("document.getElementById(document.querySelector('#api-key').getAttribute('aria-describedby')).textContent")
+            .await,
+        "Kept in this tab only (sessionStorage) and sent as Basic auth."
+    );
 
     // A wrong key: the API's own message, and no way in.
     browser.type_text("not-a-key").await;

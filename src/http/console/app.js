@@ -77,6 +77,7 @@ function show(...nodes) {
 }
 
 function field(label, input, hint) {
+  if (hint) input.setAttribute('aria-describedby', `${input.id}-hint`);
   return h('div', { class: 'field' }, h('label', { for: input.id }, label), input,
     hint ? h('small', { id: `${input.id}-hint` }, hint) : null);
 }
