@@ -4,6 +4,7 @@
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
 mod audit;
+mod console;
 mod contract;
 mod error;
 mod events;
@@ -185,6 +186,7 @@ pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -
         ));
     routes(&state)
         .router
+        .merge(console::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(observe)

@@ -7,6 +7,7 @@ mod callback_isolation;
 mod callbacks;
 mod cli;
 mod concurrency;
+mod console;
 mod delivery_queue;
 mod health;
 mod helpers;
