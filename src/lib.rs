@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod callbacks;
 pub mod cli;
+pub mod cloudevents;
 pub mod config;
 pub mod consume;
 pub mod domain;
@@ -18,4 +19,5 @@ pub mod relay;
 pub mod soak;
 pub mod startup;
 pub mod store;
+pub mod task_state;
 pub mod telemetry;

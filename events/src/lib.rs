@@ -25,6 +25,8 @@
 mod dedup;
 mod envelope;
 mod event;
+#[cfg(feature = "schema")]
+pub mod schema;
 mod seal;
 
 pub use dedup::Deduplicator;

@@ -3,6 +3,7 @@
 mod bench;
 mod check;
 mod keys;
+mod schemas;
 mod tail;
 
 use std::io::IsTerminal;
@@ -54,6 +55,10 @@ pub enum Command {
         /// one ended.
         #[arg(long, default_value_t = 1)]
         from: i64,
+        /// Also write the findings for Prometheus's textfile collector to this file
+        /// (`taskledger_verify_findings`, `..._events_checked`, `..._last_run_timestamp_seconds`).
+        #[arg(long)]
+        metrics_file: Option<std::path::PathBuf>,
     },
     /// Measure command throughput against the database's own commit rate (writes bench data
     /// into the database: use a scratch one).
@@ -71,6 +76,15 @@ pub enum Command {
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
     Soak(crate::soak::SoakSettings),
+    /// Print the JSON Schemas of the envelope and every event version (the `GET /v1/schemas`
+    /// document), or with `--write` write them as the files of `events/schemas/`.
+    Schemas {
+        /// Write one file per schema into `--dir` instead of printing the document.
+        #[arg(long)]
+        write: bool,
+        #[arg(long, default_value = "events/schemas")]
+        dir: std::path::PathBuf,
+    },
     /// Consume the event topic and print each envelope as one JSON line.
     Tail {
         #[arg(long, env = "KAFKA_BROKERS")]
@@ -93,7 +107,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => migrate(db).await,
         Command::Keys(command) => keys::run(&open(db).await?, command).await,
         Command::Replay { check } => check::replay(&open(db).await?, check).await,
-        Command::Verify { from } => check::verify(&open(db).await?, from).await,
+        Command::Verify { from, metrics_file } => {
+            check::verify(&open(db).await?, from, metrics_file.as_deref()).await
+        }
+        Command::Schemas { write, dir } => schemas::run(write, &dir),
         Command::Bench {
             commands,
             concurrency,

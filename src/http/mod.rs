@@ -13,6 +13,7 @@ mod list;
 mod metrics;
 pub mod openapi;
 mod request_id;
+mod schemas;
 mod task_bodies;
 mod tasks;
 
@@ -130,6 +131,7 @@ pub(crate) fn routes(state: &AppState) -> Routes {
         .merge(tasks::read_router())
         .merge(list::router())
         .merge(events::router())
+        .merge(schemas::router())
 }
 
 pub fn router(state: AppState) -> Router {

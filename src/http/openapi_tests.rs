@@ -358,7 +358,7 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
     }
     let published: BTreeSet<(String, String)> = [
         ("operations", "openapi healthz readyz metrics"),
-        ("events", "list_events"),
+        ("events", "list_events list_schemas"),
         (
             "tasks",
             "create_task retrieve_task task_history list_tasks cancel_task set_task_metadata \

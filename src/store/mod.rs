@@ -14,6 +14,7 @@ mod projection;
 mod read;
 mod rebuild;
 mod sql;
+mod stream;
 mod verify;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
