@@ -67,7 +67,11 @@ fn with_attributes(
 }
 
 /// Adds the CloudEvents attributes of an event record: `ce_id` is the event id.
-pub fn event_headers(headers: OwnedHeaders, envelope: &EventEnvelope, source: &str) -> OwnedHeaders {
+pub fn event_headers(
+    headers: OwnedHeaders,
+    envelope: &EventEnvelope,
+    source: &str,
+) -> OwnedHeaders {
     let id = envelope.event_id.to_string();
     with_attributes(headers, &id, &event_type(envelope), source, envelope)
 }
@@ -135,14 +139,23 @@ mod tests {
         let e = envelope("0190a1b2c3d4e5f601234567");
         let headers = event_headers(OwnedHeaders::new(), &e, "urn:test");
         assert_eq!(header(&headers, "ce_specversion"), Some("1.0"));
-        assert_eq!(header(&headers, "ce_id"), Some(e.event_id.to_string().as_str()));
+        assert_eq!(
+            header(&headers, "ce_id"),
+            Some(e.event_id.to_string().as_str())
+        );
         assert_eq!(
             header(&headers, "ce_type"),
             Some("ai.refonte.taskledger.TaskCreated.v1")
         );
         assert_eq!(header(&headers, "ce_source"), Some("urn:test"));
-        assert_eq!(header(&headers, "ce_subject"), Some("0190a1b2c3d4e5f601234567"));
-        assert_eq!(header(&headers, "ce_time"), Some("2023-11-14T22:13:20.123456Z"));
+        assert_eq!(
+            header(&headers, "ce_subject"),
+            Some("0190a1b2c3d4e5f601234567")
+        );
+        assert_eq!(
+            header(&headers, "ce_time"),
+            Some("2023-11-14T22:13:20.123456Z")
+        );
         assert_eq!(header(&headers, "content-type"), Some("application/json"));
     }
 

@@ -52,7 +52,11 @@ pub struct RelaySettings {
     pub kafka_message_timeout_ms: u64,
 
     /// Compacted topic of each task's current state (created with `cleanup.policy=compact`).
-    #[arg(long, env = "KAFKA_STATE_TOPIC", default_value = "taskledger.task-state")]
+    #[arg(
+        long,
+        env = "KAFKA_STATE_TOPIC",
+        default_value = "taskledger.task-state"
+    )]
     pub kafka_state_topic: String,
 
     /// The CloudEvents `ce_source` of every record: this ledger's identity (a URI-reference).
@@ -266,7 +270,11 @@ impl Relay {
                 .take_while(|(e, _)| e.global_position <= through)
                 .filter_map(|(envelope, state)| {
                     let state = state?;
-                    if state.len() + envelope.task_id.len() + crate::task_state::STATE_RECORD_OVERHEAD_BYTES > limit {
+                    if state.len()
+                        + envelope.task_id.len()
+                        + crate::task_state::STATE_RECORD_OVERHEAD_BYTES
+                        > limit
+                    {
                         // Commands cannot grow a task past the limit; a task stored larger by
                         // an earlier release must not stop the stream.
                         tracing::error!(task_id = %envelope.task_id, size = state.len(),

@@ -27,7 +27,7 @@ pub struct TaskStates {
 /// A task being folded through a batch: its view so far, or broken (an event that does not
 /// decode or fold; it gets no state record and neither do its later events in the batch).
 enum Folding {
-    View(Option<TaskView>, i64),
+    View(Option<Box<TaskView>>, i64),
     Broken,
 }
 
@@ -59,7 +59,7 @@ impl TaskStates {
                     folding.insert(task, Folding::View(None, 0));
                 }
                 Some((sequence, view)) if *sequence == e.sequence - 1 => {
-                    folding.insert(task, Folding::View(Some(view.clone()), *sequence));
+                    folding.insert(task, Folding::View(Some(Box::new(view.clone())), *sequence));
                 }
                 _ => unknown.push(task),
             }
@@ -93,7 +93,7 @@ impl TaskStates {
         for (task, state) in folding {
             match state {
                 Folding::View(Some(view), sequence) => {
-                    self.kept.insert(task.to_string(), (sequence, view));
+                    self.kept.insert(task.to_string(), (sequence, *view));
                 }
                 _ => {
                     self.kept.remove(task);
@@ -112,11 +112,12 @@ fn step(state: &mut Folding, e: &EventEnvelope) {
         .event()
         .map_err(|error| error.to_string())
         .and_then(|event| {
-            fold(view.take(), &e.task_id, e.recorded_at, &event).map_err(|error| error.to_string())
+            fold(view.take().map(|v| *v), &e.task_id, e.recorded_at, &event)
+                .map_err(|error| error.to_string())
         });
     match folded {
         Ok(next) => {
-            *view = Some(next);
+            *view = Some(Box::new(next));
             *sequence = e.sequence;
         }
         Err(error) => {

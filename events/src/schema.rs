@@ -100,7 +100,10 @@ fn stamp(schema: &mut Value, title: &str, file: &str) {
     stamped.insert("$schema".into(), json!(DIALECT));
     stamped.insert(
         "$id".into(),
-        json!(format!("urn:taskledger:schema:{}", file.trim_end_matches(".json"))),
+        json!(format!(
+            "urn:taskledger:schema:{}",
+            file.trim_end_matches(".json")
+        )),
     );
     stamped.insert("title".into(), json!(title));
     for (key, value) in std::mem::take(object) {

@@ -28,7 +28,8 @@ mod tests {
 
     use super::*;
 
-    const REGENERATE: &str = "regenerate them with `cargo run -- schemas --write` (see the README's \
+    const REGENERATE: &str =
+        "regenerate them with `cargo run -- schemas --write` (see the README's \
                               \"Schemas and evolution\")";
 
     #[test]
@@ -46,16 +47,28 @@ mod tests {
             .into_iter()
             .map(|f| (f.file_name, file_text(&f.schema)))
             .collect();
-        let missing: Vec<&String> = generated.keys().filter(|k| !on_disk.contains_key(*k)).collect();
-        let extra: Vec<&String> = on_disk.keys().filter(|k| !generated.contains_key(*k)).collect();
-        assert!(missing.is_empty(), "schema files missing: {missing:?}; {REGENERATE}");
+        let missing: Vec<&String> = generated
+            .keys()
+            .filter(|k| !on_disk.contains_key(*k))
+            .collect();
+        let extra: Vec<&String> = on_disk
+            .keys()
+            .filter(|k| !generated.contains_key(*k))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "schema files missing: {missing:?}; {REGENERATE}"
+        );
         assert!(
             extra.is_empty(),
             "schema files no type generates: {extra:?} (an older version must be listed in \
              taskledger_events::schema::FROZEN; a removed type's file deleted)"
         );
         for (name, text) in &generated {
-            assert_eq!(&on_disk[name], text, "{name} differs from its type; {REGENERATE}");
+            assert_eq!(
+                &on_disk[name], text,
+                "{name} differs from its type; {REGENERATE}"
+            );
         }
     }
 }

@@ -56,7 +56,8 @@ fn exposed(text: &str) -> BTreeSet<String> {
 }
 
 fn dashboard() -> Value {
-    let text = std::fs::read_to_string(deploy().join("grafana/dashboards/taskledger.json")).unwrap();
+    let text =
+        std::fs::read_to_string(deploy().join("grafana/dashboards/taskledger.json")).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -93,7 +94,10 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_that_exist() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("taskledger_verify.prom");
     let db_url = app._db.url.clone();
-    let verify = taskledger(&db_url, &["verify", "--metrics-file", file.to_str().unwrap()]);
+    let verify = taskledger(
+        &db_url,
+        &["verify", "--metrics-file", file.to_str().unwrap()],
+    );
     assert!(verify.status.success(), "{verify:?}");
     names.extend(exposed(&std::fs::read_to_string(&file).unwrap()));
 
@@ -103,11 +107,16 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_that_exist() {
         .flat_map(|e| metric_names(e))
         .collect();
     let missing: Vec<&String> = queried.difference(&names).collect();
-    assert!(missing.is_empty(), "queried but not exposed: {missing:?}\nexposed: {names:?}");
+    assert!(
+        missing.is_empty(),
+        "queried but not exposed: {missing:?}\nexposed: {names:?}"
+    );
 
     // The dashboard shows what an operator needs.
-    let dashboard_names: BTreeSet<String> =
-        dashboard_exprs().iter().flat_map(|e| metric_names(e)).collect();
+    let dashboard_names: BTreeSet<String> = dashboard_exprs()
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .collect();
     for needed in [
         "taskledger_http_requests_total",
         "taskledger_http_request_duration_seconds_bucket",
@@ -117,11 +126,18 @@ async fn the_dashboard_and_the_alerts_query_only_metrics_that_exist() {
         "taskledger_callback_deliveries_total",
         "taskledger_db_pool_connections",
     ] {
-        assert!(dashboard_names.contains(needed), "the dashboard lacks {needed}");
+        assert!(
+            dashboard_names.contains(needed),
+            "the dashboard lacks {needed}"
+        );
     }
     for panel in dashboard()["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
-            assert_eq!(target["datasource"]["uid"], "prometheus", "{}", panel["title"]);
+            assert_eq!(
+                target["datasource"]["uid"], "prometheus",
+                "{}",
+                panel["title"]
+            );
         }
     }
 }
@@ -137,8 +153,14 @@ async fn verify_writes_its_findings_for_the_textfile_collector(backend: Backend)
     assert!(ok.status.success(), "{ok:?}");
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("\ntaskledger_verify_findings 0\n"), "{text}");
-    assert!(text.contains("\ntaskledger_verify_events_checked 2\n"), "{text}");
-    assert!(text.contains("# TYPE taskledger_verify_findings gauge"), "{text}");
+    assert!(
+        text.contains("\ntaskledger_verify_events_checked 2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE taskledger_verify_findings gauge"),
+        "{text}"
+    );
 
     tamper_with_event(&t.db, &t.store, 2, r#"{"metadata":{"x":2}}"#).await;
     let broken = taskledger(&t.db.url, &["verify", "--metrics-file", path]);
@@ -195,7 +217,10 @@ fn the_example_deployment_is_well_formed_with_the_right_images_and_settings() {
     ] {
         let image = image(service);
         assert!(image.starts_with(repository), "{service}: {image}");
-        assert!(!image.ends_with(":latest"), "{service} pins a version: {image}");
+        assert!(
+            !image.ends_with(":latest"),
+            "{service} pins a version: {image}"
+        );
     }
 
     // Two serve nodes on the one database and broker, with settings the binary reads.
@@ -217,15 +242,24 @@ fn the_example_deployment_is_well_formed_with_the_right_images_and_settings() {
         let env = service["environment"].as_mapping().unwrap();
         for (name, _) in env {
             let name = str_of(name, "a variable");
-            assert!(known.contains(name), "{node} sets {name}, which taskledger does not read");
+            assert!(
+                known.contains(name),
+                "{node} sets {name}, which taskledger does not read"
+            );
         }
         assert_eq!(str_of(&env["DATABASE_URL"], "DATABASE_URL"), database_url);
         let brokers = str_of(&env["KAFKA_BROKERS"], "KAFKA_BROKERS");
-        assert!(advertised.contains(&format!("PLAINTEXT://{brokers}")), "{advertised}");
+        assert!(
+            advertised.contains(&format!("PLAINTEXT://{brokers}")),
+            "{advertised}"
+        );
         assert_eq!(str_of(&env["TASKLEDGER_LISTEN"], "listen"), "0.0.0.0:8080");
         assert!(env.contains_key("KAFKA_STATE_TOPIC"));
         assert!(env.contains_key("TASKLEDGER_CE_SOURCE"));
-        assert_eq!(service["depends_on"]["postgres"]["condition"], "service_healthy");
+        assert_eq!(
+            service["depends_on"]["postgres"]["condition"],
+            "service_healthy"
+        );
     }
     assert!(deploy().join("Dockerfile").exists());
 
@@ -239,7 +273,11 @@ fn the_example_deployment_is_well_formed_with_the_right_images_and_settings() {
         .flat_map(|c| c["static_configs"][0]["targets"].as_sequence().unwrap())
         .map(|t| str_of(t, "target"))
         .collect();
-    for target in ["taskledger-1:8080", "taskledger-2:8080", "node-exporter:9100"] {
+    for target in [
+        "taskledger-1:8080",
+        "taskledger-2:8080",
+        "node-exporter:9100",
+    ] {
         assert!(targets.contains(&target), "{targets:?}");
         let host = target.split(':').next().unwrap();
         assert!(services[host].is_mapping(), "{host} is a service");
@@ -258,8 +296,16 @@ fn the_example_deployment_is_well_formed_with_the_right_images_and_settings() {
     };
     for (service, host, container) in [
         ("prometheus", "./prometheus", "/etc/prometheus"),
-        ("grafana", "./grafana/provisioning", "/etc/grafana/provisioning"),
-        ("grafana", "./grafana/dashboards", "/var/lib/grafana/dashboards"),
+        (
+            "grafana",
+            "./grafana/provisioning",
+            "/etc/grafana/provisioning",
+        ),
+        (
+            "grafana",
+            "./grafana/dashboards",
+            "/var/lib/grafana/dashboards",
+        ),
     ] {
         assert!(
             mounts(service).contains(&(host.to_string(), container.to_string())),
@@ -274,7 +320,10 @@ fn the_example_deployment_is_well_formed_with_the_right_images_and_settings() {
     );
     let datasource = yaml("grafana/provisioning/datasources/prometheus.yml");
     assert_eq!(datasource["datasources"][0]["uid"], "prometheus");
-    assert_eq!(datasource["datasources"][0]["url"], "http://prometheus:9090");
+    assert_eq!(
+        datasource["datasources"][0]["url"],
+        "http://prometheus:9090"
+    );
 
     // `verify` runs on demand and leaves its findings where the node exporter reads them.
     let verify = &services["verify"];

@@ -14,7 +14,7 @@ use taskledger_events::Scope;
 
 use crate::helpers::kafka::{feed, ids_of, read_until, relayed, topic, Broker};
 use crate::helpers::{
-    eventually, free_port, ok_if, spawn_app, Backend, ServerProcess, TestApp,
+    eventually, free_port, ok_if, spawn_app, spawn_app_with, Backend, ServerProcess, TestApp,
     TestDb, PATIENCE,
 };
 
@@ -49,7 +49,11 @@ async fn read_state_until(
             Err(_) => panic!("gave up waiting for {what}; read {} records", records.len()),
         };
         let mut headers = HashMap::new();
-        for h in message.headers().map(|h| h.iter().collect::<Vec<_>>()).unwrap_or_default() {
+        for h in message
+            .headers()
+            .map(|h| h.iter().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             headers.insert(
                 h.key.to_string(),
                 String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
@@ -107,8 +111,11 @@ async fn every_kind_of_change(app: &TestApp) {
     app.as_key(&app.key)
         .delete_with(&format!("/v1/task/{a}/tags"), json!(["p"]))
         .await;
-    app.post(&format!("/v1/task/{a}/unique_id"), json!({"unique_id": "u-2"}))
-        .await;
+    app.post(
+        &format!("/v1/task/{a}/unique_id"),
+        json!({"unique_id": "u-2"}),
+    )
+    .await;
     app.as_key(&app.key)
         .delete(&format!("/v1/task/{a}/unique_id"))
         .await;
@@ -124,7 +131,10 @@ async fn every_kind_of_change(app: &TestApp) {
     app.post(&format!("/v1/task/{b}/cancel"), Value::Null).await;
     let c = app.create(json!({})).await.task_id();
     let errored = worker
-        .post(&format!("/v1/task/{c}/error"), json!({"error": {"why": "blurry"}}))
+        .post(
+            &format!("/v1/task/{c}/error"),
+            json!({"error": {"why": "blurry"}}),
+        )
         .await;
     assert_eq!(errored.status, 200, "{}", errored.body);
 }
@@ -149,7 +159,10 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         assert_eq!(h["ce_id"], e.event_id.to_string());
         assert_eq!(
             h["ce_type"],
-            format!("ai.refonte.taskledger.{}.v{}", e.event_type, e.event_version)
+            format!(
+                "ai.refonte.taskledger.{}.v{}",
+                e.event_type, e.event_version
+            )
         );
         assert_eq!(h["ce_source"], CE_SOURCE);
         assert_eq!(h["ce_subject"], e.task_id);
@@ -178,7 +191,10 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "validation failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "validation failed:\n{stdout}\n{stderr}"
+    );
     let summary: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert!(
         summary["records"].as_u64().unwrap() >= events.len() as u64,
@@ -190,7 +206,10 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         .iter()
         .map(|t| t.as_str().unwrap())
         .collect();
-    assert_eq!(validated, types, "every event type went through the validator");
+    assert_eq!(
+        validated, types,
+        "every event type went through the validator"
+    );
 }
 
 /// `GET /v1/schemas` serves exactly the checked-in files, and only to a caller with a key.
@@ -208,9 +227,8 @@ async fn the_served_schemas_are_the_checked_in_files(backend: Backend) {
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
-        let Some((event_type, version)) = name
-            .strip_suffix(".json")
-            .and_then(|n| n.rsplit_once(".v"))
+        let Some((event_type, version)) =
+            name.strip_suffix(".json").and_then(|n| n.rsplit_once(".v"))
         else {
             continue;
         };
@@ -228,7 +246,10 @@ async fn the_served_schemas_are_the_checked_in_files(backend: Backend) {
         .map(|versions| versions.as_object().unwrap().len())
         .sum();
     assert_eq!(served_count, files, "one served schema per file");
-    assert_eq!(served.body["envelope"]["$schema"], "https://json-schema.org/draft/2020-12/schema");
+    assert_eq!(
+        served.body["envelope"]["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
 }
 
 /// The relay creates the state topic compacted. tansu accepts the topic config at creation;
@@ -351,11 +372,16 @@ async fn the_state_topic_ends_at_each_tasks_current_object_through_a_sigkill(bac
     // The bootstrap: everything on the state topic now, and the position each task is at.
     let events = feed(&server.url, &key).await;
     let last = last_positions(&events);
-    let records = read_state_until(&broker.addr, &state_topic, "every task's latest state", |r| {
-        let latest = latest(r);
-        last.iter()
-            .all(|(task, position)| latest.get(task).is_some_and(|s| s.position == *position))
-    })
+    let records = read_state_until(
+        &broker.addr,
+        &state_topic,
+        "every task's latest state",
+        |r| {
+            let latest = latest(r);
+            last.iter()
+                .all(|(task, position)| latest.get(task).is_some_and(|s| s.position == *position))
+        },
+    )
     .await;
     for (task, record) in latest(&records) {
         let served = get_text(&format!("{}/v1/task/{task}", server.url), &key).await;
@@ -363,7 +389,10 @@ async fn the_state_topic_ends_at_each_tasks_current_object_through_a_sigkill(bac
         assert_eq!(record.headers["ce_subject"], task);
         assert_eq!(record.headers["ce_source"], CE_SOURCE);
         assert_eq!(record.headers["ce_specversion"], "1.0");
-        assert_eq!(record.headers["ce_type"], "ai.refonte.taskledger.TaskState.v1");
+        assert_eq!(
+            record.headers["ce_type"],
+            "ai.refonte.taskledger.TaskState.v1"
+        );
     }
     let on_event_topic = read_until(&broker.addr, &events_topic, &ids_of(&events), PATIENCE).await;
     let published: HashSet<i64> = on_event_topic
@@ -387,10 +416,11 @@ async fn the_state_topic_ends_at_each_tasks_current_object_through_a_sigkill(bac
 
     // More changes after the bootstrap; the consumer switches to the event topic and applies,
     // per task, only the events after the position its state record carried.
-    let mut bootstrapped: HashMap<String, (i64, taskledger_projections::TaskView)> = latest(&records)
-        .into_iter()
-        .map(|(task, r)| (task, (r.position, serde_json::from_str(&r.value).unwrap())))
-        .collect();
+    let mut bootstrapped: HashMap<String, (i64, taskledger_projections::TaskView)> =
+        latest(&records)
+            .into_iter()
+            .map(|(task, r)| (task, (r.position, serde_json::from_str(&r.value).unwrap())))
+            .collect();
     let more = bootstrapped.keys().take(3).cloned().collect::<Vec<_>>();
     let client = reqwest::Client::new();
     for (i, task) in more.iter().enumerate() {
@@ -416,7 +446,10 @@ async fn the_state_topic_ends_at_each_tasks_current_object_through_a_sigkill(bac
             continue; // a redelivery
         }
         let current = bootstrapped.get(&e.task_id).map(|(p, v)| (*p, v.clone()));
-        if current.as_ref().is_some_and(|(p, _)| e.global_position <= *p) {
+        if current
+            .as_ref()
+            .is_some_and(|(p, _)| e.global_position <= *p)
+        {
             continue; // already in the state it started from
         }
         let view = taskledger_projections::fold(
@@ -436,10 +469,36 @@ async fn the_state_topic_ends_at_each_tasks_current_object_through_a_sigkill(bac
     }
 }
 
+/// A task cannot grow past what one state record carries: the command that would make it
+/// larger is refused like an oversized event, and writes nothing.
+async fn a_command_that_would_grow_a_task_past_one_record_is_refused(backend: Backend) {
+    let app = spawn_app_with(backend, |s| s.relay.kafka_message_max_bytes = 4096).await;
+    let id = app
+        .create(json!({"metadata": {"blob": "m".repeat(1500)}}))
+        .await
+        .task_id();
+    // The completion's own event fits in a record; the task after it would not.
+    let response = json!({"response": {"category": "big", "note": "r".repeat(1800)}});
+    app.as_key(&app.contributor_key)
+        .post(&format!("/v1/task/{id}/complete"), response)
+        .await
+        .assert_error(413, "KAFKA_MESSAGE_MAX_BYTES");
+    assert_eq!(app.history(&id).await.len(), 1, "nothing was written");
+    let small = json!({"response": {"category": "big"}});
+    let done = app
+        .as_key(&app.contributor_key)
+        .post(&format!("/v1/task/{id}/complete"), small)
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
+}
+
 crate::helpers::backends!(
     both: [
         every_record_has_cloudevents_headers_and_validates_against_the_served_schemas,
         the_state_topic_ends_at_each_tasks_current_object_through_a_sigkill,
     ],
-    sqlite: [the_served_schemas_are_the_checked_in_files],
+    sqlite: [
+        the_served_schemas_are_the_checked_in_files,
+        a_command_that_would_grow_a_task_past_one_record_is_refused,
+    ],
 );
