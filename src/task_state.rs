@@ -121,9 +121,10 @@ fn step(state: &mut Folding, e: &EventEnvelope) {
             *sequence = e.sequence;
         }
         Err(error) => {
-            // An event of no task (an account's own) is expected here; anything else is the
-            // ledger's damage, which `verify` names: the event stream goes on either way.
-            tracing::debug!(event_id = %e.event_id, %error, "no task state after this event");
+            // The ledger's damage, which `verify` names: the event stream goes on, and this
+            // task gets no state record until the relay folds it cleanly again.
+            tracing::warn!(event_id = %e.event_id, task_id = %e.task_id, %error,
+                "no task state after this event");
             *state = Folding::Broken;
         }
     }

@@ -102,7 +102,8 @@ def main():
             "ce_specversion": "1.0",
             "ce_id": value["event_id"],
             "ce_source": os.environ["CE_SOURCE"],
-            "ce_subject": value["task_id"],
+            # An event of no task names its account.
+            "ce_subject": value["task_id"] or value["account_id"],
             "ce_time": value["recorded_at"],
             "content-type": "application/json",
         }
