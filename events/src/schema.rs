@@ -57,14 +57,21 @@ pub fn envelope_schema() -> Value {
 /// The schema of every event type's payload at the version written today, in the order of
 /// [`TaskEvent`]'s variants: `(event type, version, schema)`.
 pub fn current_event_schemas() -> Vec<(String, u32, Value)> {
+    // Another enum of events (adjacently tagged the same way) would be one more line here.
+    variant_schemas::<TaskEvent>(TaskEvent::CURRENT_VERSIONS)
+}
+
+/// The payload schema of each variant of an enum of events tagged `event_type` with content
+/// `payload`, at the version `versions` lists for it.
+fn variant_schemas<E: schemars::JsonSchema>(versions: &[(&str, u32)]) -> Vec<(String, u32, Value)> {
     let whole = settings()
         .into_generator()
-        .into_root_schema_for::<TaskEvent>()
+        .into_root_schema_for::<E>()
         .to_value();
     let variants = whole
         .get("oneOf")
         .and_then(Value::as_array)
-        .expect("TaskEvent is an adjacently tagged enum: its schema is a oneOf of variants");
+        .expect("an adjacently tagged enum: its schema is a oneOf of variants");
     variants
         .iter()
         .map(|variant| {
@@ -73,7 +80,7 @@ pub fn current_event_schemas() -> Vec<(String, u32, Value)> {
                 .as_str()
                 .expect("each variant names its event_type as a const")
                 .to_string();
-            let version = TaskEvent::CURRENT_VERSIONS
+            let version = versions
                 .iter()
                 .find(|(name, _)| *name == event_type)
                 .map(|(_, v)| *v)
