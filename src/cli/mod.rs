@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod check;
 mod keys;
+mod schemas;
 mod tail;
 
 use std::io::IsTerminal;
@@ -56,6 +57,10 @@ pub enum Command {
         /// one ended.
         #[arg(long, default_value_t = 1)]
         from: i64,
+        /// Also write the findings for Prometheus's textfile collector to this file
+        /// (`taskledger_verify_findings`, `..._events_checked`, `..._last_run_timestamp_seconds`).
+        #[arg(long)]
+        metrics_file: Option<std::path::PathBuf>,
         /// Instead, hold the ledger to a signed digest (a file from `taskledger digest` or
         /// the digest topic): its signature, the events it covers, and today's tree's
         /// consistency with it.
@@ -99,6 +104,15 @@ pub enum Command {
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
     Soak(crate::soak::SoakSettings),
+    /// Print the JSON Schemas of the envelope and every event version (the `GET /v1/schemas`
+    /// document), or with `--write` write them as the files of `events/schemas/`.
+    Schemas {
+        /// Write one file per schema into `--dir` instead of printing the document.
+        #[arg(long)]
+        write: bool,
+        #[arg(long, default_value = "events/schemas")]
+        dir: std::path::PathBuf,
+    },
     /// Consume the event topic and print each envelope as one JSON line.
     Tail {
         #[arg(long, env = "KAFKA_BROKERS")]
@@ -129,7 +143,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key_file = signing_key.path(&db.database_url);
             audit::verify_digest(&open(db).await?, &key_file, &file).await
         }
-        Command::Verify { from, .. } => check::verify(&open(db).await?, from).await,
+        Command::Verify {
+            from, metrics_file, ..
+        } => check::verify(&open(db).await?, from, metrics_file.as_deref()).await,
         Command::Digest {
             account,
             signing_key,
@@ -141,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
             signing_key,
         } => audit::signing_key(&signing_key.path(&db.database_url), command),
+        Command::Schemas { write, dir } => schemas::run(write, &dir),
         Command::Bench {
             commands,
             concurrency,

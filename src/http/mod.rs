@@ -16,6 +16,7 @@ mod list;
 mod metrics;
 pub mod openapi;
 mod request_id;
+mod schemas;
 mod task_bodies;
 mod tasks;
 
@@ -144,6 +145,7 @@ pub(crate) fn routes(state: &AppState) -> Routes {
         .merge(events::router())
         .merge(audit::router())
         .merge(keys::router())
+        .merge(schemas::router())
 }
 
 pub fn router(state: AppState) -> Router {

@@ -66,6 +66,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::events::Docs::openapi(),
         super::audit::Docs::openapi(),
         super::keys::Docs::openapi(),
+        super::schemas::Docs::openapi(),
     ] {
         doc.merge(part);
     }
@@ -335,7 +336,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
 
 /// The tag of an operation, from the family its path belongs to.
 fn tag_of(path: &str) -> &'static str {
-    if path.starts_with("/v1/events") {
+    if path.starts_with("/v1/events") || path == "/v1/schemas" {
         "events"
     } else if path.starts_with("/v1/") {
         "tasks"

@@ -359,7 +359,7 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
     }
     let published: BTreeSet<(String, String)> = [
         ("operations", "openapi healthz readyz metrics"),
-        ("events", "list_events"),
+        ("events", "list_events list_schemas"),
         (
             "ledger",
             "ledger_digest ledger_public_keys inclusion_proof consistency_proof",

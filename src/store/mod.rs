@@ -17,6 +17,7 @@ mod read;
 mod rebuild;
 mod search;
 mod sql;
+mod stream;
 mod verify;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
