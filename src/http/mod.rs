@@ -35,6 +35,7 @@ use tracing::Level;
 
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::store::KeyCache;
 
 /// Limits and lifetimes of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -50,12 +51,15 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// The registry `/metrics` exposes; the ledger's, so command counts show up in it.
     pub metrics: Metrics,
+    /// Authentication from memory while no key changed (see [`KeyCache`]).
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
     pub fn new(ledger: Ledger, settings: HttpSettings) -> AppState {
         AppState {
             metrics: ledger.metrics().clone(),
+            keys: Arc::new(KeyCache::new(ledger.store().clone())),
             ledger,
             settings: Arc::new(settings),
         }

@@ -7,12 +7,14 @@ mod callbacks;
 mod counts;
 mod follow;
 mod idempotency;
+mod key_cache;
 mod keys;
 mod lease;
 mod list;
 mod projection;
 mod read;
 mod rebuild;
+mod snapshots;
 mod sql;
 mod verify;
 
@@ -20,10 +22,12 @@ pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use follow::NextEvent;
 pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState};
+pub use key_cache::KeyCache;
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
+pub use snapshots::TaskTail;
 pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
