@@ -2,6 +2,7 @@
 //! PostgreSQL must be running (`TASKLEDGER_TEST_PG_URL`, default
 //! postgres://postgres@127.0.0.1:5432); a test that cannot reach it fails.
 
+mod auth_cache;
 mod callback_isolation;
 mod callbacks;
 mod cli;
@@ -13,6 +14,7 @@ mod idempotency_api;
 mod idempotency_fencing;
 mod kafka;
 mod list_api;
+mod long_tasks;
 mod relay_halts;
 mod scale;
 mod sdk;
