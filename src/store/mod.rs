@@ -100,6 +100,9 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The ledger head (last position, its recorded_at) as this process last committed it:
+    /// on PostgreSQL an append takes the head in its BEGIN statement while it is still so.
+    head: std::sync::Arc<std::sync::Mutex<append::KnownHead>>,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -144,7 +147,11 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            head: Default::default(),
+        })
     }
 
     /// Connects and brings the schema up to date (safe to run from several processes at once).

@@ -2,6 +2,7 @@
 //! PostgreSQL must be running (`TASKLEDGER_TEST_PG_URL`, default
 //! postgres://postgres@127.0.0.1:5432); a test that cannot reach it fails.
 
+mod append_paths;
 mod auth_cache;
 mod callback_isolation;
 mod callbacks;
