@@ -16,6 +16,7 @@ use crate::config::{DatabaseSettings, ServeSettings};
 use crate::startup::{redact, Application};
 use crate::store::Store;
 
+pub use bench::ScaleArgs;
 pub(crate) use check::{replay, verify};
 pub use keys::KeysCommand;
 
@@ -67,6 +68,10 @@ pub enum Command {
         /// The most commands per append transaction.
         #[arg(long, default_value_t = 256)]
         max_batch: usize,
+        /// Instead: fill the database to `--tasks` tasks and print every scale figure beside
+        /// its anchor (list pages, replay, verify, HTTP create and GET, long tasks, memory).
+        #[command(flatten)]
+        scale: bench::ScaleArgs,
     },
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
@@ -94,10 +99,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => keys::run(&open(db).await?, command).await,
         Command::Replay { check } => check::replay(&open(db).await?, check).await,
         Command::Verify { from } => check::verify(&open(db).await?, from).await,
+        Command::Bench { scale, .. } if scale.scale => bench::scale(db, &scale).await,
         Command::Bench {
             commands,
             concurrency,
             max_batch,
+            ..
         } => bench::throughput(db, commands, concurrency, max_batch).await,
         Command::Soak(settings) => bench::soak(db, &settings).await,
         Command::Tail {

@@ -4,6 +4,7 @@
 
 mod append_paths;
 mod auth_cache;
+mod bench_scale;
 mod callback_isolation;
 mod callbacks;
 mod cli;
