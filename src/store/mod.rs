@@ -103,6 +103,9 @@ pub struct Store {
     /// The ledger head (last position, its recorded_at) as this process last committed it:
     /// on PostgreSQL an append takes the head in its BEGIN statement while it is still so.
     head: std::sync::Arc<std::sync::Mutex<append::KnownHead>>,
+    /// On PostgreSQL, a native pool (connected on first use) for what the Any driver
+    /// cannot do: `COPY` into the shadow tables a replay fills.
+    native: Option<sqlx::PgPool>,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -147,10 +150,19 @@ impl Store {
             })
             .connect_with(options)
             .await?;
+        let native = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_lazy(&url)?,
+            ),
+            Backend::Sqlite => None,
+        };
         Ok(Store {
             pool,
             backend,
             head: Default::default(),
+            native,
         })
     }
 
@@ -184,6 +196,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(native) = &self.native {
+            native.close().await;
+        }
         self.pool.close().await;
     }
 }
