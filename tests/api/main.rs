@@ -3,6 +3,9 @@
 //! postgres://postgres@127.0.0.1:5432); a test that cannot reach it fails.
 
 mod audit;
+mod append_paths;
+mod auth_cache;
+mod bench_scale;
 mod callback_isolation;
 mod callbacks;
 mod cli;
@@ -17,6 +20,7 @@ mod idempotency_api;
 mod idempotency_fencing;
 mod kafka;
 mod list_api;
+mod long_tasks;
 mod relay_halts;
 mod scale;
 mod sdk;
