@@ -163,7 +163,7 @@ async fn fill(ledger: &Ledger, actors: &Actors, from: u64, to: u64) -> anyhow::R
                 if i.is_multiple_of(20) {
                     let audit = TaskAction::CustomerAudit {
                         audited_by: "bench".into(),
-                        accepted: true,
+                        accepted: Some(true),
                         comments: None,
                     };
                     ledger
@@ -600,6 +600,8 @@ async fn relay_backlog(store: &Store, brokers: &str) -> anyhow::Result<(u64, Dur
         kafka_replication: 1,
         kafka_message_max_bytes: 1_000_000,
         kafka_message_timeout_ms: 30_000,
+        kafka_state_topic: format!("{topic}.state"),
+        ce_source: "urn:taskledger:bench".to_string(),
     };
     let head = store.head_position().await?;
     let (_wake, wake_rx) = tokio::sync::watch::channel(0u64);

@@ -2,8 +2,8 @@
 //! PostgreSQL must be running (`TASKLEDGER_TEST_PG_URL`, default
 //! postgres://postgres@127.0.0.1:5432); a test that cannot reach it fails.
 
-mod audit;
 mod append_paths;
+mod audit;
 mod auth_cache;
 mod bench_scale;
 mod callback_isolation;

@@ -21,12 +21,12 @@ use super::EVENT_COLUMNS;
 use super::{
     leaves_of, name_refusal, AppendTx, CommandWrite, Committed, Prepared, Refused, WriteError,
 };
-use crate::store::merkle::append_leaves;
-use taskledger_events::SealedEvent;
 use crate::store::counts::CountDeltas;
+use crate::store::merkle::append_leaves;
 use crate::store::projection::{TaskRow, TASK_COLUMNS};
 use crate::store::sql::AnyQuery;
 use crate::store::{now_micros, Backend, Store, StoreError};
+use taskledger_events::SealedEvent;
 
 /// After the head was found moved, how many commits go the ordinary way before the process
 /// trusts its own record again: with several writing processes the record is often stale,
