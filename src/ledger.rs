@@ -287,6 +287,13 @@ impl Ledger {
             history.iter().map(|e| e.recorded_at).zip(events.iter()),
         )
         .map_err(|e| LedgerError::internal(format!("task {task_id} does not fold"), e))?;
+        let size = crate::task_state::record_size(&prior_view, task_id.as_str(), &decided);
+        if size > self.max_event_bytes {
+            return Err(LedgerError::EventTooLarge {
+                size,
+                limit: self.max_event_bytes,
+            });
+        }
         let write = CommandWrite {
             account_id: ctx.actor.account_id.clone(),
             task_id: task_id.to_string(),
@@ -463,6 +470,7 @@ async fn run_committer(
                 // One command may have broken the shared transaction: commit each alone so
                 // only the guilty one fails.
                 tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
+                metrics.observe_append_fallback();
                 for job in batch.drain(..) {
                     metrics.observe_batch(1);
                     let result = match store.commit_batch(vec![job.write.clone()]).await {

@@ -3,9 +3,11 @@
 //! `domain` decides (the cqrs-es aggregate), `store` records (PostgreSQL or SQLite),
 //! `ledger` ties the two together with group commit, `http` serves, `cli` operates.
 
+pub mod audit;
 pub mod bench;
 pub mod callbacks;
 pub mod cli;
+pub mod cloudevents;
 pub mod config;
 pub mod consume;
 pub mod domain;
@@ -18,4 +20,5 @@ pub mod relay;
 pub mod soak;
 pub mod startup;
 pub mod store;
+pub mod task_state;
 pub mod telemetry;

@@ -3,6 +3,7 @@
 //! Every request gets an `x-request-id` (the client's, if usable, else a UUID v7) before any
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
+mod audit;
 mod console;
 mod contract;
 mod error;
@@ -10,10 +11,12 @@ mod events;
 pub mod extract;
 mod health;
 mod idempotency;
+mod keys;
 mod list;
 mod metrics;
 pub mod openapi;
 mod request_id;
+mod schemas;
 mod task_bodies;
 mod tasks;
 
@@ -51,6 +54,8 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// The registry `/metrics` exposes; the ledger's, so command counts show up in it.
     pub metrics: Metrics,
+    /// The ledger's signing key file (digests); `None` answers 503 on the digest routes.
+    pub signing_key_file: Option<Arc<std::path::PathBuf>>,
 }
 
 impl AppState {
@@ -59,7 +64,14 @@ impl AppState {
             metrics: ledger.metrics().clone(),
             ledger,
             settings: Arc::new(settings),
+            signing_key_file: None,
         }
+    }
+
+    /// Signs digests with the keys in this file.
+    pub fn with_signing_key_file(mut self, path: std::path::PathBuf) -> AppState {
+        self.signing_key_file = Some(Arc::new(path));
+        self
     }
 }
 
@@ -131,6 +143,9 @@ pub(crate) fn routes(state: &AppState) -> Routes {
         .merge(tasks::read_router())
         .merge(list::router())
         .merge(events::router())
+        .merge(audit::router())
+        .merge(keys::router())
+        .merge(schemas::router())
 }
 
 pub fn router(state: AppState) -> Router {

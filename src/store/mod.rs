@@ -7,23 +7,30 @@ mod callbacks;
 mod counts;
 mod follow;
 mod idempotency;
+mod key_events;
 mod keys;
 mod lease;
 mod list;
+mod merkle;
 mod projection;
 mod read;
 mod rebuild;
+mod search;
 mod sql;
+mod stream;
 mod verify;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use follow::NextEvent;
 pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState};
+pub use key_events::KeyRecord;
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
+pub use merkle::{RecomputedTree, TreeHead};
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
+pub use search::EventFilter;
 pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
@@ -60,6 +67,9 @@ pub enum StoreError {
     /// Another `replay` is rebuilding the projections: two would share the shadow tables.
     #[error("another replay is running on this database; wait for it to finish")]
     ReplayRunning,
+    /// An account's stored Merkle tree cannot be read back (`replay` rebuilds it).
+    #[error("the Merkle tree of account {account_id} is corrupt: {message}")]
+    CorruptTree { account_id: String, message: String },
 }
 
 impl StoreError {
@@ -96,6 +106,9 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Whether appends maintain the accounts' Merkle trees: always, except in the benchmark
+    /// that measures what the trees cost ([`Store::without_merkle_trees`]).
+    merkle_trees: bool,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -140,7 +153,11 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            merkle_trees: true,
+        })
     }
 
     /// Connects and brings the schema up to date (safe to run from several processes at once).
@@ -156,6 +173,13 @@ impl Store {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
         }
         Ok(())
+    }
+
+    /// This store with appends that leave the Merkle trees alone: only for `taskledger bench`,
+    /// to measure what the trees cost; a ledger written so fails `verify --digest`.
+    pub fn without_merkle_trees(mut self) -> Store {
+        self.merkle_trees = false;
+        self
     }
 
     pub fn backend(&self) -> Backend {

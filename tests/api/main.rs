@@ -2,11 +2,14 @@
 //! PostgreSQL must be running (`TASKLEDGER_TEST_PG_URL`, default
 //! postgres://postgres@127.0.0.1:5432); a test that cannot reach it fails.
 
+mod audit;
 mod callback_isolation;
 mod callbacks;
 mod cli;
 mod concurrency;
 mod console;
+mod delivery_queue;
+mod deploy;
 mod health;
 mod helpers;
 mod hostile_input;
@@ -21,4 +24,5 @@ mod server_limits;
 mod soak;
 mod store;
 mod store_integrity;
+mod stream;
 mod tasks_api;

@@ -450,7 +450,7 @@ async fn list_totals_are_exact_for_each_counted_filter_as_tasks_change(backend: 
     }
     let audit = TaskAction::CustomerAudit {
         audited_by: "qa".into(),
-        accepted: true,
+        accepted: Some(true),
         comments: None,
     };
     t.ledger

@@ -9,7 +9,7 @@ use crate::helpers::{on_sqlite, spawn_app, Backend};
 static VENV_LOCK: Mutex<()> = Mutex::new(());
 
 /// The venv's python with the pinned SDK installed; built once and reused.
-fn sdk_python() -> PathBuf {
+pub(crate) fn sdk_python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = root.join("target").join("sdk-venv");
     let python = venv.join("bin").join("python");
