@@ -17,6 +17,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod relay;
+pub mod scale_bench;
 pub mod soak;
 pub mod startup;
 pub mod store;

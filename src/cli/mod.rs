@@ -19,6 +19,7 @@ use crate::startup::{redact, Application};
 use crate::store::Store;
 
 pub use audit::SigningKeyCommand;
+pub use bench::ScaleArgs;
 pub(crate) use check::{replay, verify};
 pub use keys::KeysCommand;
 
@@ -36,6 +37,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up and matched once: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP API (migrates the database first).
     Serve(ServeSettings),
@@ -100,6 +103,10 @@ pub enum Command {
         /// alternated over two rounds each (then the trees are rebuilt).
         #[arg(long)]
         merkle: bool,
+        /// Instead: fill the database to `--tasks` tasks and print every scale figure beside
+        /// its anchor (list pages, replay, verify, HTTP create and GET, long tasks, memory).
+        #[command(flatten)]
+        scale: bench::ScaleArgs,
     },
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
@@ -158,11 +165,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             signing_key,
         } => audit::signing_key(&signing_key.path(&db.database_url), command),
         Command::Schemas { write, dir } => schemas::run(write, &dir),
+        Command::Bench { scale, .. } if scale.scale => bench::scale(db, &scale).await,
         Command::Bench {
             commands,
             concurrency,
             max_batch,
             merkle,
+            ..
         } => {
             let code = bench::throughput(db, commands, concurrency, max_batch).await?;
             if !merkle {

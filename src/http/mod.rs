@@ -39,6 +39,7 @@ use tracing::Level;
 
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::store::KeyCache;
 
 /// Limits and lifetimes of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -56,12 +57,15 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The ledger's signing key file (digests); `None` answers 503 on the digest routes.
     pub signing_key_file: Option<Arc<std::path::PathBuf>>,
+    /// Authentication from memory while no key changed (see [`KeyCache`]).
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
     pub fn new(ledger: Ledger, settings: HttpSettings) -> AppState {
         AppState {
             metrics: ledger.metrics().clone(),
+            keys: Arc::new(KeyCache::new(ledger.store().clone())),
             ledger,
             settings: Arc::new(settings),
             signing_key_file: None,
