@@ -6,7 +6,7 @@
 use reqwest::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use taskledger_events::canonical_json;
+use taskledger_events::{canonical_json, Scope};
 
 use crate::helpers::browser::Browser;
 use crate::helpers::{
@@ -156,7 +156,20 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         )
         .await;
     assert_eq!(tagged.status, 200, "{}", tagged.body);
-    app.complete(&task).await;
+    // The labeler completes it with a key that has a name: the History shows the name.
+    let (labeler_key, labeler) = app
+        .store
+        .create_named_key("acme", Scope::Contributor, Some("Sam Ortiz (labeler)"))
+        .await
+        .unwrap();
+    let done = app
+        .as_key(&labeler)
+        .post(
+            &format!("/v1/task/{task}/complete"),
+            json!({"response": {"category": "big"}}),
+        )
+        .await;
+    assert_eq!(done.status, 200, "{}", done.body);
     let other = create_task(&app, json!({})).await;
     let third = create_task(&app, json!({"n": 3})).await;
     let history = app.history(&task).await;
@@ -335,16 +348,42 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         .eval("document.querySelector('#history li').innerText")
         .await;
     let first_item = first_item.as_str().unwrap();
+    // The actor is the key's name where the server keeps names (`GET /v1/keys`), else its id.
+    let key_id = history[0]["actor"]["key_id"].as_str().unwrap();
+    let keys = app.get("/v1/keys").await;
+    let actor = match keys.status {
+        404 => key_id.to_string(),
+        200 => keys.body["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == key_id)
+            .and_then(|k| k["name"].as_str())
+            .filter(|name| !name.is_empty())
+            .unwrap_or(key_id)
+            .to_string(),
+        other => panic!("GET /v1/keys answered {other}: {}", keys.body),
+    };
     for part in [
         history[0]["type"].as_str().unwrap(),
         history[0]["recorded_at"].as_str().unwrap(),
-        history[0]["actor"]["key_id"].as_str().unwrap(),
+        &actor,
         "customer",
         history[0]["request_id"].as_str().unwrap(),
         &history[0]["global_position"].to_string(),
     ] {
         assert!(first_item.contains(part), "{part:?} not in {first_item:?}");
     }
+    let completed_item = browser
+        .eval("[...document.querySelectorAll('#history li')].find(li => li.innerText.startsWith('TaskCompleted')).innerText")
+        .await;
+    assert!(
+        completed_item
+            .as_str()
+            .unwrap()
+            .contains("Sam Ortiz (labeler) (contributor)"),
+        "{completed_item}"
+    );
     browser
         .wait_for(
             "the integrity check to finish",
@@ -523,6 +562,58 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
         .unwrap()
         .starts_with("null"));
     browser.screenshot("events").await;
+    // Search: one task's events by the labeler's key, answered by the server's filters.
+    browser
+        .eval(&format!(
+            "document.querySelector('#e-task').value = '{task}'; \
+             document.querySelector('#e-key').value = '{}'; \
+             document.querySelector('.filters button').click()",
+            labeler_key.key_id
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the filtered events",
+            "document.querySelector('#events-result').dataset.loaded.includes('actor_key_id=')",
+        )
+        .await;
+    let found = browser
+        .eval(
+            "[...document.querySelectorAll('#events tbody tr')].map(tr => tr.cells[2].textContent)",
+        )
+        .await;
+    let filtered = app
+        .get(&format!(
+            "/v1/events?task_id={task}&actor_key_id={}",
+            labeler_key.key_id
+        ))
+        .await;
+    if filtered.status == 200 && filtered.body["events"].as_array().unwrap().len() == 1 {
+        // A server with event search: the page is its answer, with no warning.
+        assert_eq!(found, json!(["TaskCompleted"]));
+        assert_eq!(
+            browser
+                .eval("document.querySelector('#events-result [role=alert]') === null")
+                .await,
+            json!(true)
+        );
+    } else {
+        // One without: the page says its list is unfiltered.
+        assert_eq!(
+            browser
+                .eval("!!document.querySelector('#events-result [role=alert]')")
+                .await,
+            json!(true)
+        );
+    }
+    browser.screenshot("events-search").await;
+    browser.eval("location.hash = '#/events'").await;
+    browser
+        .wait_for(
+            "the whole feed again",
+            "document.querySelector('#events-result').dataset.loaded === 'limit=50'",
+        )
+        .await;
     browser
         .eval(&format!(
             "[...document.querySelectorAll('#events tbody a')].find(a => a.textContent === '{other}').click()"

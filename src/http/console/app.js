@@ -310,7 +310,7 @@ function renderIntegrity(box, checks, scopeNote) {
     result.textContent = `Verified up to the latest signed digest. ${partial.detail}`;
   } else {
     box.dataset.result = 'verified';
-    result.textContent = `Verified ${scopeNote}`;
+    result.textContent = `Verified${scopeNote}`;
   }
   const verdict = (c) => {
     if (c.skipped) return ['skipped', '– ', 'not checked'];
@@ -332,7 +332,7 @@ async function verifyTask(box, history) {
   } catch (err) {
     if (err.status === 404) {
       checks.push({ name: 'Inclusion proofs and digest signature', ok: false, skipped: true, detail: 'this server publishes no signed digest: GET /v1/ledger/digest answered 404' });
-      renderIntegrity(box, checks, '(chain check only): every hash recomputed in this browser and every link followed to genesis; this server publishes no signed digest.');
+      renderIntegrity(box, checks, ' (chain check only): every hash recomputed in this browser and every link followed to genesis; this server publishes no signed digest.');
       box.dataset.scope = 'chain';
       return;
     }
