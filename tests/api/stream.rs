@@ -252,12 +252,12 @@ async fn the_served_schemas_are_the_checked_in_files(backend: Backend) {
     );
 }
 
-/// The relay creates the state topic compacted. tansu accepts the topic config at creation;
-/// whether it reports it back through DescribeConfigs is checked here as far as it goes.
+/// The relay creates the state topic compacted, as the broker reports it (DescribeConfigs):
+/// tansu keeps the configs a topic was created with and describes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_state_topic_is_created_with_cleanup_policy_compact() {
     let state_topic = topic();
-    let (broker, _topic, app) = relayed(Backend::Sqlite, |s| {
+    let (broker, events_topic, app) = relayed(Backend::Sqlite, |s| {
         s.relay.kafka_state_topic = state_topic.clone()
     })
     .await;
@@ -269,6 +269,9 @@ async fn the_state_topic_is_created_with_cleanup_policy_compact() {
     assert_eq!(records[0].key, id);
     let policy = describe_topic_config(&broker.addr, &state_topic, "cleanup.policy").await;
     assert_eq!(policy.as_deref(), Some("compact"));
+    // What the broker reports is what the topic was created with: not the event topic's.
+    let events = describe_topic_config(&broker.addr, &events_topic, "cleanup.policy").await;
+    assert_ne!(events.as_deref(), Some("compact"), "{events:?}");
 }
 
 /// A topic config as the broker reports it (DescribeConfigs).
