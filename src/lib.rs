@@ -16,6 +16,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod relay;
+pub mod schemas;
 pub mod soak;
 pub mod startup;
 pub mod store;

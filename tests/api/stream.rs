@@ -142,8 +142,12 @@ async fn every_kind_of_change(app: &TestApp) {
 async fn every_record_has_cloudevents_headers_and_validates_against_the_served_schemas(
     backend: Backend,
 ) {
-    let (broker, topic, app) =
-        relayed(backend, |s| s.relay.ce_source = CE_SOURCE.to_string()).await;
+    let state_topic = topic();
+    let (broker, topic, app) = relayed(backend, |s| {
+        s.relay.ce_source = CE_SOURCE.to_string();
+        s.relay.kafka_state_topic = state_topic.clone();
+    })
+    .await;
     every_kind_of_change(&app).await;
     let events = feed(&app.address, &app.key).await;
     let types: HashSet<&str> = events
@@ -173,6 +177,19 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         assert_eq!(h["global-position"], e.global_position.to_string());
     }
 
+    // Every event here is a task's, so each has its state record.
+    let positions: HashSet<i64> = events
+        .iter()
+        .map(|e| e["global_position"].as_i64().unwrap())
+        .collect();
+    read_state_until(
+        &broker.addr,
+        &state_topic,
+        "a state record per event",
+        |r| positions.iter().all(|p| r.iter().any(|s| s.position == *p)),
+    )
+    .await;
+
     // A consumer in Python, validating with the `jsonschema` package.
     let python = tokio::task::spawn_blocking(crate::sdk::sdk_python)
         .await
@@ -183,6 +200,8 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         .env("BROKERS", &broker.addr)
         .env("TOPIC", &topic)
         .env("EXPECTED", events.len().to_string())
+        .env("STATE_TOPIC", &state_topic)
+        .env("EXPECTED_STATE", positions.len().to_string())
         .env("SCHEMAS_URL", app.url("/v1/schemas"))
         .env("KEY", &app.key)
         .env("CE_SOURCE", CE_SOURCE)
@@ -210,6 +229,10 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         validated, types,
         "every event type went through the validator"
     );
+    assert!(
+        summary["state_records"].as_u64().unwrap() >= positions.len() as u64,
+        "{summary}"
+    );
 }
 
 /// `GET /v1/schemas` serves exactly the checked-in files, and only to a caller with a key.
@@ -224,9 +247,13 @@ async fn the_served_schemas_are_the_checked_in_files(backend: Backend) {
         serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
     };
     assert_eq!(served.body["envelope"], read("envelope.json"));
+    assert_eq!(served.body["state"], read("TaskState.v1.json"));
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name == "TaskState.v1.json" {
+            continue;
+        }
         let Some((event_type, version)) =
             name.strip_suffix(".json").and_then(|n| n.rsplit_once(".v"))
         else {
