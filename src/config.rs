@@ -38,6 +38,9 @@ pub struct ServeSettings {
     #[command(flatten)]
     pub callbacks: crate::callbacks::CallbackSettings,
 
+    #[command(flatten)]
+    pub audit: crate::audit::AuditSettings,
+
     /// Largest accepted request body, in bytes; larger ones answer 413.
     #[arg(long, env = "TASKLEDGER_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,

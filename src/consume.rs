@@ -4,7 +4,7 @@
 //! in-process, against a real broker, instead of a separately built binary.
 
 use rdkafka::Message;
-use taskledger_events::{DecodeError, Deduplicator, EventEnvelope, TaskEvent};
+use taskledger_events::{DecodeError, Deduplicator, EventEnvelope, LedgerEvent, TaskEvent};
 
 /// How many event ids are remembered to recognise a redelivery.
 pub const DEDUP_WINDOW: usize = 100_000;
@@ -53,12 +53,18 @@ impl Printer {
         if !self.seen.first_time(envelope.event_id) {
             return Ok(Seen::Again);
         }
-        let line = match envelope.event()? {
-            TaskEvent::TaskCompleted(done) => format!(
+        let line = match envelope.ledger_event()? {
+            LedgerEvent::Key(key) => format!(
+                "key {} {} (position {})",
+                envelope.task_id,
+                key.event_type(),
+                envelope.global_position
+            ),
+            LedgerEvent::Task(TaskEvent::TaskCompleted(done)) => format!(
                 "task {} completed at {}: {}",
                 envelope.task_id, envelope.recorded_at, done.response
             ),
-            other => format!(
+            LedgerEvent::Task(other) => format!(
                 "task {} #{} {} (position {})",
                 envelope.task_id,
                 envelope.sequence,

@@ -3,6 +3,7 @@
 //! `domain` decides (the cqrs-es aggregate), `store` records (PostgreSQL or SQLite),
 //! `ledger` ties the two together with group commit, `http` serves, `cli` operates.
 
+pub mod audit;
 pub mod bench;
 pub mod callbacks;
 pub mod cli;
@@ -16,6 +17,7 @@ pub mod kafka;
 pub mod ledger;
 pub mod metrics;
 pub mod relay;
+pub mod scale_bench;
 pub mod schemas;
 pub mod soak;
 pub mod startup;

@@ -153,7 +153,8 @@ impl Metrics {
                     Opts::new(
                         "taskledger_callback_deliveries_total",
                         "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up; \
-                         also a delivery refused before any attempt, e.g. a URL that cannot be stored).",
+                         also a delivery refused before any attempt, e.g. a URL that cannot be stored), lease_lost (the \
+                         attempt outlived its lease; the dispatcher that took it over records the outcome).",
                     ),
                     &["outcome"],
                 ),

@@ -41,6 +41,13 @@ impl Application {
         let store = Store::open(&db.database_url, db.db_connections)
             .await
             .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))?;
+        store
+            .ensure_trees()
+            .await
+            .context("building the accounts' Merkle trees")?;
+        let signing_key_file = serve.audit.signing_key.path(&db.database_url);
+        crate::audit::signing::SigningKeys::load_or_create(&signing_key_file)
+            .context("preparing the ledger's signing key")?;
         let listener = TcpListener::bind(&serve.listen)
             .await
             .with_context(|| format!("binding {}", serve.listen))?;
@@ -63,6 +70,17 @@ impl Application {
                     ledger.commits(),
                 );
                 tokio::spawn(relay.run());
+                tokio::spawn(
+                    crate::audit::publish::DigestPublisher {
+                        store: store.clone(),
+                        brokers: brokers.clone(),
+                        topic: serve.audit.kafka_digest_topic.clone(),
+                        replication: serve.relay.kafka_replication,
+                        interval: Duration::from_secs(serve.audit.digest_interval_secs),
+                        key_file: signing_key_file.clone(),
+                    }
+                    .run(),
+                );
             }
             None => tracing::info!("KAFKA_BROKERS is not set: the Kafka relay is off"),
         }
@@ -74,7 +92,8 @@ impl Application {
                 max_body_bytes: serve.max_body_bytes,
                 idempotency_ttl: Duration::from_secs(serve.idempotency_ttl_secs),
             },
-        );
+        )
+        .with_signing_key_file(signing_key_file);
         Ok(Application {
             listener,
             router: http::router_with_timeout(

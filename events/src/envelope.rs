@@ -110,6 +110,11 @@ impl EventEnvelope {
     pub fn event(&self) -> Result<TaskEvent, DecodeError> {
         TaskEvent::decode(&self.event_type, self.event_version, self.payload.clone())
     }
+
+    /// The event, whether about a task or about an API key ([`crate::KeyEvent`]).
+    pub fn ledger_event(&self) -> Result<crate::LedgerEvent, DecodeError> {
+        crate::LedgerEvent::decode(&self.event_type, self.event_version, self.payload.clone())
+    }
 }
 
 /// JSON with object keys sorted at every depth and no insignificant white space: the form

@@ -16,6 +16,13 @@
 //!   is versioned (`hash_version`), so events hashed by an earlier release keep verifying
 //!   ([`EventEnvelope::hash_matches`]).
 //!
+//! # Keys and audits
+//!
+//! Creating and revoking an API key are recorded too, as [`KeyEvent`]s in the same envelope
+//! (decode any event with [`EventEnvelope::ledger_event`]). Each account's events form an
+//! RFC 6962 Merkle tree whose root the ledger signs ([`SignedDigest`]); [`merkle`] and
+//! [`verify_signature`] check digests and proofs without any of the service's code.
+//!
 //! # Numbers
 //!
 //! The crate's `serde_json` is built with `float_roundtrip`: a float parses to the exact
@@ -23,19 +30,27 @@
 //! so a payload's canonical text, and therefore its hash, is the same in every reader.
 
 mod dedup;
+mod digest;
 mod envelope;
 mod event;
+mod key;
+pub mod merkle;
 #[cfg(feature = "schema")]
 pub mod schema;
 mod seal;
 
 pub use dedup::Deduplicator;
+pub use digest::{
+    digest_message, parse_public_key, verify_signature, DigestError, SignedDigest,
+    DIGEST_MESSAGE_TAG, ED25519,
+};
 pub use envelope::{canonical_json, Actor, EventEnvelope, Scope, UnknownScope, GENESIS_HASH};
 pub use event::{
     AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,
     TaskCompleted, TaskCreated, TaskErrored, TaskEvent, TaskMetadataSet, TaskTagsAdded,
     TaskTagsRemoved, TaskTagsReplaced, TaskUniqueIdCleared, TaskUniqueIdSet, UniqueIdClearReason,
 };
+pub use key::{ApiKeyCreated, ApiKeyRevoked, KeyEvent, LedgerEvent};
 pub use seal::{
     seal_events, EnvelopeContext, SealedEvent, UnknownHashVersion, CURRENT_HASH_VERSION, HASH_V1,
     HASH_V2,

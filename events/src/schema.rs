@@ -10,7 +10,7 @@
 use schemars::generate::{Contract, SchemaSettings};
 use serde_json::{json, Map, Value};
 
-use crate::{EventEnvelope, TaskEvent};
+use crate::{EventEnvelope, KeyEvent, TaskEvent};
 
 /// The dialect every schema declares.
 pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
@@ -61,10 +61,12 @@ pub fn standalone_schema<T: schemars::JsonSchema>(title: &str, file: &str) -> Va
 }
 
 /// The schema of every event type's payload at the version written today, in the order of
-/// [`TaskEvent`]'s variants: `(event type, version, schema)`.
+/// [`TaskEvent`]'s variants, then [`KeyEvent`]'s: `(event type, version, schema)`.
 pub fn current_event_schemas() -> Vec<(String, u32, Value)> {
-    // Another enum of events (adjacently tagged the same way) would be one more line here.
-    variant_schemas::<TaskEvent>(TaskEvent::CURRENT_VERSIONS)
+    // Another enum of events (adjacently tagged the same way) is one more line here.
+    let mut schemas = variant_schemas::<TaskEvent>(TaskEvent::CURRENT_VERSIONS);
+    schemas.extend(variant_schemas::<KeyEvent>(KeyEvent::CURRENT_VERSIONS));
+    schemas
 }
 
 /// The payload schema of each variant of an enum of events tagged `event_type` with content
@@ -193,6 +195,7 @@ mod tests {
             .collect();
         let listed: Vec<(String, u32)> = TaskEvent::CURRENT_VERSIONS
             .iter()
+            .chain(KeyEvent::CURRENT_VERSIONS)
             .map(|(t, v)| (t.to_string(), *v))
             .collect();
         assert_eq!(generated, listed);

@@ -118,6 +118,10 @@ impl Scheduler {
     }
 
     async fn handle(&self, envelope: &EventEnvelope) -> Result<(), Unavailable> {
+        // An API key's events schedule nothing.
+        if taskledger_events::KeyEvent::is_key_event_type(&envelope.event_type) {
+            return Ok(());
+        }
         let event = match envelope.event() {
             Ok(event) => event,
             Err(e) => {
@@ -153,6 +157,7 @@ impl Scheduler {
             body: body.to_string(),
             attempts: 0,
             created_at_us: 0,
+            lease_until_us: None,
         };
         if delivery.url.contains('\0') {
             return self.refuse(&delivery, URL_HOLDS_NUL).await;

@@ -15,6 +15,12 @@ pub(crate) async fn replay(store: &Store, check: bool) -> anyhow::Result<ExitCod
     let bar = progress_bar(total, if check { "checking" } else { "replaying" });
     let report = store.replay(check, |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
+    if !check {
+        let bar = progress_bar(total, "rebuilding the Merkle trees");
+        let leaves = store.rebuild_trees(|n| bar.inc(n)).await?;
+        bar.finish_and_clear();
+        println!("rebuilt the accounts' Merkle trees over {leaves} events");
+    }
     println!(
         "{} {} events into {} tasks",
         if check { "checked" } else { "replayed" },

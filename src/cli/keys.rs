@@ -15,6 +15,9 @@ pub enum KeysCommand {
         account: String,
         #[arg(long, default_value = "customer", value_parser = ["customer", "contributor"])]
         scope: String,
+        /// Who holds the key, e.g. "Dana Reyes (QA lead)"; recorded in the ledger.
+        #[arg(long, value_parser = key_holder_name)]
+        name: Option<String>,
     },
     /// List keys (never the keys themselves).
     List,
@@ -31,7 +34,11 @@ pub enum KeysCommand {
 
 pub(super) async fn run(store: &Store, command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
-        KeysCommand::Create { account, scope } => create(store, &account, &scope).await,
+        KeysCommand::Create {
+            account,
+            scope,
+            name,
+        } => create(store, &account, &scope, name.as_deref()).await,
         KeysCommand::List => list(store).await,
         KeysCommand::CallbackSecret { account, rotate } => {
             callback_secret(store, &account, rotate).await
@@ -40,9 +47,23 @@ pub(super) async fn run(store: &Store, command: KeysCommand) -> anyhow::Result<E
     }
 }
 
-async fn create(store: &Store, account: &str, scope: &str) -> anyhow::Result<ExitCode> {
+/// A key holder's name: 1 to 200 characters, no control characters.
+fn key_holder_name(value: &str) -> Result<String, String> {
+    let count = value.chars().count();
+    if count == 0 || count > 200 || value.chars().any(char::is_control) {
+        return Err("must be 1 to 200 characters without control characters".into());
+    }
+    Ok(value.to_string())
+}
+
+async fn create(
+    store: &Store,
+    account: &str,
+    scope: &str,
+    name: Option<&str>,
+) -> anyhow::Result<ExitCode> {
     let scope = Scope::parse(scope)?;
-    let (key, secret) = store.create_key(account, scope).await?;
+    let (key, secret) = store.create_named_key(account, scope, name).await?;
     eprintln!(
         "created {} key {} for account {}; it is shown only once:",
         key.scope.as_str(),
@@ -54,13 +75,18 @@ async fn create(store: &Store, account: &str, scope: &str) -> anyhow::Result<Exi
 }
 
 async fn list(store: &Store) -> anyhow::Result<ExitCode> {
-    for key in store.list_keys().await? {
+    for key in store.all_keys().await? {
         println!(
-            "{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}",
             key.key_id,
             key.account_name,
-            key.scope.as_str(),
-            if key.revoked { "revoked" } else { "active" }
+            key.scope,
+            if key.revoked_at_us.is_some() {
+                "revoked"
+            } else {
+                "active"
+            },
+            key.name.as_deref().unwrap_or("-")
         );
     }
     Ok(ExitCode::SUCCESS)

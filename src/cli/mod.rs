@@ -1,5 +1,6 @@
 //! The `taskledger` command line: one module per family of subcommands, one function each.
 
+mod audit;
 mod bench;
 mod check;
 mod keys;
@@ -17,6 +18,8 @@ use crate::config::{DatabaseSettings, ServeSettings};
 use crate::startup::{redact, Application};
 use crate::store::Store;
 
+pub use audit::SigningKeyCommand;
+pub use bench::ScaleArgs;
 pub(crate) use check::{replay, verify};
 pub use keys::KeysCommand;
 
@@ -34,6 +37,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up and matched once: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP API (migrates the database first).
     Serve(ServeSettings),
@@ -59,6 +64,28 @@ pub enum Command {
         /// (`taskledger_verify_findings`, `..._events_checked`, `..._last_run_timestamp_seconds`).
         #[arg(long)]
         metrics_file: Option<std::path::PathBuf>,
+        /// Instead, hold the ledger to a signed digest (a file from `taskledger digest` or
+        /// the digest topic): its signature, the events it covers, and today's tree's
+        /// consistency with it.
+        #[arg(long, value_name = "FILE")]
+        digest: Option<std::path::PathBuf>,
+        #[command(flatten)]
+        signing_key: crate::audit::SigningKeySettings,
+    },
+    /// Print an account's current signed digest as JSON.
+    Digest {
+        /// The account's name (or id).
+        #[arg(long)]
+        account: String,
+        #[command(flatten)]
+        signing_key: crate::audit::SigningKeySettings,
+    },
+    /// Show or rotate the ledger's Ed25519 signing key (kept in a file, not in the database).
+    SigningKey {
+        #[command(subcommand)]
+        command: SigningKeyCommand,
+        #[command(flatten)]
+        signing_key: crate::audit::SigningKeySettings,
     },
     /// Measure command throughput against the database's own commit rate (writes bench data
     /// into the database: use a scratch one).
@@ -72,6 +99,14 @@ pub enum Command {
         /// The most commands per append transaction.
         #[arg(long, default_value_t = 256)]
         max_batch: usize,
+        /// Also measure what the Merkle trees cost: task creations with and without them,
+        /// alternated over two rounds each (then the trees are rebuilt).
+        #[arg(long)]
+        merkle: bool,
+        /// Instead: fill the database to `--tasks` tasks and print every scale figure beside
+        /// its anchor (list pages, replay, verify, HTTP create and GET, long tasks, memory).
+        #[command(flatten)]
+        scale: bench::ScaleArgs,
     },
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
@@ -107,15 +142,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate => migrate(db).await,
         Command::Keys(command) => keys::run(&open(db).await?, command).await,
         Command::Replay { check } => check::replay(&open(db).await?, check).await,
-        Command::Verify { from, metrics_file } => {
-            check::verify(&open(db).await?, from, metrics_file.as_deref()).await
+        Command::Verify {
+            digest: Some(file),
+            signing_key,
+            ..
+        } => {
+            let key_file = signing_key.path(&db.database_url);
+            audit::verify_digest(&open(db).await?, &key_file, &file).await
         }
+        Command::Verify {
+            from, metrics_file, ..
+        } => check::verify(&open(db).await?, from, metrics_file.as_deref()).await,
+        Command::Digest {
+            account,
+            signing_key,
+        } => {
+            let key_file = signing_key.path(&db.database_url);
+            audit::digest(&open(db).await?, &key_file, &account).await
+        }
+        Command::SigningKey {
+            command,
+            signing_key,
+        } => audit::signing_key(&signing_key.path(&db.database_url), command),
         Command::Schemas { write, dir } => schemas::run(write, &dir),
+        Command::Bench { scale, .. } if scale.scale => bench::scale(db, &scale).await,
         Command::Bench {
             commands,
             concurrency,
             max_batch,
-        } => bench::throughput(db, commands, concurrency, max_batch).await,
+            merkle,
+            ..
+        } => {
+            let code = bench::throughput(db, commands, concurrency, max_batch).await?;
+            if !merkle {
+                return Ok(code);
+            }
+            crate::audit::bench::report(db, commands, concurrency, max_batch).await
+        }
         Command::Soak(settings) => bench::soak(db, &settings).await,
         Command::Tail {
             kafka_brokers,

@@ -3,12 +3,15 @@
 //! Every request gets an `x-request-id` (the client's, if usable, else a UUID v7) before any
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
+mod audit;
+mod console;
 mod contract;
 mod error;
 mod events;
 pub mod extract;
 mod health;
 mod idempotency;
+mod keys;
 mod list;
 mod metrics;
 pub mod openapi;
@@ -36,6 +39,7 @@ use tracing::Level;
 
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::store::KeyCache;
 
 /// Limits and lifetimes of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -51,15 +55,27 @@ pub struct AppState {
     pub settings: Arc<HttpSettings>,
     /// The registry `/metrics` exposes; the ledger's, so command counts show up in it.
     pub metrics: Metrics,
+    /// The ledger's signing key file (digests); `None` answers 503 on the digest routes.
+    pub signing_key_file: Option<Arc<std::path::PathBuf>>,
+    /// Authentication from memory while no key changed (see [`KeyCache`]).
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
     pub fn new(ledger: Ledger, settings: HttpSettings) -> AppState {
         AppState {
             metrics: ledger.metrics().clone(),
+            keys: Arc::new(KeyCache::new(ledger.store().clone())),
             ledger,
             settings: Arc::new(settings),
+            signing_key_file: None,
         }
+    }
+
+    /// Signs digests with the keys in this file.
+    pub fn with_signing_key_file(mut self, path: std::path::PathBuf) -> AppState {
+        self.signing_key_file = Some(Arc::new(path));
+        self
     }
 }
 
@@ -131,6 +147,8 @@ pub(crate) fn routes(state: &AppState) -> Routes {
         .merge(tasks::read_router())
         .merge(list::router())
         .merge(events::router())
+        .merge(audit::router())
+        .merge(keys::router())
         .merge(schemas::router())
 }
 
@@ -174,6 +192,7 @@ pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -
         ));
     routes(&state)
         .router
+        .merge(console::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(observe)

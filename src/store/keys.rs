@@ -79,38 +79,15 @@ impl Store {
         )
     }
 
-    /// Creates a key for the account (created if missing). Returns the key record and the
-    /// secret key itself, which is never stored.
+    /// Creates a key for the account (created if missing), recorded in the ledger like
+    /// every key (see [`Store::create_named_key`]). Returns the key record and the secret key
+    /// itself, which is never stored.
     pub async fn create_key(
         &self,
         account_name: &str,
         scope: Scope,
     ) -> Result<(ApiKey, String), StoreError> {
-        let account_id = self.ensure_account(account_name).await?;
-        let secret = format!("tl_{}", random_hex(24));
-        let key_id = format!("key_{}", random_hex(10));
-        let created_at_us = now_micros();
-        sqlx::query(
-            "INSERT INTO api_keys (key_id, account_id, scope, key_hash, created_at_us) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(&key_id)
-        .bind(&account_id)
-        .bind(scope.as_str())
-        .bind(sha256_hex(secret.as_bytes()))
-        .bind(created_at_us)
-        .execute(&self.pool)
-        .await?;
-        Ok((
-            ApiKey {
-                key_id,
-                account_name: account_name.to_string(),
-                scope,
-                created_at_us,
-                revoked: false,
-            },
-            secret,
-        ))
+        self.create_named_key(account_name, scope, None).await
     }
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
@@ -134,16 +111,10 @@ impl Store {
             .collect()
     }
 
-    /// Revokes a key; `false` if no such active key.
+    /// Revokes a key, recorded in the ledger ([`Store::revoke_recorded`]); `false` if no
+    /// such active key.
     pub async fn revoke_key(&self, key_id: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at_us = $2 WHERE key_id = $1 AND revoked_at_us IS NULL",
-        )
-        .bind(key_id)
-        .bind(now_micros())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        self.revoke_recorded(key_id).await
     }
 
     /// The principal of an active key, or `None` for an unknown or revoked one.

@@ -7,12 +7,17 @@ mod callbacks;
 mod counts;
 mod follow;
 mod idempotency;
+mod key_cache;
+mod key_events;
 mod keys;
 mod lease;
 mod list;
+mod merkle;
 mod projection;
 mod read;
 mod rebuild;
+mod search;
+mod snapshots;
 mod sql;
 mod stream;
 mod verify;
@@ -21,10 +26,15 @@ pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use follow::NextEvent;
 pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState};
+pub use key_cache::KeyCache;
+pub use key_events::KeyRecord;
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
+pub use merkle::{RecomputedTree, TreeHead};
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
+pub use search::EventFilter;
+pub use snapshots::TaskTail;
 pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
@@ -61,6 +71,9 @@ pub enum StoreError {
     /// Another `replay` is rebuilding the projections: two would share the shadow tables.
     #[error("another replay is running on this database; wait for it to finish")]
     ReplayRunning,
+    /// An account's stored Merkle tree cannot be read back (`replay` rebuilds it).
+    #[error("the Merkle tree of account {account_id} is corrupt: {message}")]
+    CorruptTree { account_id: String, message: String },
 }
 
 impl StoreError {
@@ -97,6 +110,15 @@ impl StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Whether appends maintain the accounts' Merkle trees: always, except in the benchmark
+    /// that measures what the trees cost ([`Store::without_merkle_trees`]).
+    merkle_trees: bool,
+    /// The ledger head (last position, its recorded_at) as this process last committed it:
+    /// on PostgreSQL an append takes the head in its BEGIN statement while it is still so.
+    head: std::sync::Arc<std::sync::Mutex<append::KnownHead>>,
+    /// On PostgreSQL, a native pool (connected on first use) for what the Any driver
+    /// cannot do: `COPY` into the shadow tables a replay fills.
+    native: Option<sqlx::PgPool>,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -141,7 +163,21 @@ impl Store {
             })
             .connect_with(options)
             .await?;
-        Ok(Store { pool, backend })
+        let native = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_lazy(&url)?,
+            ),
+            Backend::Sqlite => None,
+        };
+        Ok(Store {
+            pool,
+            backend,
+            merkle_trees: true,
+            head: Default::default(),
+            native,
+        })
     }
 
     /// Connects and brings the schema up to date (safe to run from several processes at once).
@@ -159,6 +195,13 @@ impl Store {
         Ok(())
     }
 
+    /// This store with appends that leave the Merkle trees alone: only for `taskledger bench`,
+    /// to measure what the trees cost; a ledger written so fails `verify --digest`.
+    pub fn without_merkle_trees(mut self) -> Store {
+        self.merkle_trees = false;
+        self
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -174,6 +217,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(native) = &self.native {
+            native.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -540,7 +540,7 @@ fn content_problem(row: &EventRow) -> Option<String> {
         );
     }
     envelope
-        .event()
+        .ledger_event()
         .err()
         .map(|e| format!("payload does not decode: {e}"))
 }

@@ -397,7 +397,7 @@ async fn a_task_with_every_field_at_its_limit_is_stored_listed_and_completed(bac
         .await;
     assert_eq!(done.status, 200, "{}", done.body);
     assert_eq!(app.history_len(&id).await, 2);
-    let events = app.get("/v1/events").await;
+    let events = app.get(&format!("/v1/events?task_id={id}")).await;
     assert_eq!(events.body["events"].as_array().unwrap().len(), 2);
 }
 

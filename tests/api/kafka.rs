@@ -73,7 +73,8 @@ async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backe
 
     let mine = feed(&app.address, &app.key).await;
     let theirs = feed(&app.address, &app.other_key).await;
-    assert_eq!(mine.len(), 20);
+    // 20 task events and the fixture's two API keys of acme.
+    assert_eq!(mine.len(), 22);
     let mut wanted = ids_of(&mine);
     wanted.extend(ids_of(&theirs));
     let records = read_until(&broker.addr, &topic, &wanted, Duration::from_secs(60)).await;
@@ -100,7 +101,10 @@ async fn every_committed_event_arrives_keyed_by_task_in_order_with_headers(backe
             r.headers["global-position"],
             r.envelope.global_position.to_string()
         );
-        assert!(r.envelope.event().is_ok(), "decodes with taskledger-events");
+        assert!(
+            r.envelope.ledger_event().is_ok(),
+            "decodes with taskledger-events"
+        );
     }
     assert_in_task_order(&records);
     // One task, one partition.
@@ -137,7 +141,7 @@ async fn a_hung_broker_delays_publication_but_neither_commands_nor_events_are_lo
     broker.resume();
 
     let all = ids_of(&feed(&app.address, &app.key).await);
-    assert_eq!(all.len(), 20);
+    assert_eq!(all.len(), 22, "20 task events and the fixture's two keys");
     let records = read_until(&broker.addr, &topic, &all, Duration::from_secs(90)).await;
     assert_in_task_order(&records);
 }
@@ -273,7 +277,7 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
         assert!(create_raw(&survivor.url, &key, 200 + i).await);
     }
     let all = feed(&survivor.url, &key).await;
-    assert_eq!(all.len(), 15);
+    assert_eq!(all.len(), 16, "the key's ApiKeyCreated and 15 creations");
     read_until(&broker.addr, &topic, &ids_of(&all), Duration::from_secs(60)).await;
     eventually(
         PATIENCE,
@@ -332,7 +336,8 @@ async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend:
     eventually(PATIENCE, "the backlog to be visible", async || {
         let text = app.metrics().await;
         let lag = metric_value(&text, "taskledger_relay_lag_events");
-        ok_if(lag == Some(12.0), text)
+        // 12 task events and the fixture's three API keys.
+        ok_if(lag == Some(15.0), text)
     })
     .await;
     let broker = Broker::start_on(port).await;
@@ -354,7 +359,11 @@ async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publis
     app.post(&format!("/v1/task/{small}/cancel"), Value::Null)
         .await;
     let all = ids_of(&feed(&app.address, &app.key).await);
-    assert_eq!(all.len(), 2, "the refused create appended nothing");
+    assert_eq!(
+        all.len(),
+        4,
+        "the fixture's two keys and two task events: the refused create appended nothing"
+    );
     read_until(&broker.addr, &topic, &all, PATIENCE).await;
     wait_for_relay(&app, "the relay active with no lag", |state, lag, _| {
         state == 1.0 && lag == 0.0
@@ -376,8 +385,11 @@ async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
         .await;
     let events = feed(&app.address, &app.key).await;
     let records = read_until(&broker.addr, &topic, &ids_of(&events), PATIENCE).await;
+    // The fixture's three API keys and the task's two events.
+    let originals = records_on_topic(&broker.addr, &topic).await;
+    assert_eq!(originals, 5);
 
-    // Publish every record a second time, as a relay restart would.
+    // Publish every record read a second time, as a relay restart would.
     let producer: rdkafka::producer::FutureProducer =
         taskledger::relay::client_config(&broker.addr)
             .create()
@@ -396,7 +408,8 @@ async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    assert_eq!(records_on_topic(&broker.addr, &topic).await, 4);
+    let total = originals + records.len() as i64;
+    assert_eq!(records_on_topic(&broker.addr, &topic).await, total);
 
     let (sender, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
     let consumer = {
@@ -410,7 +423,7 @@ async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
     };
     // Every record on the topic, originals and redeliveries, goes through the consumer.
     let mut seen = Vec::new();
-    while seen.len() < 4 {
+    while (seen.len() as i64) < total {
         let next = within(PATIENCE, "the consumer to read the topic", outcomes.recv()).await;
         seen.push(next.expect("the consumer keeps running"));
     }
@@ -422,9 +435,11 @@ async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
             Seen::Again => None,
         })
         .collect();
-    assert_eq!(printed.len(), 2, "each event once: {seen:?}");
-    assert!(printed[0].contains("TaskCreated"), "{printed:?}");
-    assert!(printed[1].contains("completed"), "{printed:?}");
+    assert_eq!(printed.len(), 5, "each event once: {seen:?}");
+    let task: Vec<&&String> = printed.iter().filter(|l| l.starts_with("task")).collect();
+    assert_eq!(task.len(), 2, "{printed:?}");
+    assert!(task[0].contains("TaskCreated"), "{printed:?}");
+    assert!(task[1].contains("completed"), "{printed:?}");
 }
 
 on_both_backends!(

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    on_both_backends, spawn_app, spawn_app_with, within, Backend, TestApp, PATIENCE,
+    eventually, keyed, ok_if, on_both_backends, spawn_app, spawn_app_with, task_body, within,
+    Backend, TestApp, CREATE, PATIENCE,
 };
 
 fn address(app: &TestApp) -> String {
@@ -130,6 +131,50 @@ async fn a_request_that_takes_too_long_answers_503() {
     assert_eq!(app.get("/healthz").await.status, 200);
 }
 
+/// PostgreSQL only: the test holds the ledger head, so the key is claimed but the command
+/// waits, and the request deadline cuts the request off with its claim taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_cut_off_by_its_deadline_releases_its_idempotency_key_for_the_retry() {
+    let app = spawn_app_with(Backend::Postgres, |s| s.limits.request_timeout_secs = 1).await;
+    let mut blocker = sqlx::PgConnection::connect(&app._db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT last_position FROM ledger_head FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    keyed(&app, "retry-me", &app.key, CREATE, task_body())
+        .await
+        .assert_error(503, "did not complete within 1 s");
+    let unanswered_claims = || async {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = 'retry-me'")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        n
+    };
+    eventually(
+        PATIENCE,
+        "the cut-off request's claim to be released",
+        async || {
+            let n = unanswered_claims().await;
+            ok_if(n == 0, n)
+        },
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+
+    // The retry the 503 asks for runs at once, and the command happens once: the cut-off
+    // command, still queued when its claim went, could not commit without it.
+    let retried = keyed(&app, "retry-me", &app.key, CREATE, task_body()).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let again = keyed(&app, "retry-me", &app.key, CREATE, task_body()).await;
+    assert_eq!(again.body["task_id"], retried.body["task_id"]);
+    let list = app.get("/v1/tasks").await;
+    assert_eq!(list.body["total"], 1, "{}", list.body);
+}
+
 fn base64_basic(key: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(format!("{key}:"))
@@ -151,10 +196,12 @@ async fn a_create_of_one_and_a_half_megabytes_is_refused_and_writes_nothing(back
         reply.status,
         reply.body
     );
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
+    // The fixture's API keys are events of their accounts; no task event may be.
+    let events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type NOT LIKE 'ApiKey%'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
     assert_eq!(events, 0, "nothing was written");
     assert_eq!(app.get("/v1/tasks").await.body["total"], 0);
 }
@@ -192,10 +239,12 @@ async fn an_event_over_kafka_message_max_bytes_answers_413_even_without_a_relay(
     }))
     .await
     .assert_error(413, "KAFKA_MESSAGE_MAX_BYTES");
-    let events: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap();
+    // The fixture's API keys are events of their accounts; no task event may be.
+    let events: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM events WHERE event_type NOT LIKE 'ApiKey%'")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
     assert_eq!(events, 0, "nothing was written");
     let small = app.create(json!({"attachment": "car"})).await;
     assert_eq!(small.status, 200, "{}", small.body);

@@ -7,6 +7,9 @@
 //! batch path ([`batch`]) only decides how many commands one call carries.
 
 mod batch;
+mod lone;
+
+pub(super) use lone::KnownHead;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Any, AnyConnection, Transaction};
@@ -17,13 +20,14 @@ use taskledger_projections::{fold, FoldError, TaskView, UniqueIdChange};
 
 use super::counts::CountDeltas;
 use super::idempotency::record_answer;
+use super::merkle::{append_leaves, Leaf};
 use super::projection::{
     insert_task_rows, release_unique_ids, replace_tags, reserve_unique_ids, update_task_row,
     Reservation, TaskRow, TaskTags,
 };
 use super::read::{holder_of, EVENT_COLUMNS};
 use super::sql::{insert_rows, unique_violation_as_false, Savepoint};
-use super::{now_micros, Store, StoreError};
+use super::{now_micros, Backend, Store, StoreError};
 
 /// Events per INSERT: 16 parameters each stays far below both backends' limits.
 const EVENTS_PER_INSERT: usize = 1000;
@@ -99,6 +103,10 @@ pub struct AppendTx {
     /// Set when the head was already moved over the events of the transaction's one
     /// command (see [`Store::commit_batch`]): their time, and no second head update.
     reserved_recorded_us: Option<i64>,
+    /// Whether appended events go into their accounts' Merkle trees ([`Store::without_merkle_trees`]).
+    merkle_trees: bool,
+    /// The store's record of the head, set to this transaction's once it commits.
+    known_head: std::sync::Arc<std::sync::Mutex<KnownHead>>,
 }
 
 impl Store {
@@ -130,6 +138,8 @@ impl Store {
             last_recorded_us,
             dirty: false,
             reserved_recorded_us: (events > 0).then_some(last_recorded_us),
+            merkle_trees: self.merkle_trees,
+            known_head: self.head.clone(),
         })
     }
 
@@ -147,6 +157,9 @@ impl Store {
                 return Ok(results);
             }
         };
+        if let Some(done) = self.commit_on_known_head(&only).await? {
+            return Ok(vec![done]);
+        }
         // Alone in its transaction, a command needs no savepoint (a refusal rolls the whole
         // transaction back) and moves the head in the statement that locks it.
         let mut tx = self.begin_reserving(only.events.len() as i64).await?;
@@ -158,7 +171,12 @@ impl Store {
                 return Ok(vec![Err(refused)]);
             }
         };
-        match tx.apply(std::slice::from_ref(&prepared)).await? {
+        let applied = if self.backend == Backend::Postgres && prepared.fits_one_statement() {
+            tx.apply_in_one_statement(&prepared).await?
+        } else {
+            tx.apply(std::slice::from_ref(&prepared)).await?
+        };
+        match applied {
             Ok(()) => {
                 let committed = prepared.into_committed();
                 tx.advance(&committed);
@@ -250,6 +268,33 @@ impl AppendTx {
         }
     }
 
+    /// Records events decided outside the task aggregate (an API key's), sealed after
+    /// [`AppendTx::next_position`] at [`AppendTx::next_recorded_us`]: inserted, added to
+    /// their accounts' trees, and the head moved over them. `false` if a slot was taken.
+    pub(super) async fn record_sealed(
+        &mut self,
+        sealed: &[SealedEvent],
+    ) -> Result<bool, StoreError> {
+        let events: Vec<&SealedEvent> = sealed.iter().collect();
+        if !insert_events(self.conn(), &events).await? {
+            return Ok(false);
+        }
+        if self.merkle_trees {
+            append_leaves(self.conn(), &leaves_of(&events)).await?;
+        }
+        if let Some(last) = sealed.last() {
+            self.last_position = last.envelope.global_position;
+            self.last_recorded_us = last.envelope.recorded_at.timestamp_micros();
+            self.dirty = true;
+        }
+        Ok(true)
+    }
+
+    /// The recorded_at of an event recorded now: never before the last one.
+    pub(super) fn next_recorded_us(&self) -> i64 {
+        now_micros().max(self.last_recorded_us)
+    }
+
     pub async fn commit(mut self) -> Result<(), StoreError> {
         if self.dirty && self.reserved_recorded_us.is_none() {
             sqlx::query(
@@ -261,6 +306,10 @@ impl AppendTx {
             .await?;
         }
         self.tx.commit().await?;
+        self.known_head
+            .lock()
+            .expect("the head lock")
+            .committed(self.last_position, self.last_recorded_us);
         Ok(())
     }
 
@@ -356,6 +405,9 @@ impl AppendTx {
         if !insert_events(self.conn(), &events).await? {
             return Ok(Err(Refused::Conflict));
         }
+        if self.merkle_trees {
+            append_leaves(self.conn(), &leaves_of(&events)).await?;
+        }
         for p in prepared {
             if let Some(idem) = &p.write.idempotency {
                 let body = p.view.to_json();
@@ -366,6 +418,18 @@ impl AppendTx {
         }
         Ok(Ok(()))
     }
+}
+
+/// The events' leaves, in global order.
+fn leaves_of<'a>(events: &[&'a SealedEvent]) -> Vec<Leaf<'a>> {
+    events
+        .iter()
+        .map(|s| Leaf {
+            account_id: &s.envelope.account_id,
+            global_position: s.envelope.global_position,
+            hash: &s.envelope.hash,
+        })
+        .collect()
 }
 
 /// `false` when a (task, sequence) slot is taken: the backstop for lost updates. The payload

@@ -6,6 +6,7 @@
 //! page at a time, so memory stays bounded by a page.
 
 mod check;
+mod copy;
 mod fold;
 mod shadow;
 #[cfg(test)]

@@ -66,6 +66,10 @@ pub async fn spawn_app_with(
     let db = TestDb::new(backend).await;
     let (database, mut serve) = serve_settings(&db.url);
     configure(&mut serve);
+    // A signing key of its own, never one in the working directory shared by the suite.
+    let key_dir = std::env::temp_dir().join(format!("tl-test-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&key_dir).expect("a directory for the signing key");
+    (serve.audit.signing_key.signing_key_file).get_or_insert(key_dir.join("signing-key.json"));
     let app = Application::build(&database, &serve)
         .await
         .expect("build the application");

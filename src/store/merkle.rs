@@ -1,0 +1,506 @@
+//! Each account's Merkle tree, kept by the append transaction and read for digests and proofs.
+//! The tree's shape and proofs are [`crate::audit::tree`]'s; this module stores and fetches.
+
+use std::collections::HashMap;
+
+use sqlx::AnyConnection;
+use taskledger_events::merkle::{event_leaf_hash, Hash};
+
+use super::{Store, StoreError};
+use crate::audit::tree::{Frontier, NodeId, Plan, TreeError};
+
+/// Nodes per INSERT: 5 parameters each.
+const NODES_PER_INSERT: usize = 1000;
+/// Events read per page when a tree is rebuilt or recomputed.
+const PAGE: i64 = 5000;
+
+/// One appended event, as its account's tree sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Leaf<'a> {
+    pub account_id: &'a str,
+    pub global_position: i64,
+    /// The event's hex hash.
+    pub hash: &'a str,
+}
+
+/// An account's tree as of its last append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeHead {
+    pub account_id: String,
+    pub tree_size: u64,
+    pub last_global_position: i64,
+    pub root: Hash,
+}
+
+#[derive(sqlx::FromRow)]
+struct HeadRow {
+    account_id: String,
+    tree_size: i64,
+    last_global_position: i64,
+    frontier: String,
+}
+
+struct NewNode<'a> {
+    account_id: &'a str,
+    id: NodeId,
+    hash: Hash,
+    global_position: Option<i64>,
+}
+
+fn corrupt_tree(account_id: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::CorruptTree {
+        account_id: account_id.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn leaf_of(account_id: &str, hash: &str) -> Result<Hash, StoreError> {
+    event_leaf_hash(hash).map_err(|e| corrupt_tree(account_id, e))
+}
+
+/// The frontiers of `accounts` as stored (an account without a tree has an empty one).
+async fn read_frontiers(
+    conn: &mut AnyConnection,
+    accounts: &[&str],
+) -> Result<HashMap<String, (Frontier, i64)>, StoreError> {
+    let mut sql = String::from(
+        "SELECT account_id, tree_size, last_global_position, frontier FROM merkle_heads \
+         WHERE account_id IN (",
+    );
+    for i in 0..accounts.len() {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}", i + 1));
+    }
+    sql.push(')');
+    let rows: Vec<HeadRow> = accounts
+        .iter()
+        .fold(sqlx::query_as(&sql), |q, a| q.bind(*a))
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            let frontier = Frontier::from_stored(r.tree_size as u64, &r.frontier)
+                .map_err(|e| corrupt_tree(&r.account_id, e))?;
+            Ok((r.account_id, (frontier, r.last_global_position)))
+        })
+        .collect()
+}
+
+/// Writes nodes; one already stored is overwritten. A node is a function of the events below
+/// it, so this writes the same value again, except over the leftovers of a ledger whose
+/// events were removed behind its back (which `verify --digest` reports).
+async fn upsert_nodes(conn: &mut AnyConnection, nodes: &[NewNode<'_>]) -> Result<(), StoreError> {
+    for chunk in nodes.chunks(NODES_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) VALUES ",
+        );
+        for r in 0..chunk.len() {
+            let b = r * 5;
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
+             global_position = excluded.global_position",
+        );
+        chunk
+            .iter()
+            .fold(sqlx::query(&sql), |q, n| {
+                q.bind(n.account_id)
+                    .bind(i64::from(n.id.level))
+                    .bind(n.id.index as i64)
+                    .bind(hex::encode(n.hash))
+                    .bind(n.global_position)
+            })
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn write_heads(
+    conn: &mut AnyConnection,
+    heads: &[(&str, &Frontier, i64)],
+) -> Result<(), StoreError> {
+    if heads.is_empty() {
+        return Ok(());
+    }
+    let mut sql = String::from(
+        "INSERT INTO merkle_heads (account_id, tree_size, last_global_position, frontier) VALUES ",
+    );
+    for r in 0..heads.len() {
+        let b = r * 4;
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
+    }
+    sql.push_str(
+        " ON CONFLICT (account_id) DO UPDATE SET tree_size = excluded.tree_size, \
+         last_global_position = excluded.last_global_position, frontier = excluded.frontier",
+    );
+    heads
+        .iter()
+        .fold(sqlx::query(&sql), |q, (account, frontier, last)| {
+            q.bind(*account)
+                .bind(frontier.size() as i64)
+                .bind(*last)
+                .bind(frontier.to_stored())
+        })
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Adds appended events (in global order, any accounts) to their accounts' trees, inside the
+/// append transaction: one read of the accounts' frontiers, then the new nodes (about two per
+/// event) and the new frontiers, each in one statement.
+pub(super) async fn append_leaves(
+    conn: &mut AnyConnection,
+    leaves: &[Leaf<'_>],
+) -> Result<(), StoreError> {
+    if leaves.is_empty() {
+        return Ok(());
+    }
+    let mut accounts: Vec<&str> = Vec::new();
+    for leaf in leaves {
+        if !accounts.contains(&leaf.account_id) {
+            accounts.push(leaf.account_id);
+        }
+    }
+    let mut frontiers = read_frontiers(conn, &accounts).await?;
+    let mut stored: Vec<(NodeId, Hash)> = Vec::new();
+    let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() * 2);
+    for leaf in leaves {
+        let (frontier, last) = frontiers
+            .entry(leaf.account_id.to_string())
+            .or_insert_with(|| (Frontier::empty(), 0));
+        stored.clear();
+        frontier.push(leaf_of(leaf.account_id, leaf.hash)?, &mut stored);
+        *last = leaf.global_position;
+        for (id, hash) in &stored {
+            nodes.push(NewNode {
+                account_id: leaf.account_id,
+                id: *id,
+                hash: *hash,
+                global_position: (id.level == 0).then_some(leaf.global_position),
+            });
+        }
+    }
+    upsert_nodes(conn, &nodes).await?;
+    let heads: Vec<(&str, &Frontier, i64)> = accounts
+        .iter()
+        .map(|a| {
+            let (frontier, last) = &frontiers[*a];
+            (*a, frontier, *last)
+        })
+        .collect();
+    write_heads(conn, &heads).await
+}
+
+impl Store {
+    /// The account's tree as of its last append (an empty tree if it has no events).
+    pub async fn tree_head(&self, account_id: &str) -> Result<TreeHead, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        let frontiers = read_frontiers(&mut conn, &[account_id]).await?;
+        let (frontier, last) = frontiers
+            .get(account_id)
+            .cloned()
+            .unwrap_or_else(|| (Frontier::empty(), 0));
+        Ok(TreeHead {
+            account_id: account_id.to_string(),
+            tree_size: frontier.size(),
+            last_global_position: last,
+            root: frontier.root(),
+        })
+    }
+
+    /// Runs a root or proof plan over the account's stored nodes: one read of `O(log n)` rows.
+    pub async fn tree_answer(
+        &self,
+        account_id: &str,
+        plan: &Plan,
+    ) -> Result<Vec<Hash>, StoreError> {
+        let needed = plan.needed();
+        let mut nodes: HashMap<NodeId, Hash> = HashMap::with_capacity(needed.len());
+        for chunk in needed.chunks(200) {
+            let mut sql = String::from(
+                "SELECT level, idx, hash FROM merkle_nodes WHERE account_id = $1 AND (",
+            );
+            for i in 0..chunk.len() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                sql.push_str(&format!(
+                    "(level = ${} AND idx = ${})",
+                    2 + 2 * i,
+                    3 + 2 * i
+                ));
+            }
+            sql.push(')');
+            let rows: Vec<(i64, i64, String)> = chunk
+                .iter()
+                .fold(sqlx::query_as(&sql).bind(account_id), |q, id| {
+                    q.bind(i64::from(id.level)).bind(id.index as i64)
+                })
+                .fetch_all(&self.pool)
+                .await?;
+            for (level, idx, hash) in rows {
+                let hash = taskledger_events::merkle::parse_hash(&hash)
+                    .map_err(|e| corrupt_tree(account_id, e))?;
+                nodes.insert(
+                    NodeId {
+                        level: level as u32,
+                        index: idx as u64,
+                    },
+                    hash,
+                );
+            }
+        }
+        plan.run(&nodes)
+            .map_err(|e: TreeError| corrupt_tree(account_id, e))
+    }
+
+    /// The leaf index and global position of one of the account's events, if it is in the
+    /// account's tree.
+    pub async fn leaf_of_event(
+        &self,
+        account_id: &str,
+        event_id: &str,
+    ) -> Result<Option<(u64, i64)>, StoreError> {
+        let row: Option<(i64, i64)> = sqlx::query_as(
+            "SELECT m.idx, e.global_position FROM events e JOIN merkle_nodes m \
+             ON m.account_id = e.account_id AND m.global_position = e.global_position \
+             AND m.level = 0 WHERE e.event_id = $1 AND e.account_id = $2",
+        )
+        .bind(event_id)
+        .bind(account_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(idx, position)| (idx as u64, position)))
+    }
+
+    /// Accounts whose tree grew past `after` (a global position), with their last position.
+    pub async fn trees_grown_after(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT account_id, last_global_position FROM merkle_heads \
+             WHERE last_global_position > $1 ORDER BY last_global_position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Builds the trees of a ledger that had events before trees existed, once.
+    pub async fn ensure_trees(&self) -> Result<(), StoreError> {
+        let complete: i64 = sqlx::query_scalar("SELECT complete FROM merkle_state WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        if complete == 1 {
+            return Ok(());
+        }
+        tracing::info!("building the accounts' Merkle trees over the existing events (once)");
+        self.rebuild_trees(|_| {}).await?;
+        sqlx::query("UPDATE merkle_state SET complete = 1 WHERE id = 1")
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Rebuilds every account's tree from its events (`replay`). Each account's events are
+    /// streamed a page at a time while writers run; only the few events appended meanwhile
+    /// are folded in under the ledger head lock, where the account's frontier is written.
+    pub async fn rebuild_trees(&self, progress: impl Fn(u64)) -> Result<u64, StoreError> {
+        let accounts: Vec<String> =
+            sqlx::query_scalar("SELECT account_id FROM accounts ORDER BY account_id")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut leaves = 0;
+        for account in accounts {
+            leaves += self.rebuild_tree(&account, &progress).await?;
+        }
+        Ok(leaves)
+    }
+
+    async fn rebuild_tree(
+        &self,
+        account_id: &str,
+        progress: &impl Fn(u64),
+    ) -> Result<u64, StoreError> {
+        let snapshot = self.head_position().await?;
+        let mut frontier = Frontier::empty();
+        let mut last = 0;
+        let mut conn = self.pool.acquire().await?;
+        let mut done = 0;
+        loop {
+            let page = fold_page(
+                &mut conn,
+                account_id,
+                &mut frontier,
+                &mut last,
+                Some(snapshot),
+            )
+            .await?;
+            done += page;
+            progress(page);
+            if page == 0 {
+                break;
+            }
+        }
+        drop(conn);
+        let mut tx = self.begin_append().await?;
+        loop {
+            let page = fold_page(tx.conn(), account_id, &mut frontier, &mut last, None).await?;
+            done += page;
+            if page == 0 {
+                break;
+            }
+        }
+        write_heads(tx.conn(), &[(account_id, &frontier, last)]).await?;
+        tx.commit().await?;
+        Ok(done)
+    }
+}
+
+/// Folds the account's next page of events (after `last`, up to `until`) into `frontier`,
+/// writing every node it completes; the number of events folded.
+async fn fold_page(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    frontier: &mut Frontier,
+    last: &mut i64,
+    until: Option<i64>,
+) -> Result<u64, StoreError> {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT global_position, hash FROM events WHERE account_id = $1 \
+         AND global_position > $2 AND global_position <= $3 ORDER BY global_position LIMIT $4",
+    )
+    .bind(account_id)
+    .bind(*last)
+    .bind(until.unwrap_or(i64::MAX))
+    .bind(PAGE)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut stored = Vec::new();
+    let mut nodes = Vec::with_capacity(rows.len() * 2);
+    for (position, hash) in &rows {
+        let from = stored.len();
+        frontier.push(leaf_of(account_id, hash)?, &mut stored);
+        for (id, hash) in &stored[from..] {
+            nodes.push(NewNode {
+                account_id,
+                id: *id,
+                hash: *hash,
+                global_position: (id.level == 0).then_some(*position),
+            });
+        }
+        *last = *position;
+    }
+    upsert_nodes(conn, &nodes).await?;
+    Ok(rows.len() as u64)
+}
+
+/// What the account's events themselves say about its tree, recomputed from scratch: for
+/// `verify --digest`, which must not trust the stored nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecomputedTree {
+    pub events: u64,
+    /// The root over the first `at` events, if the account has that many.
+    pub root_at: Option<Hash>,
+    pub root: Hash,
+    /// The first event whose stored hash is not the hash of its content.
+    pub first_bad_hash: Option<String>,
+    /// The first event whose leaf differs from the stored leaf at its index.
+    pub first_changed_leaf: Option<(String, u64)>,
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    #[sqlx(flatten)]
+    event: super::read::EventRow,
+    leaf: Option<String>,
+}
+
+impl Store {
+    /// Streams the account's events in global order (constant memory) and recomputes its
+    /// tree, the root at `at` leaves, and where the events no longer match what is stored.
+    pub async fn recompute_tree(
+        &self,
+        account_id: &str,
+        at: u64,
+    ) -> Result<RecomputedTree, StoreError> {
+        let mut frontier = Frontier::empty();
+        let mut out = RecomputedTree {
+            events: 0,
+            root_at: (at == 0).then(taskledger_events::merkle::empty_root),
+            root: taskledger_events::merkle::empty_root(),
+            first_bad_hash: None,
+            first_changed_leaf: None,
+        };
+        let mut after = 0;
+        let columns = super::read::EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "SELECT {columns}, m.hash AS leaf FROM events e LEFT JOIN merkle_nodes m \
+             ON m.account_id = e.account_id AND m.level = 0 AND m.global_position = e.global_position \
+             WHERE e.account_id = $1 AND e.global_position > $2 ORDER BY e.global_position LIMIT $3"
+        );
+        let mut scratch = Vec::new();
+        loop {
+            let rows: Vec<AuditRow> = sqlx::query_as(&sql)
+                .bind(account_id)
+                .bind(after)
+                .bind(PAGE)
+                .fetch_all(&self.pool)
+                .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for row in &rows {
+                let e = &row.event;
+                after = e.global_position;
+                let content_matches = e
+                    .envelope()
+                    .ok()
+                    .and_then(|env| env.expected_hash_of(&e.payload).ok())
+                    .is_some_and(|h| h == e.hash);
+                if !content_matches && out.first_bad_hash.is_none() {
+                    out.first_bad_hash = Some(e.event_id.clone());
+                }
+                let leaf = leaf_of(account_id, &e.hash)?;
+                if out.first_changed_leaf.is_none()
+                    && row.leaf.as_deref() != Some(hex::encode(leaf).as_str())
+                {
+                    out.first_changed_leaf = Some((e.event_id.clone(), frontier.size()));
+                }
+                scratch.clear();
+                frontier.push(leaf, &mut scratch);
+                if frontier.size() == at {
+                    out.root_at = Some(frontier.root());
+                }
+            }
+        }
+        out.events = frontier.size();
+        out.root = frontier.root();
+        Ok(out)
+    }
+}
