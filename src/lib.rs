@@ -18,6 +18,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod relay;
 pub mod scale_bench;
+pub mod schemas;
 pub mod soak;
 pub mod startup;
 pub mod store;

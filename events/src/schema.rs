@@ -46,11 +46,17 @@ pub fn event_file_name(event_type: &str, version: u32) -> String {
 
 /// The schema of the envelope, the value of every Kafka record and item of `GET /v1/events`.
 pub fn envelope_schema() -> Value {
-    let schema = settings()
+    standalone_schema::<EventEnvelope>("taskledger event envelope", "envelope.json")
+}
+
+/// The schema of any type, generated like the others and stamped as the document `file`
+/// (for types of other crates, such as the task object of the state topic).
+pub fn standalone_schema<T: schemars::JsonSchema>(title: &str, file: &str) -> Value {
+    let mut value = settings()
         .into_generator()
-        .into_root_schema_for::<EventEnvelope>();
-    let mut value = schema.to_value();
-    stamp(&mut value, "taskledger event envelope", "envelope.json");
+        .into_root_schema_for::<T>()
+        .to_value();
+    stamp(&mut value, title, file);
     value
 }
 

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use taskledger_events::{AuditSource, TaskEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TaskStatus {
@@ -43,6 +44,7 @@ impl TaskStatus {
 
 /// The customer's verdict on a completed task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ReviewStatus {
@@ -79,12 +81,14 @@ impl ReviewStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Audit))]
 pub struct AuditView {
     pub audited_by: String,
     /// RFC 3339 UTC with milliseconds.
     #[serde(with = "millis")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[cfg_attr(feature = "schema", schemars(with = "String", extend("format" = "date-time")))]
     pub audited_at: DateTime<Utc>,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub audit_time_secs: Option<u64>,
@@ -99,6 +103,7 @@ pub struct AuditView {
 /// The API's task object. Field order and omission rules are the wire format: keys that
 /// the reference leaves out when empty (`tags`, `unique_id`, ...) are absent, not null.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Task))]
 pub struct TaskView {
     /// 24 lowercase hex characters, time-ordered.
@@ -107,9 +112,11 @@ pub struct TaskView {
     /// RFC 3339 UTC with milliseconds.
     #[serde(with = "millis")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[cfg_attr(feature = "schema", schemars(with = "String", extend("format" = "date-time")))]
     pub created_at: DateTime<Utc>,
     #[serde(with = "millis")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[cfg_attr(feature = "schema", schemars(with = "String", extend("format" = "date-time")))]
     pub updated_at: DateTime<Utc>,
     /// Present once completed.
     #[serde(default, with = "opt_millis", skip_serializing_if = "Option::is_none")]
@@ -117,6 +124,7 @@ pub struct TaskView {
         feature = "openapi",
         schema(value_type = Option<String>, format = DateTime, nullable = false)
     )]
+    #[cfg_attr(feature = "schema", schemars(with = "String", extend("format" = "date-time")))]
     pub completed_at: Option<DateTime<Utc>>,
     #[serde(rename = "type")]
     pub task_type: String,

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use taskledger_events::schema::{file_text, schema_document, schema_files};
+use taskledger_events::schema::file_text;
+
+use crate::schemas::{schema_document, schema_files};
 
 pub(super) fn run(write: bool, dir: &Path) -> anyhow::Result<ExitCode> {
     if !write {

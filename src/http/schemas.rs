@@ -23,7 +23,7 @@ pub(super) struct Docs;
 fn document() -> &'static str {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT.get_or_init(|| {
-        serde_json::to_string(&taskledger_events::schema::schema_document())
+        serde_json::to_string(&crate::schemas::schema_document())
             .expect("the schema document serializes")
     })
 }
@@ -34,8 +34,10 @@ fn document() -> &'static str {
     path = "/v1/schemas",
     description = "The JSON Schemas (draft 2020-12) that every envelope and payload on the \
                    Kafka stream and in `GET /v1/events` validates against: \
-                   `{\"envelope\": {...}, \"events\": {\"TaskCreated\": {\"1\": {...}}, ...}}`. \
-                   A payload's schema is `events[event_type][event_version]`. The same \
+                   `{\"envelope\": {...}, \"events\": {\"TaskCreated\": {\"1\": {...}}, ...}, \
+                   \"state\": {...}}`. A payload's schema is \
+                   `events[event_type][event_version]`; `state` is the schema of the \
+                   task-state topic's values (the task object). The same \
                    documents ship in the repository's `events/schemas/`.",
     responses((status = 200, description = "The schemas.", body = Object))
 )]

@@ -39,6 +39,37 @@ fn promtool_accepts_the_alert_rules_their_unit_tests_and_the_prometheus_config()
     promtool(&["check", "config", "prometheus/prometheus.yml"]);
 }
 
+#[test]
+fn every_alert_has_a_summary_and_a_runbook_paragraph_in_the_readme() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let rules = yaml("prometheus/alerts.yml");
+    let rules = rules["groups"][0]["rules"].as_sequence().unwrap();
+    assert_eq!(rules.len(), 8);
+    for rule in rules {
+        let name = str_of(&rule["alert"], "alert");
+        let annotations = &rule["annotations"];
+        assert!(
+            !str_of(&annotations["summary"], "summary").is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            str_of(&annotations["runbook"], "runbook"),
+            format!("README.md#{}", name.to_lowercase())
+        );
+        let heading = format!("\n#### {name}\n");
+        let at = readme
+            .find(&heading)
+            .unwrap_or_else(|| panic!("the README has no runbook for {name}"));
+        let paragraph = readme[at + heading.len()..].split("\n#").next().unwrap();
+        assert!(
+            paragraph.len() > 200,
+            "{name}'s runbook is a real paragraph"
+        );
+        assert!(["critical", "warning"].contains(&str_of(&rule["labels"]["severity"], "severity")));
+    }
+}
+
 /// Every `taskledger_*` name in a PromQL expression.
 fn metric_names(expr: &str) -> BTreeSet<String> {
     expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))

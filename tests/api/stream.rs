@@ -146,8 +146,12 @@ async fn every_kind_of_change(app: &TestApp) {
 async fn every_record_has_cloudevents_headers_and_validates_against_the_served_schemas(
     backend: Backend,
 ) {
-    let (broker, topic, app) =
-        relayed(backend, |s| s.relay.ce_source = CE_SOURCE.to_string()).await;
+    let state_topic = topic();
+    let (broker, topic, app) = relayed(backend, |s| {
+        s.relay.ce_source = CE_SOURCE.to_string();
+        s.relay.kafka_state_topic = state_topic.clone();
+    })
+    .await;
     every_kind_of_change(&app).await;
     let events = feed(&app.address, &app.key).await;
     let types: HashSet<&str> = events
@@ -177,6 +181,22 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         assert_eq!(h["global-position"], e.global_position.to_string());
     }
 
+    // Each of a task's events has its state record; a key's events have none.
+    let positions: HashSet<i64> = events
+        .iter()
+        .filter(|e| {
+            !taskledger_events::KeyEvent::is_key_event_type(e["event_type"].as_str().unwrap())
+        })
+        .map(|e| e["global_position"].as_i64().unwrap())
+        .collect();
+    read_state_until(
+        &broker.addr,
+        &state_topic,
+        "a state record per event",
+        |r| positions.iter().all(|p| r.iter().any(|s| s.position == *p)),
+    )
+    .await;
+
     // A consumer in Python, validating with the `jsonschema` package.
     let python = tokio::task::spawn_blocking(crate::sdk::sdk_python)
         .await
@@ -189,6 +209,8 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         // Every account's events are on the topic (the fixture's other account has a key,
         // and so an ApiKeyCreated), so the consumer reads until it has seen the whole ledger.
         .env("EXPECTED", ledger_size(&app).await.to_string())
+        .env("STATE_TOPIC", &state_topic)
+        .env("EXPECTED_STATE", positions.len().to_string())
         .env("SCHEMAS_URL", app.url("/v1/schemas"))
         .env("KEY", &app.key)
         .env("CE_SOURCE", CE_SOURCE)
@@ -216,6 +238,10 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         validated, types,
         "every event type went through the validator"
     );
+    assert!(
+        summary["state_records"].as_u64().unwrap() >= positions.len() as u64,
+        "{summary}"
+    );
 }
 
 /// `GET /v1/schemas` serves exactly the checked-in files, and only to a caller with a key.
@@ -230,9 +256,13 @@ async fn the_served_schemas_are_the_checked_in_files(backend: Backend) {
         serde_json::from_str(&std::fs::read_to_string(dir.join(name)).unwrap()).unwrap()
     };
     assert_eq!(served.body["envelope"], read("envelope.json"));
+    assert_eq!(served.body["state"], read("TaskState.v1.json"));
     let mut files = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name == "TaskState.v1.json" {
+            continue;
+        }
         let Some((event_type, version)) =
             name.strip_suffix(".json").and_then(|n| n.rsplit_once(".v"))
         else {
@@ -258,12 +288,12 @@ async fn the_served_schemas_are_the_checked_in_files(backend: Backend) {
     );
 }
 
-/// The relay creates the state topic compacted. tansu accepts the topic config at creation;
-/// whether it reports it back through DescribeConfigs is checked here as far as it goes.
+/// The relay creates the state topic compacted, as the broker reports it (DescribeConfigs):
+/// tansu keeps the configs a topic was created with and describes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_state_topic_is_created_with_cleanup_policy_compact() {
     let state_topic = topic();
-    let (broker, _topic, app) = relayed(Backend::Sqlite, |s| {
+    let (broker, events_topic, app) = relayed(Backend::Sqlite, |s| {
         s.relay.kafka_state_topic = state_topic.clone()
     })
     .await;
@@ -275,6 +305,9 @@ async fn the_state_topic_is_created_with_cleanup_policy_compact() {
     assert_eq!(records[0].key, id);
     let policy = describe_topic_config(&broker.addr, &state_topic, "cleanup.policy").await;
     assert_eq!(policy.as_deref(), Some("compact"));
+    // What the broker reports is what the topic was created with: not the event topic's.
+    let events = describe_topic_config(&broker.addr, &events_topic, "cleanup.policy").await;
+    assert_ne!(events.as_deref(), Some("compact"), "{events:?}");
 }
 
 /// A topic config as the broker reports it (DescribeConfigs).

@@ -2,7 +2,10 @@
 topic with confluent-kafka, routes on the CloudEvents headers alone, and validates every
 record against the schemas `GET /v1/schemas` serves, with the `jsonschema` package.
 
-Environment: BROKERS, TOPIC, EXPECTED (distinct events to read), SCHEMAS_URL, KEY, CE_SOURCE.
+It then reads the task-state topic and validates each value against the served state schema.
+
+Environment: BROKERS, TOPIC, EXPECTED (distinct events to read), STATE_TOPIC, EXPECTED_STATE
+(distinct state records to read), SCHEMAS_URL, KEY, CE_SOURCE.
 Prints one JSON summary line; exits 1 when anything failed.
 """
 
@@ -39,8 +42,7 @@ def validator(schema):
     )
 
 
-def read_records(expected):
-    topic = os.environ["TOPIC"]
+def read_records(topic, expected, identity):
     consumer = Consumer(
         {
             "bootstrap.servers": os.environ["BROKERS"],
@@ -64,7 +66,7 @@ def read_records(expected):
             break
         headers = {k: (v or b"").decode() for k, v in (message.headers() or [])}
         value = json.loads(message.value())
-        seen.add(value.get("event_id"))
+        seen.add(identity(headers, value))
         records.append((message.key().decode(), headers, value))
     consumer.close()
     return records
@@ -78,7 +80,9 @@ def main():
         for event_type, versions in schemas["events"].items()
         for version, schema in versions.items()
     }
-    records = read_records(int(os.environ["EXPECTED"]))
+    records = read_records(
+        os.environ["TOPIC"], int(os.environ["EXPECTED"]), lambda h, v: v.get("event_id")
+    )
     types = set()
     for key, headers, value in records:
         where = value.get("event_id")
@@ -129,10 +133,40 @@ def main():
             if payloads[("TaskCreated", 1)].is_valid(bad):
                 fail("a TaskCreated payload with a numeric task_type validated")
 
+    state = validator(schemas["state"])
+    states = read_records(
+        os.environ["STATE_TOPIC"],
+        int(os.environ["EXPECTED_STATE"]),
+        lambda h, v: h.get("global-position"),
+    )
+    for key, headers, value in states:
+        where = f"state at {headers.get('global-position')}"
+        for error in state.iter_errors(value):
+            fail(f"{where}: {error.message}")
+        wanted = {
+            "ce_specversion": "1.0",
+            "ce_type": "ai.refonte.taskledger.TaskState.v1",
+            "ce_source": os.environ["CE_SOURCE"],
+            "ce_subject": key,
+            "content-type": "application/json",
+        }
+        for name, expected in wanted.items():
+            if headers.get(name) != expected:
+                fail(f"{where}: header {name} is {headers.get(name)!r}, not {expected!r}")
+        if key != value.get("task_id"):
+            fail(f"{where}: key {key!r} is not the task's id")
+    if states:
+        _, _, value = states[-1]
+        no_status = copy.deepcopy(value)
+        del no_status["status"]
+        if state.is_valid(no_status):
+            fail("a task object without its status validated")
+
     print(
         json.dumps(
             {
                 "records": len(records),
+                "state_records": len(states),
                 "event_types": sorted(types),
                 "failures": failures[:50],
             }
