@@ -13,18 +13,17 @@ CREATE INDEX events_by_account_scope ON events (account_id, actor_scope, global_
 CREATE INDEX events_by_account_request ON events (account_id, request_id, global_position);
 
 -- The complete subtrees of each account's tree: node (level, idx) is the root of the 2^level
--- leaves from idx * 2^level; a leaf (level 0) also names its event's global position. Written
--- by the append transaction, never changed after (a rebuild rewrites identical values).
+-- leaves from idx * 2^level (32 bytes); a leaf (level 0) also keeps its event's global
+-- position, which an inclusion proof searches by (leaves are in global order). Written by the
+-- append transaction, never changed after (a rebuild rewrites identical values).
 CREATE TABLE merkle_nodes (
     account_id      TEXT NOT NULL,
     level           BIGINT NOT NULL,
     idx             BIGINT NOT NULL,
-    hash            TEXT NOT NULL,
+    hash            BLOB NOT NULL,
     global_position BIGINT,
     PRIMARY KEY (account_id, level, idx)
-);
-CREATE INDEX merkle_leaves_by_position ON merkle_nodes (account_id, global_position)
-    WHERE global_position IS NOT NULL;
+) WITHOUT ROWID;
 
 -- Each account's tree as of its last append: its size, the global position of its last leaf,
 -- and its frontier (the hex roots of its complete subtrees, largest first, concatenated).
