@@ -27,13 +27,14 @@ CREATE TABLE merkle_nodes (
 
 -- Each account's tree as of its last append: its size, the global position of its last leaf,
 -- and its frontier (the hex roots of its complete subtrees, largest first, concatenated).
+-- Rewritten by every append of the account, so it has no index but its key (PostgreSQL can
+-- then update it in place).
 CREATE TABLE merkle_heads (
     account_id           TEXT PRIMARY KEY,
     tree_size            BIGINT NOT NULL,
     last_global_position BIGINT NOT NULL,
     frontier             TEXT NOT NULL
 );
-CREATE INDEX merkle_heads_by_position ON merkle_heads (last_global_position);
 
 -- 1 once every event is in its account's tree. A ledger that already had events when this
 -- migration ran gets its trees built at the next start (or by `taskledger replay`).

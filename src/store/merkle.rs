@@ -90,10 +90,16 @@ async fn read_frontiers(
         .collect()
 }
 
-/// Writes nodes; one already stored is overwritten. A node is a function of the events below
-/// it, so this writes the same value again, except over the leftovers of a ledger whose
-/// events were removed behind its back (which `verify --digest` reports).
-async fn upsert_nodes(conn: &mut AnyConnection, nodes: &[NewNode<'_>]) -> Result<(), StoreError> {
+/// Writes new nodes. The append path inserts (`replace` false): a plain INSERT is what keeps
+/// the trees' cost small on PostgreSQL, and an append never meets a stored node. A rebuild
+/// overwrites (`replace` true): a node is a function of the events below it, so this writes
+/// the same value again, except over the leftovers of a ledger whose events were removed
+/// behind its back, which `verify --digest` reports and a rebuild clears.
+async fn write_nodes(
+    conn: &mut AnyConnection,
+    nodes: &[NewNode<'_>],
+    replace: bool,
+) -> Result<(), StoreError> {
     for chunk in nodes.chunks(NODES_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) VALUES ",
@@ -112,10 +118,12 @@ async fn upsert_nodes(conn: &mut AnyConnection, nodes: &[NewNode<'_>]) -> Result
                 b + 5
             ));
         }
-        sql.push_str(
-            " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
-             global_position = excluded.global_position",
-        );
+        if replace {
+            sql.push_str(
+                " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
+                 global_position = excluded.global_position",
+            );
+        }
         chunk
             .iter()
             .fold(sqlx::query(&sql), |q, n| {
@@ -200,7 +208,7 @@ pub(super) async fn append_leaves(
             });
         }
     }
-    upsert_nodes(conn, &nodes).await?;
+    write_nodes(conn, &nodes, false).await?;
     let heads: Vec<(&str, &Frontier, i64)> = accounts
         .iter()
         .map(|a| {
@@ -347,18 +355,19 @@ impl Store {
         Ok(None)
     }
 
-    /// Accounts whose tree grew past `after` (a global position), with their last position.
-    pub async fn trees_grown_after(
+    /// The accounts with events at global positions in `(after, until]`: one range read of
+    /// the events' primary key, so its cost is that of the events in the range.
+    pub async fn accounts_with_events_between(
         &self,
         after: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT account_id, last_global_position FROM merkle_heads \
-             WHERE last_global_position > $1 ORDER BY last_global_position LIMIT $2",
+        until: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT account_id FROM events WHERE global_position > $1 \
+             AND global_position <= $2",
         )
         .bind(after)
-        .bind(limit)
+        .bind(until)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -428,6 +437,19 @@ impl Store {
                 break;
             }
         }
+        // Nodes beyond the rebuilt tree (left by events removed behind the ledger's back)
+        // would collide with the next appends: one range of each level.
+        for level in 0..64u32 {
+            let first_beyond = (frontier.size() >> level) as i64;
+            sqlx::query(
+                "DELETE FROM merkle_nodes WHERE account_id = $1 AND level = $2 AND idx >= $3",
+            )
+            .bind(account_id)
+            .bind(i64::from(level))
+            .bind(first_beyond)
+            .execute(tx.conn())
+            .await?;
+        }
         write_heads(tx.conn(), &[(account_id, &frontier, last)]).await?;
         tx.commit().await?;
         Ok(done)
@@ -468,7 +490,7 @@ async fn fold_page(
         }
         *last = *position;
     }
-    upsert_nodes(conn, &nodes).await?;
+    write_nodes(conn, &nodes, true).await?;
     Ok(rows.len() as u64)
 }
 
