@@ -13,28 +13,28 @@ CREATE INDEX events_by_account_scope ON events (account_id, actor_scope, global_
 CREATE INDEX events_by_account_request ON events (account_id, request_id, global_position);
 
 -- The complete subtrees of each account's tree: node (level, idx) is the root of the 2^level
--- leaves from idx * 2^level (32 bytes); a leaf (level 0) also keeps its event's global
--- position, which an inclusion proof searches by (leaves are in global order). Written by the
--- append transaction, never changed after (a rebuild rewrites identical values).
+-- leaves from idx * 2^level; a leaf (level 0) also names its event's global position. Written
+-- by the append transaction, never changed after (a rebuild rewrites identical values).
 CREATE TABLE merkle_nodes (
     account_id      TEXT NOT NULL,
     level           BIGINT NOT NULL,
     idx             BIGINT NOT NULL,
-    hash            BYTEA NOT NULL,
+    hash            TEXT NOT NULL,
     global_position BIGINT,
     PRIMARY KEY (account_id, level, idx)
 );
+CREATE INDEX merkle_leaves_by_position ON merkle_nodes (account_id, global_position)
+    WHERE global_position IS NOT NULL;
 
 -- Each account's tree as of its last append: its size, the global position of its last leaf,
 -- and its frontier (the hex roots of its complete subtrees, largest first, concatenated).
--- Rewritten by every append of the account, so it has no index but its key (PostgreSQL can
--- then update it in place).
 CREATE TABLE merkle_heads (
     account_id           TEXT PRIMARY KEY,
     tree_size            BIGINT NOT NULL,
     last_global_position BIGINT NOT NULL,
     frontier             TEXT NOT NULL
 );
+CREATE INDEX merkle_heads_by_position ON merkle_heads (last_global_position);
 
 -- 1 once every event is in its account's tree. A ledger that already had events when this
 -- migration ran gets its trees built at the next start (or by `taskledger replay`).
