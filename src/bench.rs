@@ -28,7 +28,7 @@ impl Measurement {
 }
 
 /// Runs `total` operations over `concurrency` workers; each returns its latency.
-async fn measure<F, Fut>(
+pub(crate) async fn measure<F, Fut>(
     total: u64,
     concurrency: usize,
     progress: &(dyn Fn(u64) + Sync),

@@ -81,8 +81,23 @@ pub async fn ensure_topic(
     partitions: i32,
     replication: i32,
 ) -> Result<(), KafkaError> {
+    ensure_topic_with(brokers, topic, partitions, replication, &[]).await
+}
+
+/// Creates the topic with these topic configs (e.g. `cleanup.policy=compact`) unless it
+/// exists; an existing topic is left as it is.
+pub async fn ensure_topic_with(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i32,
+    configs: &[(&str, &str)],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(brokers).create()?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    let mut new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication));
+    for (name, value) in configs {
+        new = new.set(name, value);
+    }
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));

@@ -15,9 +15,14 @@ use taskledger_projections::{fold_all, TaskView};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use uuid::Uuid;
 
-use crate::domain::{CreateTask, Task, TaskAction, TaskCommand, TaskError, TaskId};
+use crate::domain::{CreateTask, TaskAction, TaskCommand, TaskError, TaskId};
 use crate::metrics::Metrics;
 use crate::store::{CommandWrite, Committed, IdempotencyWrite, Store, StoreError, WriteError};
+
+mod snapshot;
+
+use snapshot::Current;
+pub use snapshot::SNAPSHOT_EVERY;
 
 /// How often a command is decided again after losing a race on its task.
 const MAX_ATTEMPTS: usize = 16;
@@ -263,15 +268,12 @@ impl Ledger {
         command: TaskCommand,
         idempotency: Option<IdempotencyWrite>,
     ) -> Result<Option<Committed>, LedgerError> {
-        let history = if command.is_create() {
-            Vec::new()
+        let current = if command.is_create() {
+            Current::default()
         } else {
-            self.store
-                .task_events(&ctx.actor.account_id, task_id.as_str(), None)
-                .await?
+            self.current(&ctx.actor.account_id, task_id).await?
         };
-        let events = decode_all(&history)?;
-        let mut task = Task::from_events(&events);
+        let mut task = current.task.clone();
         let sink = EventSink::default();
         task.handle(command, &(), &sink).await?;
         let decided: Vec<TaskEvent> = sink.collect().await.into_iter().map(|e| e.0).collect();
@@ -282,25 +284,31 @@ impl Ledger {
                 limit: self.max_event_bytes,
             });
         }
-        let prior_view = fold_all(
-            task_id.as_str(),
-            history.iter().map(|e| e.recorded_at).zip(events.iter()),
-        )
-        .map_err(|e| LedgerError::internal(format!("task {task_id} does not fold"), e))?;
+        // The task-state record this command would publish must fit in one Kafka record too.
+        let size = crate::task_state::record_size(&current.view, task_id.as_str(), &decided);
+        if size > self.max_event_bytes {
+            return Err(LedgerError::EventTooLarge {
+                size,
+                limit: self.max_event_bytes,
+            });
+        }
         let write = CommandWrite {
             account_id: ctx.actor.account_id.clone(),
             task_id: task_id.to_string(),
             actor: ctx.actor.clone(),
             request_id: ctx.request_id.clone(),
-            expected_sequence: history.last().map_or(0, |e| e.sequence),
-            prev_hash: history
-                .last()
-                .map_or_else(|| GENESIS_HASH.to_string(), |e| e.hash.clone()),
-            prior_view,
+            expected_sequence: current.sequence,
+            prev_hash: current.hash.clone(),
+            prior_view: current.view.clone(),
             events: decided,
             idempotency,
         };
-        match self.submit(write).await {
+        let result = self.submit(write).await;
+        if let Ok(committed) = &result {
+            self.keep_snapshot(&ctx.actor.account_id, task_id, current, committed)
+                .await;
+        }
+        match result {
             Ok(committed) => Ok(Some(committed)),
             Err(CommitFailure::Refused(WriteError::Conflict)) => Ok(None),
             Err(CommitFailure::Refused(WriteError::UniqueIdTaken { unique_id, task_id })) => {
@@ -463,6 +471,7 @@ async fn run_committer(
                 // One command may have broken the shared transaction: commit each alone so
                 // only the guilty one fails.
                 tracing::warn!(error = %e, size = batch.len(), "batch failed; retrying one by one");
+                metrics.observe_append_fallback();
                 for job in batch.drain(..) {
                     metrics.observe_batch(1);
                     let result = match store.commit_batch(vec![job.write.clone()]).await {

@@ -12,7 +12,7 @@ use std::time::Duration;
 use prometheus::core::Collector;
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The route label of requests that matched no route, so probes of random URLs cannot blow up
@@ -36,6 +36,10 @@ pub struct Metrics {
     callback_backlog: IntGauge,
     callback_oldest_pending: Gauge,
     callback_undecodable: IntCounter,
+    append_fallbacks: IntCounter,
+    store_up: IntGauge,
+    pool_connections: IntGaugeVec,
+    pool_max_connections: IntGauge,
 }
 
 /// Registers a new metric where it is made, so none can be left out of `/metrics`, and
@@ -149,7 +153,8 @@ impl Metrics {
                     Opts::new(
                         "taskledger_callback_deliveries_total",
                         "Callback attempts by outcome: delivered, retry (scheduled again), failed (gave up; \
-                         also a delivery refused before any attempt, e.g. a URL that cannot be stored).",
+                         also a delivery refused before any attempt, e.g. a URL that cannot be stored), lease_lost (the \
+                         attempt outlived its lease; the dispatcher that took it over records the outcome).",
                     ),
                     &["outcome"],
                 ),
@@ -176,8 +181,66 @@ impl Metrics {
                      so it could not tell whether they warrant a callback; each is logged at error level.",
                 ),
             ),
+            append_fallbacks: registered(
+                &registry,
+                IntCounter::new(
+                    "taskledger_append_batch_fallbacks_total",
+                    "Group-commit transactions that failed as a whole and were retried one \
+                     command per transaction.",
+                ),
+            ),
+            store_up: registered(
+                &registry,
+                IntGauge::new(
+                    "taskledger_store_up",
+                    "1 when the ledger store answered this scrape's ping (what /readyz checks), \
+                     0 when it did not.",
+                ),
+            ),
+            pool_connections: registered(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "taskledger_db_pool_connections",
+                        "Database pool connections by state (idle, in_use), at scrape time.",
+                    ),
+                    &["state"],
+                ),
+            ),
+            pool_max_connections: registered(
+                &registry,
+                IntGauge::new(
+                    "taskledger_db_pool_max_connections",
+                    "The most connections the database pool opens.",
+                ),
+            ),
             registry,
         }
+        .with_known_labels()
+    }
+
+    /// Every outcome of a closed set starts at 0, so dashboards and alerts find each series
+    /// before its first occurrence.
+    fn with_known_labels(self) -> Metrics {
+        for outcome in ["delivered", "retry", "failed"] {
+            self.callback_attempts.with_label_values(&[outcome]);
+        }
+        self
+    }
+
+    /// A group-commit transaction failed as a whole and its commands are retried one each.
+    pub fn observe_append_fallback(&self) {
+        self.append_fallbacks.inc();
+    }
+
+    /// What a scrape saw of the store: whether it answered, and the pool's connections.
+    pub fn set_store(&self, up: bool, idle: i64, in_use: i64, max: i64) {
+        self.store_up.set(i64::from(up));
+        self.pool_connections.with_label_values(&["idle"]).set(idle);
+        self.pool_connections
+            .with_label_values(&["in_use"])
+            .set(in_use);
+        self.pool_max_connections.set(max);
     }
 
     pub fn observe_http(&self, method: &str, route: &str, status: u16, elapsed: Duration) {

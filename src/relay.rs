@@ -20,6 +20,8 @@ use crate::follower::Follower;
 use crate::kafka::ensure_topic;
 use crate::metrics::Metrics;
 use crate::store::{now_micros, Leadership, Store, StoreError};
+use crate::task_state::TaskStates;
+use taskledger_events::EventEnvelope;
 
 // Re-exported where they were before `kafka` took them, for `tail`, the example consumer and
 // the tests.
@@ -48,6 +50,18 @@ pub struct RelaySettings {
     /// How long the producer keeps retrying one record before the relay re-reads it.
     #[arg(long, env = "KAFKA_MESSAGE_TIMEOUT_MS", default_value_t = 30_000)]
     pub kafka_message_timeout_ms: u64,
+
+    /// Compacted topic of each task's current state (created with `cleanup.policy=compact`).
+    #[arg(
+        long,
+        env = "KAFKA_STATE_TOPIC",
+        default_value = "taskledger.task-state"
+    )]
+    pub kafka_state_topic: String,
+
+    /// The CloudEvents `ce_source` of every record: this ledger's identity (a URI-reference).
+    #[arg(long, env = "TASKLEDGER_CE_SOURCE", default_value = "urn:taskledger")]
+    pub ce_source: String,
 }
 
 /// What the relay is doing, for `/metrics` and logs.
@@ -68,6 +82,7 @@ pub struct Relay {
     brokers: String,
     settings: RelaySettings,
     metrics: Metrics,
+    states: TaskStates,
 }
 
 const BATCH: i64 = 500;
@@ -87,6 +102,7 @@ impl Relay {
             brokers,
             settings,
             metrics,
+            states: TaskStates::default(),
         }
     }
 
@@ -200,6 +216,14 @@ impl Relay {
             self.settings.kafka_replication,
         )
         .await?;
+        crate::kafka::ensure_topic_with(
+            &self.brokers,
+            &self.settings.kafka_state_topic,
+            self.settings.kafka_partitions,
+            self.settings.kafka_replication,
+            &[("cleanup.policy", "compact")],
+        )
+        .await?;
         client_config(&self.brokers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -216,60 +240,117 @@ impl Relay {
     }
 
     /// Publishes the next batch after the checkpoint; returns how many events it moved past.
-    async fn publish_next(&self, producer: &FutureProducer) -> Result<u64, RelayError> {
+    ///
+    /// The events go first; only once the broker has acknowledged an event does its task-state
+    /// record go out, so the state topic is never ahead of the event topic. The checkpoint then
+    /// moves over the events whose records (event and state) were all acknowledged.
+    async fn publish_next(&mut self, producer: &FutureProducer) -> Result<u64, RelayError> {
         let events = self.follower.next_batch(BATCH).await?;
         if events.is_empty() {
             return Ok(0);
         }
-        let mut pending = Vec::with_capacity(events.len());
-        for envelope in &events {
+        let states = self
+            .states
+            .after_each(self.follower.store(), &events)
+            .await?;
+        let source = self.settings.ce_source.as_str();
+        let records = events.iter().map(|envelope| {
             let (value, headers) = record_parts(envelope);
-            let record = FutureRecord::to(&self.settings.kafka_topic)
-                .key(envelope.task_id.as_str())
-                .payload(value.as_str())
-                .headers(headers);
-            match producer.send_result(record) {
-                Ok(delivery) => pending.push((envelope.global_position, delivery)),
-                Err((e, _)) => {
-                    // The local queue is full or closed: acknowledge what went out so far.
-                    return self.finish(pending, Some(DeliveryError::classify(e))).await;
-                }
+            let headers = crate::cloudevents::event_headers(headers, envelope, source);
+            (envelope, value, headers)
+        });
+        let sent = deliver(producer, &self.settings.kafka_topic, records).await;
+        let mut handled = sent.through;
+        let mut failure = sent.failure;
+        if let Some(through) = sent.through {
+            let limit = self.settings.kafka_message_max_bytes;
+            let records = events
+                .iter()
+                .zip(states)
+                .take_while(|(e, _)| e.global_position <= through)
+                .filter_map(|(envelope, state)| {
+                    let state = state?;
+                    if state.len()
+                        + envelope.task_id.len()
+                        + crate::task_state::STATE_RECORD_OVERHEAD_BYTES
+                        > limit
+                    {
+                        // Commands cannot grow a task past the limit; a task stored larger by
+                        // an earlier release must not stop the stream.
+                        tracing::error!(task_id = %envelope.task_id, size = state.len(),
+                            "task state too large for a Kafka record; no state record");
+                        return None;
+                    }
+                    let headers = crate::cloudevents::state_headers(envelope, source);
+                    Some((envelope, state, headers))
+                });
+            let state = deliver(producer, &self.settings.kafka_state_topic, records).await;
+            if let Some((failed_at, e)) = state.failure {
+                handled = Some(failed_at - 1).filter(|p| *p >= events[0].global_position);
+                failure = failure.or(Some((failed_at, e)));
             }
         }
-        self.finish(pending, None).await
-    }
-
-    /// Awaits deliveries in order and checkpoints the last position before the first failure.
-    async fn finish(
-        &self,
-        pending: Vec<(i64, rdkafka::producer::DeliveryFuture)>,
-        mut failure: Option<DeliveryError>,
-    ) -> Result<u64, RelayError> {
-        let mut acknowledged = None;
-        let mut count = 0;
-        for (position, delivery) in pending {
-            let result = delivery.await;
-            if failure.is_some() {
-                continue;
-            }
-            match result {
-                Ok(Ok(_)) => {
-                    acknowledged = Some(position);
-                    count += 1;
-                }
-                Ok(Err((e, _))) => failure = Some(DeliveryError::classify(e)),
-                Err(_canceled) => {
-                    failure = Some(DeliveryError::Retriable(KafkaError::Canceled));
-                }
-            }
-        }
-        if let Some(position) = acknowledged {
+        let count = handled.map_or(0, |p| {
+            events.iter().filter(|e| e.global_position <= p).count() as u64
+        });
+        if let Some(position) = handled {
             self.follower.advance(position).await?;
         }
         match failure {
-            Some(e) => Err(RelayError::Delivery(e)),
+            Some((_, e)) => Err(RelayError::Delivery(e)),
             None => Ok(count),
         }
+    }
+}
+
+/// What the broker acknowledged of a run of records.
+struct Delivered {
+    /// The last position of the unbroken run of acknowledged records from the first.
+    through: Option<i64>,
+    /// The first record not acknowledged, and why.
+    failure: Option<(i64, DeliveryError)>,
+}
+
+/// Produces the records (keyed by their task id) and awaits their deliveries in order.
+async fn deliver<'a>(
+    producer: &FutureProducer,
+    topic: &str,
+    records: impl Iterator<Item = (&'a EventEnvelope, String, rdkafka::message::OwnedHeaders)>,
+) -> Delivered {
+    let mut pending = Vec::new();
+    let mut failure = None;
+    for (envelope, value, headers) in records {
+        let record = FutureRecord::to(topic)
+            .key(envelope.task_id.as_str())
+            .payload(value.as_str())
+            .headers(headers);
+        match producer.send_result(record) {
+            Ok(delivery) => pending.push((envelope.global_position, delivery)),
+            Err((e, _)) => {
+                // The local queue is full or closed: acknowledge what went out so far.
+                failure = Some((envelope.global_position, DeliveryError::classify(e)));
+                break;
+            }
+        }
+    }
+    let mut through = None;
+    let mut first_failure = None;
+    for (position, delivery) in pending {
+        let result = delivery.await;
+        if first_failure.is_some() {
+            continue;
+        }
+        match result {
+            Ok(Ok(_)) => through = Some(position),
+            Ok(Err((e, _))) => first_failure = Some((position, DeliveryError::classify(e))),
+            Err(_canceled) => {
+                first_failure = Some((position, DeliveryError::Retriable(KafkaError::Canceled)))
+            }
+        }
+    }
+    Delivered {
+        through,
+        failure: first_failure.or(failure),
     }
 }
 

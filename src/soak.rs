@@ -235,7 +235,7 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
         .map_err(|_| anyhow::anyhow!("the soaked server panicked"))??;
 
     // The operator's own commands, as they print and judge.
-    let verify_clean = crate::cli::verify(&store, 1).await? == ExitCode::SUCCESS;
+    let verify_clean = crate::cli::verify(&store, 1, None).await? == ExitCode::SUCCESS;
     let replay_clean = crate::cli::replay(&store, true).await? == ExitCode::SUCCESS;
     store.close().await;
     let hostile = std::mem::take(&mut *hostile.lock().expect("not poisoned"));

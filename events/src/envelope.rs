@@ -10,6 +10,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// What a key may do: the customer side, the workforce side, or taskledger itself (callbacks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -50,6 +51,7 @@ impl Scope {
 
 /// Who caused an event: the account, the API key (absent for the system) and its scope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Actor {
     pub account_id: String,
@@ -63,10 +65,12 @@ pub struct Actor {
 ///
 /// This is the JSON document of `GET /v1/events` and the value of each Kafka record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventEnvelope {
     /// UUID v7; the de-duplication key for at-least-once consumers.
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = "uuid"))]
+    #[cfg_attr(feature = "schema", schemars(with = "String", extend("format" = "uuid")))]
     pub event_id: Uuid,
     pub event_type: String,
     pub event_version: u32,
@@ -79,12 +83,14 @@ pub struct EventEnvelope {
     /// When the event was committed, microsecond precision.
     #[serde(with = "micros")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    #[cfg_attr(feature = "schema", schemars(with = "String", extend("format" = "date-time")))]
     pub recorded_at: DateTime<Utc>,
     pub actor: Actor,
     #[cfg_attr(feature = "openapi", schema(required = true))]
     pub request_id: Option<String>,
     /// The event's own fields; their shape depends on `event_type` and `event_version`.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    #[cfg_attr(feature = "schema", schemars(with = "serde_json::Map<String, Value>"))]
     pub payload: Value,
     /// Hash of the previous event of the same task ([`GENESIS_HASH`] for the first).
     pub prev_hash: String,

@@ -3,6 +3,7 @@ use serde_json::Value;
 
 /// A fact about one task. Names are past tense and stable; see the crate docs on versions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event_type", content = "payload")]
 pub enum TaskEvent {
     TaskCreated(TaskCreated),
@@ -22,6 +23,7 @@ pub enum TaskEvent {
 
 /// A task was created. `params` holds the type-specific creation fields exactly as given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskCreated {
     pub task_type: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -44,15 +46,18 @@ pub struct TaskCreated {
 
 /// A pending task was canceled.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskCanceled {}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskMetadataSet {
     pub metadata: Value,
 }
 
 /// The task's unique_id was set; `previous` (if any) was released by the same fact.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskUniqueIdSet {
     pub unique_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,6 +65,7 @@ pub struct TaskUniqueIdSet {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum UniqueIdClearReason {
     /// `DELETE /v1/task/{id}/unique_id`.
@@ -72,6 +78,7 @@ pub enum UniqueIdClearReason {
 
 /// The task's unique_id was released and may be used by another task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskUniqueIdCleared {
     pub unique_id: String,
     pub reason: UniqueIdClearReason,
@@ -79,35 +86,41 @@ pub struct TaskUniqueIdCleared {
 
 /// Tags that were not present were appended, in order. Only the new ones are listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskTagsAdded {
     pub tags: Vec<String>,
 }
 
 /// The whole tag list was replaced (already de-duplicated, order kept).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskTagsReplaced {
     pub tags: Vec<String>,
 }
 
 /// Tags that were present were removed. Only those actually removed are listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskTagsRemoved {
     pub tags: Vec<String>,
 }
 
 /// A contributor completed the task with this response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskCompleted {
     pub response: Value,
 }
 
 /// A contributor reported that the task cannot be done; `error` is what they reported.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskErrored {
     pub error: Value,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AuditSource {
@@ -119,6 +132,7 @@ pub enum AuditSource {
 
 /// A completed task was audited.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct TaskAudited {
     pub audited_by: String,
     pub audit_source: AuditSource,
@@ -135,6 +149,7 @@ pub struct TaskAudited {
 
 /// A callback for the event at `for_sequence` was answered with a 2xx.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CallbackDelivered {
     pub delivery_id: String,
     pub for_sequence: i64,
@@ -144,6 +159,7 @@ pub struct CallbackDelivered {
 
 /// A callback was given up after its last attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CallbackFailed {
     pub delivery_id: String,
     pub for_sequence: i64,

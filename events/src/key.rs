@@ -13,6 +13,7 @@ use crate::{DecodeError, TaskEvent};
 
 /// A fact about one API key of an account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "event_type", content = "payload")]
 pub enum KeyEvent {
     ApiKeyCreated(ApiKeyCreated),
@@ -21,6 +22,7 @@ pub enum KeyEvent {
 
 /// An API key was issued to the account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ApiKeyCreated {
     pub key_id: String,
     /// Who holds the key, as the operator named them (`keys create --name`).
@@ -32,6 +34,7 @@ pub struct ApiKeyCreated {
 
 /// An API key was revoked: from this event on it authenticates nothing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ApiKeyRevoked {
     pub key_id: String,
 }

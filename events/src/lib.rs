@@ -35,6 +35,8 @@ mod envelope;
 mod event;
 mod key;
 pub mod merkle;
+#[cfg(feature = "schema")]
+pub mod schema;
 mod seal;
 
 pub use dedup::Deduplicator;

@@ -50,14 +50,17 @@ pub enum ReviewStatus {
     Accepted,
     Rejected,
     Fixed,
+    /// A customer review that commented without accepting or rejecting.
+    Commented,
 }
 
 impl ReviewStatus {
-    pub const ALL: [ReviewStatus; 4] = [
+    pub const ALL: [ReviewStatus; 5] = [
         ReviewStatus::Pending,
         ReviewStatus::Accepted,
         ReviewStatus::Rejected,
         ReviewStatus::Fixed,
+        ReviewStatus::Commented,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl ReviewStatus {
             ReviewStatus::Accepted => "accepted",
             ReviewStatus::Rejected => "rejected",
             ReviewStatus::Fixed => "fixed",
+            ReviewStatus::Commented => "commented",
         }
     }
 

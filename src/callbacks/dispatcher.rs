@@ -23,8 +23,11 @@ use crate::store::{now_micros, Delivery, DeliveryState, DueDelivery, Store, Stor
 /// How long an idle dispatcher waits before looking for due deliveries again.
 const POLL: Duration = Duration::from_millis(200);
 
-/// How many due deliveries one claim chooses among.
+/// How many accounts (the oldest due delivery of each) one claim chooses among.
 const CANDIDATES: i64 = 64;
+
+/// How often `/metrics` learns the callback backlog.
+const BACKLOG_REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Attempts in flight per account, capped. Pure bookkeeping: the dispatcher asks it which
 /// accounts to leave out and which due delivery to take.
@@ -132,12 +135,18 @@ impl Dispatcher {
         // Long enough for one attempt and recording its outcome; a process that died holding
         // a lease delays that delivery by at most this long.
         let lease_us = (this.settings.callback_timeout_ms as i64 + 5_000) * 1000;
-        let mut tick = 0u32;
-        loop {
-            tick = tick.wrapping_add(1);
-            if tick % 5 == 1 {
-                this.report_backlog().await;
+        // On its own clock, not per claim: counting the backlog reads every pending row's
+        // index entry, which a busy dispatcher must not pay for each delivery it claims.
+        let reporter = this.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(BACKLOG_REPORT_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                reporter.report_backlog().await;
             }
+        });
+        loop {
             let permit = permits
                 .clone()
                 .acquire_owned()
@@ -251,9 +260,15 @@ impl Dispatcher {
                 let next = now_micros() + (delay.as_micros() as f64 * jitter) as i64;
                 tracing::info!(delivery_id = %delivery.delivery_id, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "callback attempt failed");
                 self.store
-                    .delivery_retry(&delivery.delivery_id, attempt, next, &e.to_string())
+                    .delivery_retry(
+                        &delivery.delivery_id,
+                        lease_of(&delivery),
+                        attempt,
+                        next,
+                        &e.to_string(),
+                    )
                     .await
-                    .map(|_| "retry")
+                    .map(|held| if held { "retry" } else { lease_lost(&delivery) })
             }
         };
         match outcome {
@@ -287,9 +302,15 @@ impl Dispatcher {
             Recorded::Never => {}
         }
         self.store
-            .delivery_done(&delivery.delivery_id, state, attempts, error)
+            .delivery_done(
+                &delivery.delivery_id,
+                lease_of(delivery),
+                state,
+                attempts,
+                error,
+            )
             .await
-            .map(|_| label)
+            .map(|held| if held { label } else { lease_lost(delivery) })
     }
 
     /// One POST, signed with the account's current secret.
@@ -315,6 +336,21 @@ impl Dispatcher {
         )
         .await
     }
+}
+
+/// The fencing token of a claimed delivery (its lease's end, as the claim wrote it).
+fn lease_of(delivery: &Delivery) -> i64 {
+    // A claimed row always carries its lease; i64::MIN matches no row, so a delivery that
+    // somehow has none records nothing rather than something unfenced.
+    delivery.lease_until_us.unwrap_or(i64::MIN)
+}
+
+/// The attempt outlived its lease and another dispatcher took the delivery over: its outcome
+/// is theirs to record. The receiver may have had this POST too, which at-least-once allows
+/// (the `refonte-callback-id` header carries the delivery id for de-duplication).
+fn lease_lost(delivery: &Delivery) -> &'static str {
+    tracing::warn!(delivery_id = %delivery.delivery_id, "callback lease lost before its outcome was recorded; the new holder records it");
+    "lease_lost"
 }
 
 #[cfg(test)]

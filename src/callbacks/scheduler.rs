@@ -157,6 +157,7 @@ impl Scheduler {
             body: body.to_string(),
             attempts: 0,
             created_at_us: 0,
+            lease_until_us: None,
         };
         if delivery.url.contains('\0') {
             return self.refuse(&delivery, URL_HOLDS_NUL).await;

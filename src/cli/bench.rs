@@ -148,3 +148,84 @@ fn print_soak(report: &SoakReport) {
         }
     );
 }
+
+/// `bench --scale`'s flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// Measure the scale figures instead of command throughput.
+    #[arg(long)]
+    pub scale: bool,
+    /// Tasks in the ledger for the "at N" figures.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub tasks: u64,
+    /// Tasks in the ledger for the "at 1 k" figures.
+    #[arg(long, default_value_t = 1_000)]
+    pub small_tasks: u64,
+    /// Concurrent HTTP clients (and anchor clients).
+    #[arg(long, default_value_t = 32)]
+    pub clients: usize,
+    /// Operations per throughput measurement.
+    #[arg(long, default_value_t = 5_000)]
+    pub ops: u64,
+    /// Events on the long task.
+    #[arg(long, default_value_t = 10_000)]
+    pub long_task_events: u64,
+    /// Kafka brokers: also measure the relay publishing the whole ledger as a backlog.
+    #[arg(long)]
+    pub relay_brokers: Option<String>,
+}
+
+/// Every scale figure beside its anchor, as a Markdown table.
+pub(super) async fn scale(db: &DatabaseSettings, args: &ScaleArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.tasks > args.small_tasks,
+        "--tasks must be more than --small-tasks"
+    );
+    let settings = crate::scale_bench::ScaleSettings {
+        tasks: args.tasks,
+        small_tasks: args.small_tasks,
+        clients: args.clients,
+        ops: args.ops,
+        long_task_events: args.long_task_events.max(2),
+        kafka_brokers: args.relay_brokers.clone(),
+    };
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "bench --scale on {}: {} tasks, {} clients, {} operations per measurement; \
+         load average at start: {}",
+        redact(&db.database_url),
+        args.tasks,
+        args.clients,
+        args.ops,
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let figures = crate::scale_bench::run(db, &settings).await?;
+    println!();
+    println!(
+        "| figure | anchor (same run{}) | measured | ratio |",
+        if args.small_tasks > 0 {
+            format!("; list pages at {} tasks", args.small_tasks)
+        } else {
+            String::new()
+        }
+    );
+    println!("|---|---|---|---|");
+    for f in figures {
+        println!(
+            "| {} | {} | {} | {} |",
+            f.what, f.anchor, f.measured, f.ratio
+        );
+    }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average at the end: {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,6 +1,9 @@
 //! `replay` and `verify`: the ledger checked against itself.
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use anyhow::Context;
 
 use super::progress_bar;
 use crate::store::Store;
@@ -34,12 +37,19 @@ pub(crate) async fn replay(store: &Store, check: bool) -> anyhow::Result<ExitCod
 }
 
 /// Recomputes every hash chain.
-pub(crate) async fn verify(store: &Store, from: i64) -> anyhow::Result<ExitCode> {
+pub(crate) async fn verify(
+    store: &Store,
+    from: i64,
+    metrics_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     // What `--from` leaves to check, from the head row: no scan of the events before it.
     let total = u64::try_from(store.head_position().await? - from.max(1) + 1).unwrap_or(0);
     let bar = progress_bar(total, "verifying");
     let report = store.verify_from(from, |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
+    if let Some(path) = metrics_file {
+        write_verify_metrics(path, &report)?;
+    }
     if report.is_intact() {
         println!(
             "ok: {} events in {} tasks verified",
@@ -57,4 +67,34 @@ pub(crate) async fn verify(store: &Store, from: i64) -> anyhow::Result<ExitCode>
         println!("BROKEN: {failure}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+/// Writes the report for Prometheus's node-exporter textfile collector: a temporary file
+/// renamed into place, so a scrape never reads half of it.
+fn write_verify_metrics(path: &Path, report: &crate::store::VerifyReport) -> anyhow::Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?
+        .as_secs();
+    let text = format!(
+        "# HELP taskledger_verify_findings Findings of the last taskledger verify (0: every \
+         hash chain and position intact).\n\
+         # TYPE taskledger_verify_findings gauge\n\
+         taskledger_verify_findings {}\n\
+         # HELP taskledger_verify_events_checked Events the last taskledger verify checked.\n\
+         # TYPE taskledger_verify_events_checked gauge\n\
+         taskledger_verify_events_checked {}\n\
+         # HELP taskledger_verify_last_run_timestamp_seconds When the last taskledger verify \
+         finished.\n\
+         # TYPE taskledger_verify_last_run_timestamp_seconds gauge\n\
+         taskledger_verify_last_run_timestamp_seconds {now}\n",
+        report.broken, report.events
+    );
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("--metrics-file {} names no file", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.tmp", file_name.to_string_lossy()));
+    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(())
 }

@@ -4,6 +4,7 @@ mod audit;
 mod bench;
 mod check;
 mod keys;
+mod schemas;
 mod tail;
 
 use std::io::IsTerminal;
@@ -18,6 +19,7 @@ use crate::startup::{redact, Application};
 use crate::store::Store;
 
 pub use audit::SigningKeyCommand;
+pub use bench::ScaleArgs;
 pub(crate) use check::{replay, verify};
 pub use keys::KeysCommand;
 
@@ -35,6 +37,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up and matched once: the size of the biggest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP API (migrates the database first).
     Serve(ServeSettings),
@@ -56,6 +60,10 @@ pub enum Command {
         /// one ended.
         #[arg(long, default_value_t = 1)]
         from: i64,
+        /// Also write the findings for Prometheus's textfile collector to this file
+        /// (`taskledger_verify_findings`, `..._events_checked`, `..._last_run_timestamp_seconds`).
+        #[arg(long)]
+        metrics_file: Option<std::path::PathBuf>,
         /// Instead, hold the ledger to a signed digest (a file from `taskledger digest` or
         /// the digest topic): its signature, the events it covers, and today's tree's
         /// consistency with it.
@@ -95,10 +103,23 @@ pub enum Command {
         /// alternated over two rounds each (then the trees are rebuilt).
         #[arg(long)]
         merkle: bool,
+        /// Instead: fill the database to `--tasks` tasks and print every scale figure beside
+        /// its anchor (list pages, replay, verify, HTTP create and GET, long tasks, memory).
+        #[command(flatten)]
+        scale: bench::ScaleArgs,
     },
     /// Serve on a random port and measure good requests' latency with and without ~1 %
     /// hostile ones mixed in, then verify and check the ledger (use a scratch database).
     Soak(crate::soak::SoakSettings),
+    /// Print the JSON Schemas of the envelope and every event version (the `GET /v1/schemas`
+    /// document), or with `--write` write them as the files of `events/schemas/`.
+    Schemas {
+        /// Write one file per schema into `--dir` instead of printing the document.
+        #[arg(long)]
+        write: bool,
+        #[arg(long, default_value = "events/schemas")]
+        dir: std::path::PathBuf,
+    },
     /// Consume the event topic and print each envelope as one JSON line.
     Tail {
         #[arg(long, env = "KAFKA_BROKERS")]
@@ -129,7 +150,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let key_file = signing_key.path(&db.database_url);
             audit::verify_digest(&open(db).await?, &key_file, &file).await
         }
-        Command::Verify { from, .. } => check::verify(&open(db).await?, from).await,
+        Command::Verify {
+            from, metrics_file, ..
+        } => check::verify(&open(db).await?, from, metrics_file.as_deref()).await,
         Command::Digest {
             account,
             signing_key,
@@ -141,11 +164,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command,
             signing_key,
         } => audit::signing_key(&signing_key.path(&db.database_url), command),
+        Command::Schemas { write, dir } => schemas::run(write, &dir),
+        Command::Bench { scale, .. } if scale.scale => bench::scale(db, &scale).await,
         Command::Bench {
             commands,
             concurrency,
             max_batch,
             merkle,
+            ..
         } => {
             let code = bench::throughput(db, commands, concurrency, max_batch).await?;
             if !merkle {

@@ -48,7 +48,8 @@ pub enum TaskAction {
     },
     CustomerAudit {
         audited_by: String,
-        accepted: bool,
+        /// `None`: a review that only comments.
+        accepted: Option<bool>,
         comments: Option<Text>,
     },
     ContributorAudit {

@@ -10,7 +10,7 @@ pub mod values;
 pub use command::{CreateTask, TaskAction, TaskCommand};
 pub use id::TaskId;
 pub use task::{LedgerEvent, Task};
-pub use task_type::TaskType;
+pub use task_type::{rules_markdown, Requirement, TaskType, TypeRules, TYPE_RULES};
 pub use taskledger_projections::{ReviewStatus, TaskStatus};
 pub use values::{
     AuditResult, CallbackUrl, Identifier, Json, Metadata, Params, Tag, Tags, Text, UniqueId,

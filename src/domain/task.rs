@@ -225,10 +225,21 @@ impl Task {
             } => {
                 require_scope(scope, Scope::Customer, "submit customer audits")?;
                 require_completed(status)?;
+                let audit_result = match (accepted, &comments) {
+                    (Some(true), _) => "accepted",
+                    (Some(false), _) => "rejected",
+                    (None, Some(c)) if !c.as_str().trim().is_empty() => "commented",
+                    (None, _) => {
+                        return Err(TaskError::invalid(
+                            "accepted (true or false) is required, or comments alone for a \
+                             review that only comments",
+                        ))
+                    }
+                };
                 Ok(vec![TaskEvent::TaskAudited(TaskAudited {
                     audited_by,
                     audit_source: AuditSource::Customer,
-                    audit_result: if accepted { "accepted" } else { "rejected" }.into(),
+                    audit_result: audit_result.into(),
                     audit_time_secs: None,
                     comments: comments.map(|c| c.into_string()),
                     response: None,

@@ -130,6 +130,10 @@ fn error(error: Value) -> TaskAction {
 }
 
 fn customer_audit(accepted: bool, comments: Option<&str>) -> TaskAction {
+    customer_review(Some(accepted), comments)
+}
+
+fn customer_review(accepted: Option<bool>, comments: Option<&str>) -> TaskAction {
     TaskAction::CustomerAudit {
         audited_by: "customer@example.com".into(),
         accepted,
@@ -337,18 +341,20 @@ fn an_imageannotation_task_is_created_when_one_geometry_has_objects_to_annotate(
 }
 
 #[test]
-fn a_videoannotation_task_is_created_with_attachments() {
+fn a_videoannotation_task_is_created_with_attachments_and_geometries() {
     assert_created(
         "videoannotation",
-        json!({"attachments": ["https://example.com/f1.jpg", "https://example.com/f2.jpg"]}),
+        json!({"attachments": ["https://example.com/f1.jpg", "https://example.com/f2.jpg"],
+               "geometries": {"box": {"objects_to_annotate": ["car"]}}}),
     );
 }
 
 #[test]
-fn a_lidarsegmentation_task_is_created_with_an_attachment() {
+fn a_lidarsegmentation_task_is_created_with_frames_and_labels() {
     assert_created(
         "lidarsegmentation",
-        json!({"attachment": "https://example.com/scan.json", "attachment_type": "json"}),
+        json!({"attachments": ["https://example.com/scan.json"], "attachment_type": "json",
+               "labels": ["road", "car"]}),
     );
 }
 
@@ -1009,6 +1015,25 @@ fn a_customer_rejecting_a_completed_task_records_rejected_with_comments() {
     completed_task()
         .when(customer(customer_audit(false, Some("wrong animal"))))
         .then_expect([customer_audited("rejected", Some("wrong animal"))]);
+}
+
+#[test]
+fn a_customer_commenting_without_accepting_or_rejecting_records_commented() {
+    completed_task()
+        .when(customer(customer_review(
+            None,
+            Some("check the second box"),
+        )))
+        .then_expect([customer_audited("commented", Some("check the second box"))]);
+}
+
+#[test]
+fn a_customer_review_with_neither_a_verdict_nor_comments_is_refused() {
+    for comments in [None, Some("   ")] {
+        completed_task()
+            .when(customer(customer_review(None, comments)))
+            .then_expect_invalid("accepted");
+    }
 }
 
 #[test]

@@ -24,7 +24,7 @@ impl ValueError {
 }
 
 /// A short, quoted preview of a refused value, so an 8 KB value does not come back whole.
-pub(super) fn preview(s: &str) -> String {
+pub fn preview(s: &str) -> String {
     const MAX: usize = 64;
     if s.len() <= MAX {
         return format!("{s:?}");

@@ -87,8 +87,7 @@ impl FromRequestParts<AppState> for Caller {
         }
         let key = api_key(parts)?;
         let principal = state
-            .ledger
-            .store()
+            .keys
             .authenticate(&key)
             .await?
             .ok_or_else(|| unauthorized("The API key is not valid or was revoked."))?;

@@ -115,6 +115,12 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
         }
         IdempotencyState::Claimed(token) => token,
     };
+    let mut claim = ReleaseOnDrop {
+        store: store.clone(),
+        account_id: account_id.clone(),
+        key: key.clone(),
+        token: Some(token.clone()),
+    };
     parts.extensions.insert(IdempotencyWrite {
         key: key.clone(),
         claim_token: token.clone(),
@@ -130,6 +136,7 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
         store
             .release_idempotency_key(&account_id, &key, &token)
             .await?;
+        claim.disarm();
         return Ok(response);
     }
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -139,6 +146,7 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
             .headers_mut()
             .entry(RETRY_AFTER)
             .or_insert_with(|| "1".parse().expect("a valid header"));
+        claim.disarm();
         return Ok(response);
     }
     let (parts, body) = response.into_parts();
@@ -149,6 +157,7 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
             store
                 .release_idempotency_key(&account_id, &key, &token)
                 .await?;
+            claim.disarm();
             return Err(ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Internal server error.",
@@ -165,7 +174,53 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
             &String::from_utf8_lossy(&body),
         )
         .await?;
+    claim.disarm();
     Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+/// Releases the claim when the request is dropped before it answers: the request deadline
+/// fired, or the client went away. Without it a retry with the same key (which the 503 of the
+/// deadline tells the client to send) would hear "still being processed" until the lease ran
+/// out. Safe against the command still being in flight: its transaction records its answer
+/// only while this claim holds, so once released it cannot commit; if it committed first,
+/// the release leaves its answer for the retry to replay.
+struct ReleaseOnDrop {
+    store: crate::store::Store,
+    account_id: String,
+    key: String,
+    token: Option<crate::store::ClaimToken>,
+}
+
+impl ReleaseOnDrop {
+    /// The request answered; whatever it had to record is recorded.
+    fn disarm(&mut self) {
+        self.token = None;
+    }
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, account_id, key) = (
+            self.store.clone(),
+            std::mem::take(&mut self.account_id),
+            std::mem::take(&mut self.key),
+        );
+        runtime.spawn(async move {
+            if let Err(e) = store
+                .release_idempotency_key(&account_id, &key, &token)
+                .await
+            {
+                // The lease still runs out: the key is usable again after it.
+                tracing::warn!(error = %e, "releasing the Idempotency-Key of a dropped request failed");
+            }
+        });
+    }
 }
 
 /// The status of a refused key: 409, except on the endpoints the contract promises never

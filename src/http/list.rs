@@ -121,7 +121,7 @@ pub(super) struct ListParams {
     /// At most 255 bytes, no U+0000.
     #[param(value_type = Option<String>, nullable = false, max_length = 255)]
     batch: Option<Identifier>,
-    /// Comma-separated, any of: pending, accepted, rejected, fixed.
+    /// Comma-separated, any of: pending, accepted, rejected, fixed, commented.
     #[param(value_type = Option<String>, nullable = false)]
     customer_review_status: AnyOf<ReviewStatus>,
     /// Repeatable (`unique_id=a&unique_id=b`, at most 100): tasks with any of them.
@@ -142,6 +142,31 @@ pub(super) struct ListParams {
     /// The previous page's `next_token` (at most 1024 bytes).
     #[param(nullable = false, max_length = 1024)]
     next_token: Option<String>,
+    /// Only 0. Pages are reached with `next_token`, whose cost does not grow with the depth
+    /// of the page; any other offset is a 400 saying so, never silently ignored.
+    #[param(value_type = Option<i64>, nullable = false, minimum = 0, maximum = 0, default = 0)]
+    #[allow(dead_code)]
+    offset: Option<ZeroOffset>,
+}
+
+/// `offset`, accepted only as 0 (which is what every page answers with).
+#[derive(Debug)]
+struct ZeroOffset;
+
+impl<'de> Deserialize<'de> for ZeroOffset {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim() == "0" {
+            Ok(ZeroOffset)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "is not supported past 0 (got {}): page with next_token, passing back the \
+                 next_token of the previous page; an offset would make a page cost more the \
+                 deeper it is",
+                crate::domain::values::preview(&s)
+            )))
+        }
+    }
 }
 
 /// The reduced document of `limited_response=true` ([`TaskView::limited`]).

@@ -34,12 +34,24 @@ pub(super) struct Docs;
     ))
 )]
 async fn metrics(State(state): State<AppState>) -> Response {
+    let store = state.ledger.store();
+    let up = matches!(
+        tokio::time::timeout(STORE_PING_TIMEOUT, store.ping()).await,
+        Ok(Ok(()))
+    );
+    let pool = store.pool();
+    let (size, idle) = (i64::from(pool.size()), pool.num_idle() as i64);
+    let max = i64::from(pool.options().get_max_connections());
+    state.metrics.set_store(up, idle, size - idle, max);
     (
         [(CONTENT_TYPE, prometheus::TEXT_FORMAT)],
         state.metrics.render(),
     )
         .into_response()
 }
+
+/// A scrape must answer even when the store does not: it then reports the store down.
+const STORE_PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Counts and times every request under its route template. Installed with `Router::layer`,
 /// so it runs after routing and sees [`MatchedPath`]; requests no route matched reach it

@@ -4,6 +4,7 @@
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
 mod audit;
+mod console;
 mod contract;
 mod error;
 mod events;
@@ -15,6 +16,7 @@ mod list;
 mod metrics;
 pub mod openapi;
 mod request_id;
+mod schemas;
 mod task_bodies;
 mod tasks;
 
@@ -37,6 +39,7 @@ use tracing::Level;
 
 use crate::ledger::Ledger;
 use crate::metrics::{Metrics, UNMATCHED_ROUTE};
+use crate::store::KeyCache;
 
 /// Limits and lifetimes of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -54,12 +57,15 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The ledger's signing key file (digests); `None` answers 503 on the digest routes.
     pub signing_key_file: Option<Arc<std::path::PathBuf>>,
+    /// Authentication from memory while no key changed (see [`KeyCache`]).
+    pub keys: Arc<KeyCache>,
 }
 
 impl AppState {
     pub fn new(ledger: Ledger, settings: HttpSettings) -> AppState {
         AppState {
             metrics: ledger.metrics().clone(),
+            keys: Arc::new(KeyCache::new(ledger.store().clone())),
             ledger,
             settings: Arc::new(settings),
             signing_key_file: None,
@@ -143,6 +149,7 @@ pub(crate) fn routes(state: &AppState) -> Routes {
         .merge(events::router())
         .merge(audit::router())
         .merge(keys::router())
+        .merge(schemas::router())
 }
 
 pub fn router(state: AppState) -> Router {
@@ -185,6 +192,7 @@ pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -
         ));
     routes(&state)
         .router
+        .merge(console::router())
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(observe)

@@ -29,7 +29,9 @@ use super::request_id::X_REQUEST_ID;
 use super::task_bodies::TaskPath;
 use super::Routes;
 use crate::domain::limits::*;
-use crate::domain::{CallbackUrl, Identifier, Json, Metadata, Tag, Tags, TaskType, Text, UniqueId};
+use crate::domain::{
+    CallbackUrl, Identifier, Json, Metadata, Tag, Tags, TaskType, Text, UniqueId, TYPE_RULES,
+};
 
 pub(super) fn router() -> Routes {
     Routes::new().route("/openapi.json", get(openapi))
@@ -64,6 +66,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::events::Docs::openapi(),
         super::audit::Docs::openapi(),
         super::keys::Docs::openapi(),
+        super::schemas::Docs::openapi(),
     ] {
         doc.merge(part);
     }
@@ -333,7 +336,7 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
 
 /// The tag of an operation, from the family its path belongs to.
 fn tag_of(path: &str) -> &'static str {
-    if path.starts_with("/v1/events") {
+    if path.starts_with("/v1/events") || path == "/v1/schemas" {
         "events"
     } else if path.starts_with("/v1/") {
         "tasks"
@@ -382,9 +385,25 @@ fn idempotency_key_parameter() -> Parameter {
         .build()
 }
 
+/// The task type of a create: one of the known types, each described with what its params
+/// must hold (from the same rules the validation runs), in the description for people and in
+/// `x-task-type-rules` for tools.
 fn restrict_to_task_types(parameters: &mut [Parameter]) {
+    let mut description = String::from("The task type. What the body's params must hold:");
+    let mut rules = serde_json::Map::new();
+    for row in TYPE_RULES {
+        let needs: Vec<String> = row.requires.iter().map(|r| r.describe()).collect();
+        description.push_str(&format!("\n- `{}`: {}", row.task_type, needs.join("; ")));
+        rules.insert(row.task_type.to_string(), Value::from(needs));
+    }
     for parameter in parameters.iter_mut().filter(|p| p.name == "id") {
         parameter.schema = Some(string_schema().enum_values(Some(task_type_names())).into());
+        parameter.description = Some(description.clone());
+        parameter.extensions = Some(
+            ExtensionsBuilder::new()
+                .add("x-task-type-rules", Value::Object(rules.clone()))
+                .build(),
+        );
     }
 }
 

@@ -224,6 +224,7 @@ fn list_parameters_are_all_documented() {
         "include_attachment_url",
         "limited_response",
         "next_token",
+        "offset",
     ]
     .into_iter()
     .map(String::from)
@@ -358,7 +359,7 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
     }
     let published: BTreeSet<(String, String)> = [
         ("operations", "openapi healthz readyz metrics"),
-        ("events", "list_events"),
+        ("events", "list_events list_schemas"),
         (
             "ledger",
             "ledger_digest ledger_public_keys inclusion_proof consistency_proof",
@@ -378,4 +379,33 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
     })
     .collect();
     assert_eq!(served, published);
+}
+
+#[test]
+fn the_create_operation_lists_every_task_types_rules_as_validation_runs_them() {
+    let doc = doc_json();
+    let create = &doc["paths"]["/v1/task/{id}"]["post"];
+    let id = create["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "id")
+        .expect("the type is a path parameter");
+    let description = id["description"].as_str().unwrap();
+    for row in TYPE_RULES {
+        let needs: Vec<String> = row.requires.iter().map(|r| r.describe()).collect();
+        assert_eq!(
+            id["x-task-type-rules"][row.task_type.as_str()],
+            json!(needs)
+        );
+        assert!(
+            description.contains(&format!("`{}`: {}", row.task_type, needs.join("; "))),
+            "{}",
+            row.task_type
+        );
+    }
+    assert_eq!(
+        id["schema"]["enum"].as_array().unwrap().len(),
+        TYPE_RULES.len()
+    );
 }

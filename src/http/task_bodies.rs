@@ -110,7 +110,8 @@ impl LenientBody for Metadata {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(expecting = "a JSON object")]
 pub struct CustomerAuditBody {
-    #[schema(value_type = bool, required = true)]
+    /// Leave it out, and send `comments`, for a review that only comments.
+    #[schema(value_type = bool, nullable = false)]
     pub(super) accepted: Option<Flag>,
     #[schema(nullable = false)]
     pub(super) comments: Option<Text>,

@@ -412,8 +412,10 @@ async fn remove_task_tags(
     path = "/v1/task/{id}/audit",
     summary = "Audit a completed task",
     description = "A customer key sends `accepted` (an audit with `audit_source: customer`; \
-                   `customer_review_status` follows). A contributor key sends `audit_result` \
-                   (`audit_source: refonte`). Not completed: 400.",
+                   `customer_review_status` follows), or `comments` alone for a review that \
+                   only comments (`audit_result` and `customer_review_status`: `commented`). \
+                   A contributor key sends `audit_result` (`audit_source: refonte`). Not \
+                   completed: 400.",
     request_body(content = AuditBody, content_type = "application/json"),
 )]
 async fn audit_task(
@@ -437,7 +439,7 @@ async fn audit_task(
             let body: CustomerAuditBody = audit_body(body)?;
             TaskAction::CustomerAudit {
                 audited_by,
-                accepted: required(body.accepted, "accepted (true or false)")?.0,
+                accepted: body.accepted.map(|a| a.0),
                 comments: body.comments,
             }
         }

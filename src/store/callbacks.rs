@@ -42,6 +42,10 @@ pub struct Delivery {
     #[sqlx(try_from = "i64")]
     pub attempts: u32,
     pub created_at_us: i64,
+    /// Set by a claim: the lease's end, which is also the claim's fencing token. Outcomes are
+    /// recorded only while the row still carries it, so a dispatcher whose lease ran out
+    /// (and whose delivery another process took over) cannot overwrite the other's outcome.
+    pub lease_until_us: Option<i64>,
 }
 
 /// Counts for `/metrics`.
@@ -51,8 +55,8 @@ pub struct Backlog {
     pub oldest_pending_created_at_us: Option<i64>,
 }
 
-const DELIVERY_COLUMNS: &str =
-    "delivery_id, account_id, task_id, for_sequence, url, body, attempts, created_at_us";
+const DELIVERY_COLUMNS: &str = "delivery_id, account_id, task_id, for_sequence, url, body, \
+     attempts, created_at_us, lease_until_us";
 
 impl Store {
     /// Schedules a delivery; scheduling the same event again changes nothing.
@@ -77,8 +81,14 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` deliveries due now and not leased, the longest due first, leaving out
-    /// the accounts in `skip` (those already at their in-flight cap in this process).
+    /// The oldest due, unleased delivery of each account with pending work, up to `limit`
+    /// accounts, the longest due first, leaving out the accounts in `skip` (those already at
+    /// their in-flight cap in this process).
+    ///
+    /// The accounts are found by a skip scan of the `(state, account_id, next_attempt_at_us)`
+    /// index and each is probed once, so the cost follows the number of accounts with pending
+    /// deliveries, never the size of one account's backlog: a tenant with a million due
+    /// callbacks to a dead receiver costs the others one index probe per claim.
     pub async fn due_deliveries(
         &self,
         skip: &[String],
@@ -90,13 +100,25 @@ impl Store {
             String::new()
         } else {
             let marks: Vec<String> = (0..skip.len()).map(|i| format!("${}", i + 3)).collect();
-            format!("AND account_id NOT IN ({}) ", marks.join(", "))
+            format!("AND a.account_id NOT IN ({}) ", marks.join(", "))
         };
+        let due = "FROM callback_deliveries d \
+             WHERE d.state = $1 AND d.account_id = a.account_id AND d.next_attempt_at_us <= $2 \
+             AND (d.lease_until_us IS NULL OR d.lease_until_us < $2) \
+             ORDER BY d.next_attempt_at_us LIMIT 1";
         let sql = format!(
-            "SELECT delivery_id, account_id FROM callback_deliveries \
-             WHERE state = $1 AND next_attempt_at_us <= $2 \
-             AND (lease_until_us IS NULL OR lease_until_us < $2) {skipped}\
-             ORDER BY next_attempt_at_us LIMIT {limit}"
+            "WITH RECURSIVE accounts(account_id) AS ( \
+                 SELECT MIN(account_id) FROM callback_deliveries WHERE state = $1 \
+                 UNION ALL \
+                 SELECT (SELECT MIN(c.account_id) FROM callback_deliveries c \
+                         WHERE c.state = $1 AND c.account_id > a.account_id) \
+                 FROM accounts a WHERE a.account_id IS NOT NULL) \
+             SELECT delivery_id, account_id FROM ( \
+                 SELECT a.account_id AS account_id, \
+                        (SELECT d.delivery_id {due}) AS delivery_id, \
+                        (SELECT d.next_attempt_at_us {due}) AS due_at_us \
+                 FROM accounts a WHERE a.account_id IS NOT NULL {skipped}) picks \
+             WHERE delivery_id IS NOT NULL ORDER BY due_at_us LIMIT {limit}"
         );
         let mut query = sqlx::query_as::<_, DueDelivery>(&sql)
             .bind(DeliveryState::Pending.as_str())
@@ -132,17 +154,20 @@ impl Store {
         Ok(row)
     }
 
-    /// The attempt failed; try again at `next_attempt_at_us`.
+    /// The attempt failed; try again at `next_attempt_at_us`. `false` when the lease
+    /// `lease_until_us` was lost meanwhile, and nothing was written.
     pub async fn delivery_retry(
         &self,
         delivery_id: &str,
+        lease_until_us: i64,
         attempts: u32,
         next_attempt_at_us: i64,
         error: &str,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "UPDATE callback_deliveries SET attempts = $2, next_attempt_at_us = $3, last_error = $4, \
-             lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1 AND state = $6",
+             lease_until_us = NULL, updated_at_us = $5 \
+             WHERE delivery_id = $1 AND state = $6 AND lease_until_us = $7",
         )
         .bind(delivery_id)
         .bind(i64::from(attempts))
@@ -150,31 +175,36 @@ impl Store {
         .bind(error)
         .bind(now_micros())
         .bind(DeliveryState::Pending.as_str())
+        .bind(lease_until_us)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     /// The delivery is over: [`DeliveryState::Delivered`] or [`DeliveryState::Failed`].
+    /// `false` when the lease `lease_until_us` was lost meanwhile, and nothing was written.
     pub async fn delivery_done(
         &self,
         delivery_id: &str,
+        lease_until_us: i64,
         state: DeliveryState,
         attempts: u32,
         error: Option<&str>,
-    ) -> Result<(), StoreError> {
-        sqlx::query(
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
             "UPDATE callback_deliveries SET state = $2, attempts = $3, last_error = $4, \
-             lease_until_us = NULL, updated_at_us = $5 WHERE delivery_id = $1",
+             lease_until_us = NULL, updated_at_us = $5 \
+             WHERE delivery_id = $1 AND lease_until_us = $6",
         )
         .bind(delivery_id)
         .bind(state.as_str())
         .bind(i64::from(attempts))
         .bind(error)
         .bind(now_micros())
+        .bind(lease_until_us)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn delivery_backlog(&self) -> Result<Backlog, StoreError> {

@@ -73,6 +73,11 @@ impl CountDeltas {
         }
     }
 
+    /// The changes left once those that cancel out are dropped.
+    pub(super) fn nonzero(self) -> Vec<((String, &'static str, String), i64)> {
+        self.0.into_iter().filter(|(_, n)| *n != 0).collect()
+    }
+
     /// Adds the changes to `table` (`task_counts` or its shadow); nothing when none is left.
     pub(super) async fn write(
         self,

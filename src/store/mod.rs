@@ -7,6 +7,7 @@ mod callbacks;
 mod counts;
 mod follow;
 mod idempotency;
+mod key_cache;
 mod key_events;
 mod keys;
 mod lease;
@@ -16,13 +17,16 @@ mod projection;
 mod read;
 mod rebuild;
 mod search;
+mod snapshots;
 mod sql;
+mod stream;
 mod verify;
 
 pub use append::{AppendTx, CommandWrite, Committed, IdempotencyWrite, WriteError};
 pub use callbacks::{Backlog, Delivery, DeliveryState, DueDelivery};
 pub use follow::NextEvent;
 pub use idempotency::{ClaimToken, Claimant, IdempotencyRecord, IdempotencyState};
+pub use key_cache::KeyCache;
 pub use key_events::KeyRecord;
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
@@ -30,6 +34,7 @@ pub use list::{ListPage, ListQuery};
 pub use merkle::{RecomputedTree, TreeHead};
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
 pub use search::EventFilter;
+pub use snapshots::TaskTail;
 pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
@@ -108,6 +113,12 @@ pub struct Store {
     /// Whether appends maintain the accounts' Merkle trees: always, except in the benchmark
     /// that measures what the trees cost ([`Store::without_merkle_trees`]).
     merkle_trees: bool,
+    /// The ledger head (last position, its recorded_at) as this process last committed it:
+    /// on PostgreSQL an append takes the head in its BEGIN statement while it is still so.
+    head: std::sync::Arc<std::sync::Mutex<append::KnownHead>>,
+    /// On PostgreSQL, a native pool (connected on first use) for what the Any driver
+    /// cannot do: `COPY` into the shadow tables a replay fills.
+    native: Option<sqlx::PgPool>,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -152,10 +163,20 @@ impl Store {
             })
             .connect_with(options)
             .await?;
+        let native = match backend {
+            Backend::Postgres => Some(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .connect_lazy(&url)?,
+            ),
+            Backend::Sqlite => None,
+        };
         Ok(Store {
             pool,
             backend,
             merkle_trees: true,
+            head: Default::default(),
+            native,
         })
     }
 
@@ -196,6 +217,9 @@ impl Store {
     }
 
     pub async fn close(&self) {
+        if let Some(native) = &self.native {
+            native.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -277,7 +277,7 @@ async fn two_servers_on_one_database_run_one_relay_and_fail_over() {
         assert!(create_raw(&survivor.url, &key, 200 + i).await);
     }
     let all = feed(&survivor.url, &key).await;
-    assert_eq!(all.len(), 15);
+    assert_eq!(all.len(), 16, "the key's ApiKeyCreated and 15 creations");
     read_until(&broker.addr, &topic, &ids_of(&all), Duration::from_secs(60)).await;
     eventually(
         PATIENCE,

@@ -46,6 +46,16 @@ async fn every_filter_selects_exactly_the_matching_tasks(backend: Backend) {
         json!({"accepted": true}),
     )
     .await;
+    let commented = app.completed(json!({"project": "p3"})).await;
+    let reviewed = app
+        .post(
+            &format!("/v1/task/{commented}/audit"),
+            json!({"comments": "the second box is too wide"}),
+        )
+        .await;
+    assert_eq!(reviewed.status, 200, "{}", reviewed.body);
+    assert_eq!(reviewed.body["customer_review_status"], "commented");
+    assert_eq!(reviewed.body["audits"][0]["audit_result"], "commented");
     app.post(&format!("/v1/task/{b}/cancel"), Value::Null).await;
 
     let check = |query: &'static str, expected: HashSet<String>| {
@@ -60,7 +70,8 @@ async fn every_filter_selects_exactly_the_matching_tasks(backend: Backend) {
     check("project=p1", set(&[&a, &b])).await;
     check("project=p1&batch=b2", set(&[&b])).await;
     check("status=canceled", set(&[&b])).await;
-    check("status=completed", set(&[&done, &accepted])).await;
+    check("status=completed", set(&[&done, &accepted, &commented])).await;
+    check("customer_review_status=commented", set(&[&commented])).await;
     check("type=imageannotation", set(&[&c])).await;
     check("customer_review_status=pending", set(&[&done])).await;
     check(
@@ -166,11 +177,17 @@ async fn bad_query_values_answer_400_naming_the_parameter(backend: Backend) {
         ("type=painting", "type"),
         ("customer_review_status=maybe", "customer_review_status"),
         ("next_token=garbage!", "next_token"),
+        ("offset=100", "next_token"),
+        ("offset=-1", "offset"),
     ] {
         app.get(&format!("/v1/tasks?{query}"))
             .await
             .assert_error(400, name);
     }
+    // An offset of 0 is what every page answers with, so it is accepted and echoed.
+    let first = app.get("/v1/tasks?offset=0").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.body["offset"], 0);
 }
 
 async fn pages_walk_every_task_once_newest_first_while_tasks_are_added(backend: Backend) {

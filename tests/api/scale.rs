@@ -450,7 +450,7 @@ async fn list_totals_are_exact_for_each_counted_filter_as_tasks_change(backend: 
     }
     let audit = TaskAction::CustomerAudit {
         audited_by: "qa".into(),
-        accepted: true,
+        accepted: Some(true),
         comments: None,
     };
     t.ledger
@@ -707,6 +707,14 @@ async fn a_second_replay_on_postgres_is_refused_while_one_runs() {
     );
     // A check writes nothing and may run beside it.
     assert_check_finds_nothing(&t.store).await;
+    // Released explicitly: closing the session would release it too, but only once the
+    // server has ended that backend, which a busy machine may do after `close` returns.
+    let unlocked: bool = sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(taskledger::store::REPLAY_LOCK)
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    assert!(unlocked);
     sqlx::Connection::close(other).await.unwrap();
     let report = t.store.replay(false, |_| {}).await.unwrap();
     assert_eq!(report.tasks, 3);

@@ -8,7 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::helpers::{
-    on_both_backends, spawn_app, spawn_app_with, within, Backend, TestApp, PATIENCE,
+    eventually, keyed, ok_if, on_both_backends, spawn_app, spawn_app_with, task_body, within,
+    Backend, TestApp, CREATE, PATIENCE,
 };
 
 fn address(app: &TestApp) -> String {
@@ -128,6 +129,50 @@ async fn a_request_that_takes_too_long_answers_503() {
     sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
     // The server is fine afterwards.
     assert_eq!(app.get("/healthz").await.status, 200);
+}
+
+/// PostgreSQL only: the test holds the ledger head, so the key is claimed but the command
+/// waits, and the request deadline cuts the request off with its claim taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_cut_off_by_its_deadline_releases_its_idempotency_key_for_the_retry() {
+    let app = spawn_app_with(Backend::Postgres, |s| s.limits.request_timeout_secs = 1).await;
+    let mut blocker = sqlx::PgConnection::connect(&app._db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut blocker).await.unwrap();
+    sqlx::query("SELECT last_position FROM ledger_head FOR UPDATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    keyed(&app, "retry-me", &app.key, CREATE, task_body())
+        .await
+        .assert_error(503, "did not complete within 1 s");
+    let unanswered_claims = || async {
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM idempotency_keys WHERE idem_key = 'retry-me'")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        n
+    };
+    eventually(
+        PATIENCE,
+        "the cut-off request's claim to be released",
+        async || {
+            let n = unanswered_claims().await;
+            ok_if(n == 0, n)
+        },
+    )
+    .await;
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+
+    // The retry the 503 asks for runs at once, and the command happens once: the cut-off
+    // command, still queued when its claim went, could not commit without it.
+    let retried = keyed(&app, "retry-me", &app.key, CREATE, task_body()).await;
+    assert_eq!(retried.status, 200, "{}", retried.body);
+    let again = keyed(&app, "retry-me", &app.key, CREATE, task_body()).await;
+    assert_eq!(again.body["task_id"], retried.body["task_id"]);
+    let list = app.get("/v1/tasks").await;
+    assert_eq!(list.body["total"], 1, "{}", list.body);
 }
 
 fn base64_basic(key: &str) -> String {

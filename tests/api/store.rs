@@ -90,7 +90,7 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
             Scope::Customer,
             TaskAction::CustomerAudit {
                 audited_by: "acme".into(),
-                accepted: true,
+                accepted: Some(true),
                 comments: None,
             },
         ),

@@ -7,6 +7,9 @@
 //! batch path ([`batch`]) only decides how many commands one call carries.
 
 mod batch;
+mod lone;
+
+pub(super) use lone::KnownHead;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Any, AnyConnection, Transaction};
@@ -24,7 +27,7 @@ use super::projection::{
 };
 use super::read::{holder_of, EVENT_COLUMNS};
 use super::sql::{insert_rows, unique_violation_as_false, Savepoint};
-use super::{now_micros, Store, StoreError};
+use super::{now_micros, Backend, Store, StoreError};
 
 /// Events per INSERT: 16 parameters each stays far below both backends' limits.
 const EVENTS_PER_INSERT: usize = 1000;
@@ -102,6 +105,8 @@ pub struct AppendTx {
     reserved_recorded_us: Option<i64>,
     /// Whether appended events go into their accounts' Merkle trees ([`Store::without_merkle_trees`]).
     merkle_trees: bool,
+    /// The store's record of the head, set to this transaction's once it commits.
+    known_head: std::sync::Arc<std::sync::Mutex<KnownHead>>,
 }
 
 impl Store {
@@ -134,6 +139,7 @@ impl Store {
             dirty: false,
             reserved_recorded_us: (events > 0).then_some(last_recorded_us),
             merkle_trees: self.merkle_trees,
+            known_head: self.head.clone(),
         })
     }
 
@@ -151,6 +157,9 @@ impl Store {
                 return Ok(results);
             }
         };
+        if let Some(done) = self.commit_on_known_head(&only).await? {
+            return Ok(vec![done]);
+        }
         // Alone in its transaction, a command needs no savepoint (a refusal rolls the whole
         // transaction back) and moves the head in the statement that locks it.
         let mut tx = self.begin_reserving(only.events.len() as i64).await?;
@@ -162,7 +171,12 @@ impl Store {
                 return Ok(vec![Err(refused)]);
             }
         };
-        match tx.apply(std::slice::from_ref(&prepared)).await? {
+        let applied = if self.backend == Backend::Postgres && prepared.fits_one_statement() {
+            tx.apply_in_one_statement(&prepared).await?
+        } else {
+            tx.apply(std::slice::from_ref(&prepared)).await?
+        };
+        match applied {
             Ok(()) => {
                 let committed = prepared.into_committed();
                 tx.advance(&committed);
@@ -292,6 +306,10 @@ impl AppendTx {
             .await?;
         }
         self.tx.commit().await?;
+        self.known_head
+            .lock()
+            .expect("the head lock")
+            .committed(self.last_position, self.last_recorded_us);
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! page at a time, so memory stays bounded by a page.
 
 mod check;
+mod copy;
 mod fold;
 mod shadow;
 #[cfg(test)]
@@ -124,8 +125,15 @@ impl Store {
             guard = Some(conn);
         }
         let report = self.rebuild(progress).await;
-        if let Some(conn) = guard {
-            // Closing the session releases the lock; a failure to say goodbye is harmless.
+        if let Some(mut conn) = guard {
+            // Unlocked explicitly, so the next replay can start at once: closing the session
+            // releases the lock too, but only once the server has ended that backend, which a
+            // busy server may do after `close` returned. Either failing is harmless: the lock
+            // goes with the session.
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(REPLAY_LOCK)
+                .execute(&mut conn)
+                .await;
             let _ = sqlx::Connection::close(conn).await;
         }
         report

@@ -55,19 +55,39 @@ impl Store {
             let done = fold_tasks(rows).await;
             report.tasks += done.len() as u64;
             if end {
-                write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches).await?;
+                write_tasks(
+                    &mut conn,
+                    SHADOW,
+                    &done,
+                    &mut report.mismatches,
+                    self.native.as_ref(),
+                )
+                .await?;
                 break;
             }
             let next = if self.backend == Backend::Postgres {
                 // Read the next page on another connection while this one is written.
                 let (written, next) = tokio::join!(
-                    write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches),
+                    write_tasks(
+                        &mut conn,
+                        SHADOW,
+                        &done,
+                        &mut report.mismatches,
+                        self.native.as_ref()
+                    ),
                     pager.next(&self.pool)
                 );
                 written?;
                 next
             } else {
-                write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches).await?;
+                write_tasks(
+                    &mut conn,
+                    SHADOW,
+                    &done,
+                    &mut report.mismatches,
+                    self.native.as_ref(),
+                )
+                .await?;
                 pager.next(&mut *conn).await
             };
             progress(report.events);
@@ -130,11 +150,15 @@ async fn clear(conn: &mut AnyConnection, backend: Backend) -> Result<(), StoreEr
 /// Writes folded tasks' rows, tags and unique_id reservations into `tables`, where none
 /// of them has rows yet. A task that did not fold, or whose unique_id another task holds,
 /// is a mismatch.
+///
+/// With `copy` (PostgreSQL, outside any transaction: the first build of the shadow), the
+/// task rows and tags go in with `COPY` on that pool instead of multi-row INSERTs.
 async fn write_tasks(
     conn: &mut AnyConnection,
     tables: Tables,
     done: &[Folded],
     mismatches: &mut Vec<String>,
+    copy: Option<&sqlx::PgPool>,
 ) -> Result<(), StoreError> {
     let mut rows = Vec::with_capacity(done.len());
     let mut tags = Vec::with_capacity(done.len());
@@ -161,13 +185,17 @@ async fn write_tasks(
         }
     }
     let row_refs: Vec<&TaskRow> = rows.iter().collect();
-    if !insert_task_rows_into(conn, tables.tasks, &row_refs).await? {
+    if let Some(pg) = copy {
+        super::copy::copy_tasks(pg, tables, &rows, &tags).await?;
+    } else if !insert_task_rows_into(conn, tables.tasks, &row_refs).await? {
         return Err(StoreError::Corrupt {
             event_id: String::new(),
             message: "a task was rebuilt twice".into(),
         });
     }
-    insert_tags_into(conn, tables.tags, &tags).await?;
+    if copy.is_none() {
+        insert_tags_into(conn, tables.tags, &tags).await?;
+    }
     for chunk in reservations.chunks(IDS_PER_STATEMENT) {
         let mut sql = format!(
             "INSERT INTO {} (account_id, unique_id, task_id) VALUES ",
@@ -291,7 +319,7 @@ async fn catch_up(
         let mut folder = Folder::default();
         let mut done: Vec<Folded> = rows.iter().filter_map(|r| folder.push(r)).collect();
         done.extend(folder.finish());
-        write_tasks(&mut *conn, SHADOW, &done, &mut report.mismatches).await?;
+        write_tasks(&mut *conn, SHADOW, &done, &mut report.mismatches, None).await?;
         let mut counts = CountDeltas::default();
         for task in &done {
             if let Some(view) = &task.view {

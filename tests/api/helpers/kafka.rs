@@ -190,12 +190,20 @@ pub fn topic() -> String {
     format!("tl-test-{}", uuid::Uuid::now_v7().simple())
 }
 
-/// How many records the topic holds, all partitions together, read from the broker's offsets
-/// rather than by consuming until nothing more comes.
+/// How many records the topic holds, all partitions together: every partition is read from
+/// its beginning to its end as the broker reports it (librdkafka's partition EOF), counting
+/// records. Not from the watermarks: tansu's offsets count a multi-record batch as one, so
+/// `high - low` undercounts as soon as the relay sends several records in one batch.
 pub async fn records_on_topic(broker: &str, topic: &str) -> i64 {
     let (broker, topic) = (broker.to_string(), topic.to_string());
     tokio::task::spawn_blocking(move || {
         let consumer: rdkafka::consumer::BaseConsumer = taskledger::relay::client_config(&broker)
+            .set(
+                "group.id",
+                format!("tl-count-{}", uuid::Uuid::now_v7().simple()),
+            )
+            .set("enable.partition.eof", "true")
+            .set("enable.auto.commit", "false")
             .create()
             .expect("a consumer");
         let metadata = consumer
@@ -203,14 +211,32 @@ pub async fn records_on_topic(broker: &str, topic: &str) -> i64 {
             .expect("the topic's metadata");
         let partitions = metadata.topics()[0].partitions().len() as i32;
         assert!(partitions > 0, "the topic exists");
-        (0..partitions)
-            .map(|p| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                    .expect("the partition's offsets");
-                high - low
-            })
-            .sum()
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            assignment
+                .add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                .expect("a partition");
+        }
+        consumer.assign(&assignment).expect("assign the partitions");
+        let deadline = Instant::now() + PATIENCE;
+        let mut at_end = HashSet::new();
+        let mut records = 0;
+        while at_end.len() < partitions as usize {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {partitions} partitions read to their end",
+                at_end.len()
+            );
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(_)) => records += 1,
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                    at_end.insert(p);
+                }
+                Some(Err(e)) => panic!("reading the topic: {e}"),
+            }
+        }
+        records
     })
     .await
     .unwrap()

@@ -3,6 +3,7 @@
 //! The Kafka broker lives in `kafka`.
 
 pub mod app;
+pub mod browser;
 pub mod db;
 pub mod kafka;
 pub mod process;

@@ -1,0 +1,152 @@
+//! The values of the compacted task-state topic: the task object after each event, exactly as
+//! `GET /v1/task/{id}` serves it then (the same fold and the same bytes as the stored view).
+//!
+//! The relay folds a batch's events onto each task's view just before the batch. That view
+//! comes from the views it folded in earlier batches (kept for the most recently touched
+//! tasks), from nothing for a task created in the batch, or else from the task's earlier
+//! history, read for all such tasks of the batch in one query. A view after a given event is
+//! a fact that never changes, so what is kept never goes stale, whichever process relayed.
+
+use std::collections::{HashMap, HashSet};
+
+use taskledger_events::{EventEnvelope, TaskEvent};
+use taskledger_projections::{fold, TaskView};
+
+use crate::store::{Store, StoreError};
+
+/// How many tasks' latest views are kept between batches; beyond, all are dropped and read
+/// again when needed, which costs a query, never a wrong value.
+const KEPT_TASKS: usize = 20_000;
+
+#[derive(Default)]
+pub struct TaskStates {
+    /// task id -> (sequence of the last event folded, the view after it).
+    kept: HashMap<String, (i64, TaskView)>,
+}
+
+/// A task being folded through a batch: its view so far, or broken (an event that does not
+/// decode or fold; it gets no state record and neither do its later events in the batch).
+enum Folding {
+    View(Option<Box<TaskView>>, i64),
+    Broken,
+}
+
+impl TaskStates {
+    /// For each event of `events` (a batch in global order), the task object after it as
+    /// JSON text, or `None` for an event that belongs to no task the fold knows.
+    pub async fn after_each(
+        &mut self,
+        store: &Store,
+        events: &[EventEnvelope],
+    ) -> Result<Vec<Option<String>>, StoreError> {
+        let Some(first) = events.first() else {
+            return Ok(Vec::new());
+        };
+        let mut folding: HashMap<&str, Folding> = HashMap::new();
+        let mut unknown: Vec<&str> = Vec::new();
+        let mut seen = HashSet::new();
+        for e in events {
+            let task = e.task_id.as_str();
+            if !seen.insert(task) {
+                continue;
+            }
+            // A key's events (ApiKeyCreated, ...) are a stream of their own, not a task:
+            // they have no task state to publish.
+            if task.is_empty() || taskledger_events::KeyEvent::is_key_event_type(&e.event_type) {
+                folding.insert(task, Folding::Broken);
+                continue;
+            }
+            match self.kept.get(task) {
+                _ if e.sequence <= 1 => {
+                    folding.insert(task, Folding::View(None, 0));
+                }
+                Some((sequence, view)) if *sequence == e.sequence - 1 => {
+                    folding.insert(task, Folding::View(Some(Box::new(view.clone())), *sequence));
+                }
+                _ => unknown.push(task),
+            }
+        }
+        let history = store
+            .task_histories_before(&unknown, first.global_position)
+            .await?;
+        for task in &unknown {
+            folding.insert(task, Folding::View(None, 0));
+        }
+        for e in &history {
+            let state = folding
+                .get_mut(e.task_id.as_str())
+                .expect("the history read is of these tasks");
+            step(state, e);
+        }
+        let mut values = Vec::with_capacity(events.len());
+        for e in events {
+            let state = folding
+                .get_mut(e.task_id.as_str())
+                .expect("every task of the batch is folding");
+            step(state, e);
+            values.push(match state {
+                Folding::View(Some(view), _) => Some(view.to_json()),
+                _ => None,
+            });
+        }
+        if self.kept.len() > KEPT_TASKS {
+            self.kept.clear();
+        }
+        for (task, state) in folding {
+            match state {
+                Folding::View(Some(view), sequence) => {
+                    self.kept.insert(task.to_string(), (sequence, *view));
+                }
+                _ => {
+                    self.kept.remove(task);
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+fn step(state: &mut Folding, e: &EventEnvelope) {
+    let Folding::View(view, sequence) = state else {
+        return;
+    };
+    let folded = e
+        .event()
+        .map_err(|error| error.to_string())
+        .and_then(|event| {
+            fold(view.take().map(|v| *v), &e.task_id, e.recorded_at, &event)
+                .map_err(|error| error.to_string())
+        });
+    match folded {
+        Ok(next) => {
+            *view = Some(Box::new(next));
+            *sequence = e.sequence;
+        }
+        Err(error) => {
+            // The ledger's damage, which `verify` names: the event stream goes on, and this
+            // task gets no state record until the relay folds it cleanly again.
+            tracing::warn!(event_id = %e.event_id, task_id = %e.task_id, %error,
+                "no task state after this event");
+            *state = Folding::Broken;
+        }
+    }
+}
+
+/// The size of the state record a command would publish: the task object after `decided`,
+/// the key and room for headers. The write path refuses a command that would make it larger
+/// than a Kafka record may be, as it refuses such an event.
+pub fn record_size(prior: &Option<TaskView>, task_id: &str, decided: &[TaskEvent]) -> usize {
+    // The time only fills fixed-width fields; the size does not depend on it.
+    let now = chrono::Utc::now();
+    let after = decided.iter().try_fold(prior.clone(), |view, event| {
+        fold(view, task_id, now, event).map(Some)
+    });
+    match after {
+        Ok(Some(view)) => view.to_json().len() + task_id.len() + STATE_RECORD_OVERHEAD_BYTES,
+        // A command that does not fold is refused on the write path with its own error.
+        _ => 0,
+    }
+}
+
+/// Room for a state record's key framing and headers beyond its value.
+pub const STATE_RECORD_OVERHEAD_BYTES: usize = 1024;
