@@ -1,7 +1,8 @@
 //! Publishes a signed digest of every account whose tree grew, at least every
 //! `DIGEST_INTERVAL_SECS`, to `KAFKA_DIGEST_TOPIC` (key: the account id), so third parties can
 //! keep them and later hold the ledger to them. Runs beside the event relay; its checkpoint
-//! (`digests:<topic>`) is the highest global position already covered by a published digest.
+//! (`digests:<topic>`) is the global position up to which every account with events has had
+//! a digest published.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,8 +15,8 @@ use crate::store::Store;
 
 use super::signing::SigningKeys;
 
-/// Accounts signed per round; more wait for the next round, which comes at once.
-const ROUND: i64 = 1000;
+/// Global positions covered per round; more wait for the next round, which comes at once.
+const ROUND: i64 = 100_000;
 
 pub struct DigestPublisher {
     pub store: Store,
@@ -51,13 +52,17 @@ impl DigestPublisher {
         let reader = format!("digests:{}", self.topic);
         loop {
             let checkpoint = self.store.reader_checkpoint(&reader).await?;
-            let grown = self.store.trees_grown_after(checkpoint, ROUND).await?;
-            if !grown.is_empty() {
+            // Every position up to the head is committed (appends are serialized), so the
+            // accounts with events in (checkpoint, until] are all the growth to sign for.
+            let head = self.store.head_position().await?;
+            let until = head.min(checkpoint.saturating_add(ROUND));
+            if until > checkpoint {
+                let accounts = self
+                    .store
+                    .accounts_with_events_between(checkpoint, until)
+                    .await?;
                 let keys = SigningKeys::load(&self.key_file)?;
-                // Covered: the listed growth. What an account appends while its digest is
-                // signed comes after every listed position, so it is listed next round.
-                let covered = grown.last().map_or(checkpoint, |(_, last)| *last);
-                for (account_id, _) in &grown {
+                for account_id in &accounts {
                     let digest = super::sign_digest(&self.store, &keys, account_id).await?;
                     let value = serde_json::to_string(&digest)?;
                     producer
@@ -70,11 +75,9 @@ impl DigestPublisher {
                         .await
                         .map_err(|(e, _)| e)?;
                 }
-                self.store
-                    .advance_reader_checkpoint(&reader, covered)
-                    .await?;
-                tracing::debug!(accounts = grown.len(), "published digests");
-                if grown.len() as i64 == ROUND {
+                self.store.advance_reader_checkpoint(&reader, until).await?;
+                tracing::debug!(accounts = accounts.len(), until, "published digests");
+                if until < head {
                     continue;
                 }
             }

@@ -13,6 +13,8 @@ use crate::audit::tree::{Frontier, NodeId, Plan, TreeError};
 const NODES_PER_INSERT: usize = 1000;
 /// Events read per page when a tree is rebuilt or recomputed.
 const PAGE: i64 = 5000;
+/// Leaves read per round when an event's leaf is searched for.
+const SEARCH_PROBES: u64 = 32;
 
 /// One appended event, as its account's tree sees it.
 #[derive(Debug, Clone, Copy)]
@@ -88,10 +90,16 @@ async fn read_frontiers(
         .collect()
 }
 
-/// Writes nodes; one already stored is overwritten. A node is a function of the events below
-/// it, so this writes the same value again, except over the leftovers of a ledger whose
-/// events were removed behind its back (which `verify --digest` reports).
-async fn upsert_nodes(conn: &mut AnyConnection, nodes: &[NewNode<'_>]) -> Result<(), StoreError> {
+/// Writes new nodes. The append path inserts (`replace` false): a plain INSERT is what keeps
+/// the trees' cost small on PostgreSQL, and an append never meets a stored node. A rebuild
+/// overwrites (`replace` true): a node is a function of the events below it, so this writes
+/// the same value again, except over the leftovers of a ledger whose events were removed
+/// behind its back, which `verify --digest` reports and a rebuild clears.
+async fn write_nodes(
+    conn: &mut AnyConnection,
+    nodes: &[NewNode<'_>],
+    replace: bool,
+) -> Result<(), StoreError> {
     for chunk in nodes.chunks(NODES_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) VALUES ",
@@ -110,17 +118,19 @@ async fn upsert_nodes(conn: &mut AnyConnection, nodes: &[NewNode<'_>]) -> Result
                 b + 5
             ));
         }
-        sql.push_str(
-            " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
-             global_position = excluded.global_position",
-        );
+        if replace {
+            sql.push_str(
+                " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
+                 global_position = excluded.global_position",
+            );
+        }
         chunk
             .iter()
             .fold(sqlx::query(&sql), |q, n| {
                 q.bind(n.account_id)
                     .bind(i64::from(n.id.level))
                     .bind(n.id.index as i64)
-                    .bind(hex::encode(n.hash))
+                    .bind(n.hash.to_vec())
                     .bind(n.global_position)
             })
             .execute(&mut *conn)
@@ -198,7 +208,7 @@ pub(super) async fn append_leaves(
             });
         }
     }
-    upsert_nodes(conn, &nodes).await?;
+    write_nodes(conn, &nodes, false).await?;
     let heads: Vec<(&str, &Frontier, i64)> = accounts
         .iter()
         .map(|a| {
@@ -249,7 +259,7 @@ impl Store {
                 ));
             }
             sql.push(')');
-            let rows: Vec<(i64, i64, String)> = chunk
+            let rows: Vec<(i64, i64, Vec<u8>)> = chunk
                 .iter()
                 .fold(sqlx::query_as(&sql).bind(account_id), |q, id| {
                     q.bind(i64::from(id.level)).bind(id.index as i64)
@@ -257,8 +267,9 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
             for (level, idx, hash) in rows {
-                let hash = taskledger_events::merkle::parse_hash(&hash)
-                    .map_err(|e| corrupt_tree(account_id, e))?;
+                let hash: Hash = hash
+                    .try_into()
+                    .map_err(|_| corrupt_tree(account_id, "a node is not 32 bytes"))?;
                 nodes.insert(
                     NodeId {
                         level: level as u32,
@@ -273,36 +284,90 @@ impl Store {
     }
 
     /// The leaf index and global position of one of the account's events, if it is in the
-    /// account's tree.
+    /// account's tree. Leaves are in global order, so the leaf is found by searching them:
+    /// each round reads [`SEARCH_PROBES`] leaves by primary key and narrows the range that
+    /// many times, so a tree of a billion leaves takes six rounds.
     pub async fn leaf_of_event(
         &self,
         account_id: &str,
         event_id: &str,
     ) -> Result<Option<(u64, i64)>, StoreError> {
-        let row: Option<(i64, i64)> = sqlx::query_as(
-            "SELECT m.idx, e.global_position FROM events e JOIN merkle_nodes m \
-             ON m.account_id = e.account_id AND m.global_position = e.global_position \
-             AND m.level = 0 WHERE e.event_id = $1 AND e.account_id = $2",
+        let position: Option<i64> = sqlx::query_scalar(
+            "SELECT global_position FROM events WHERE event_id = $1 AND account_id = $2",
         )
         .bind(event_id)
         .bind(account_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(idx, position)| (idx as u64, position)))
+        let Some(position) = position else {
+            return Ok(None);
+        };
+        // The leaves [lo, hi) may hold it.
+        let (mut lo, mut hi) = (0u64, self.tree_head(account_id).await?.tree_size);
+        while lo < hi {
+            let step = (hi - lo).div_ceil(SEARCH_PROBES).max(1);
+            let probes: Vec<u64> = (lo..hi).step_by(step as usize).collect();
+            let mut sql = String::from(
+                "SELECT idx, global_position FROM merkle_nodes WHERE account_id = $1 \
+                 AND level = 0 AND idx IN (",
+            );
+            for i in 0..probes.len() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&format!("${}", i + 2));
+            }
+            sql.push_str(") ORDER BY idx");
+            let found: Vec<(i64, Option<i64>)> = probes
+                .iter()
+                .fold(sqlx::query_as(&sql).bind(account_id), |q, p| {
+                    q.bind(*p as i64)
+                })
+                .fetch_all(&self.pool)
+                .await?;
+            if found.len() != probes.len() {
+                return Err(corrupt_tree(
+                    account_id,
+                    "a leaf below the tree's size is missing",
+                ));
+            }
+            // The last probe at or before the position bounds the range from below.
+            let mut next = (lo, hi);
+            for (i, (idx, leaf_position)) in found.iter().enumerate() {
+                let leaf_position = leaf_position.unwrap_or(i64::MAX);
+                if leaf_position == position {
+                    return Ok(Some((*idx as u64, position)));
+                }
+                if leaf_position < position {
+                    next.0 = *idx as u64 + 1;
+                    next.1 = probes.get(i + 1).copied().unwrap_or(hi);
+                }
+            }
+            if next.0 == lo
+                && found
+                    .first()
+                    .is_some_and(|(_, p)| p.unwrap_or(i64::MAX) > position)
+            {
+                return Ok(None);
+            }
+            (lo, hi) = next;
+        }
+        Ok(None)
     }
 
-    /// Accounts whose tree grew past `after` (a global position), with their last position.
-    pub async fn trees_grown_after(
+    /// The accounts with events at global positions in `(after, until]`: one range read of
+    /// the events' primary key, so its cost is that of the events in the range.
+    pub async fn accounts_with_events_between(
         &self,
         after: i64,
-        limit: i64,
-    ) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as(
-            "SELECT account_id, last_global_position FROM merkle_heads \
-             WHERE last_global_position > $1 ORDER BY last_global_position LIMIT $2",
+        until: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT account_id FROM events WHERE global_position > $1 \
+             AND global_position <= $2",
         )
         .bind(after)
-        .bind(limit)
+        .bind(until)
         .fetch_all(&self.pool)
         .await?)
     }
@@ -372,6 +437,19 @@ impl Store {
                 break;
             }
         }
+        // Nodes beyond the rebuilt tree (left by events removed behind the ledger's back)
+        // would collide with the next appends: one range of each level.
+        for level in 0..64u32 {
+            let first_beyond = (frontier.size() >> level) as i64;
+            sqlx::query(
+                "DELETE FROM merkle_nodes WHERE account_id = $1 AND level = $2 AND idx >= $3",
+            )
+            .bind(account_id)
+            .bind(i64::from(level))
+            .bind(first_beyond)
+            .execute(tx.conn())
+            .await?;
+        }
         write_heads(tx.conn(), &[(account_id, &frontier, last)]).await?;
         tx.commit().await?;
         Ok(done)
@@ -412,7 +490,7 @@ async fn fold_page(
         }
         *last = *position;
     }
-    upsert_nodes(conn, &nodes).await?;
+    write_nodes(conn, &nodes, true).await?;
     Ok(rows.len() as u64)
 }
 
@@ -428,13 +506,6 @@ pub struct RecomputedTree {
     pub first_bad_hash: Option<String>,
     /// The first event whose leaf differs from the stored leaf at its index.
     pub first_changed_leaf: Option<(String, u64)>,
-}
-
-#[derive(sqlx::FromRow)]
-struct AuditRow {
-    #[sqlx(flatten)]
-    event: super::read::EventRow,
-    leaf: Option<String>,
 }
 
 impl Store {
@@ -454,19 +525,14 @@ impl Store {
             first_changed_leaf: None,
         };
         let mut after = 0;
-        let columns = super::read::EVENT_COLUMNS
-            .split(", ")
-            .map(|c| format!("e.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ");
         let sql = format!(
-            "SELECT {columns}, m.hash AS leaf FROM events e LEFT JOIN merkle_nodes m \
-             ON m.account_id = e.account_id AND m.level = 0 AND m.global_position = e.global_position \
-             WHERE e.account_id = $1 AND e.global_position > $2 ORDER BY e.global_position LIMIT $3"
+            "SELECT {} FROM events WHERE account_id = $1 AND global_position > $2 \
+             ORDER BY global_position LIMIT $3",
+            super::read::EVENT_COLUMNS
         );
         let mut scratch = Vec::new();
         loop {
-            let rows: Vec<AuditRow> = sqlx::query_as(&sql)
+            let rows: Vec<super::read::EventRow> = sqlx::query_as(&sql)
                 .bind(account_id)
                 .bind(after)
                 .bind(PAGE)
@@ -475,8 +541,20 @@ impl Store {
             if rows.is_empty() {
                 break;
             }
-            for row in &rows {
-                let e = &row.event;
+            // The stored leaves at the same indexes, one primary-key range read.
+            let first = frontier.size() as i64;
+            let stored: HashMap<i64, Vec<u8>> = sqlx::query_as(
+                "SELECT idx, hash FROM merkle_nodes WHERE account_id = $1 AND level = 0 \
+                 AND idx >= $2 AND idx < $3",
+            )
+            .bind(account_id)
+            .bind(first)
+            .bind(first + rows.len() as i64)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+            for e in &rows {
                 after = e.global_position;
                 let content_matches = e
                     .envelope()
@@ -487,10 +565,11 @@ impl Store {
                     out.first_bad_hash = Some(e.event_id.clone());
                 }
                 let leaf = leaf_of(account_id, &e.hash)?;
+                let index = frontier.size();
                 if out.first_changed_leaf.is_none()
-                    && row.leaf.as_deref() != Some(hex::encode(leaf).as_str())
+                    && stored.get(&(index as i64)).map(Vec::as_slice) != Some(&leaf[..])
                 {
-                    out.first_changed_leaf = Some((e.event_id.clone(), frontier.size()));
+                    out.first_changed_leaf = Some((e.event_id.clone(), index));
                 }
                 scratch.clear();
                 frontier.push(leaf, &mut scratch);

@@ -854,6 +854,17 @@ async fn bench_measures_the_trees_cost_and_leaves_them_whole() {
     let recomputed = store.recompute_tree(&bench, 0).await.unwrap();
     assert_eq!(recomputed.root, head.root);
     assert_eq!(recomputed.first_changed_leaf, None);
+    // An event's leaf is found by searching the leaves, a few rounds for 300 of them.
+    let events = store.events_after(0, 1000, Some(&bench)).await.unwrap();
+    for i in [0, 1, 31, 32, 33, 150, 298, 299] {
+        let id = events[i].event_id.to_string();
+        let found = store.leaf_of_event(&bench, &id).await.unwrap();
+        assert_eq!(
+            found,
+            Some((i as u64, events[i].global_position)),
+            "leaf {i}"
+        );
+    }
 }
 
 /// A new categorization task of `account_id`, decided, as the ledger hands it to the store.
