@@ -26,7 +26,7 @@ use crate::domain::{
 };
 use crate::ledger::{CommandContext, Ledger, LedgerSettings};
 use crate::metrics::Metrics;
-use crate::startup::Application;
+use crate::soak::ServedApart;
 use crate::store::{Backend, CommandWrite, Store};
 
 /// What `bench --scale` is asked to do.
@@ -184,12 +184,10 @@ async fn fill(ledger: &Ledger, actors: &Actors, from: u64, to: u64) -> anyhow::R
     .map_err(|e| anyhow::anyhow!("filling the ledger failed: {e}"))
 }
 
-/// The API served from a runtime and threads of its own, so the load generator's work does
-/// not run on the workers being measured.
+/// The API on a runtime of its own ([`ServedApart`]), and its address.
 struct Served {
     base: String,
-    stop: tokio::sync::oneshot::Sender<()>,
-    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+    server: ServedApart,
 }
 
 async fn serve(db: &DatabaseSettings) -> anyhow::Result<Served> {
@@ -198,33 +196,10 @@ async fn serve(db: &DatabaseSettings) -> anyhow::Result<Served> {
     let Command::Serve(serve) = cli.command else {
         unreachable!("parsed as serve");
     };
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready, port) = tokio::sync::oneshot::channel::<u16>();
-    let db = db.clone();
-    let thread = std::thread::spawn(move || -> anyhow::Result<()> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the server's runtime")?;
-        runtime.block_on(async move {
-            let app = Application::build(&db, &serve).await?;
-            let _ = ready.send(app.port());
-            app.run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-        })
-    });
-    let Ok(port) = port.await else {
-        return Err(match thread.join() {
-            Ok(Err(e)) => e,
-            _ => anyhow::anyhow!("the bench's server did not start"),
-        });
-    };
+    let server = ServedApart::start(db, serve).await?;
     Ok(Served {
-        base: format!("http://127.0.0.1:{port}"),
-        stop,
-        thread,
+        base: format!("http://127.0.0.1:{}", server.port),
+        server,
     })
 }
 
@@ -850,10 +825,7 @@ pub async fn run(db: &DatabaseSettings, s: &ScaleSettings) -> anyhow::Result<Vec
         format!("{} / {}", mb(hwm), mb(rss)),
         String::new(),
     );
-    let _ = served.stop.send(());
-    tokio::task::spawn_blocking(move || served.thread.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the bench's server panicked"))??;
+    served.server.stop().await?;
     store.close().await;
     if !verify_ok || !check.mismatches.is_empty() || writer_errors > 0 {
         anyhow::bail!(

@@ -23,7 +23,7 @@ use taskledger_events::Scope;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cli::{Cli, Command};
-use crate::config::DatabaseSettings;
+use crate::config::{DatabaseSettings, ServeSettings};
 use crate::startup::Application;
 use crate::store::Store;
 
@@ -169,32 +169,8 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
     };
     // The server gets a runtime (and threads) of its own, so the load generator's work,
     // building megabyte bodies included, does not run on the workers being measured.
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let (ready, port) = tokio::sync::oneshot::channel::<u16>();
-    let server = {
-        let db = db.clone();
-        let serve = serve.clone();
-        std::thread::spawn(move || -> anyhow::Result<()> {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the server's runtime")?;
-            runtime.block_on(async move {
-                let app = Application::build(&db, &serve).await?;
-                let _ = ready.send(app.port());
-                app.run_until(async {
-                    let _ = stopped.await;
-                })
-                .await
-            })
-        })
-    };
-    let Ok(port) = port.await else {
-        return Err(match server.join() {
-            Ok(Err(e)) => e,
-            _ => anyhow::anyhow!("the soaked server did not start"),
-        });
-    };
+    let server = ServedApart::start(db, serve.clone()).await?;
+    let port = server.port;
     let address = format!("127.0.0.1:{port}");
 
     let store = Store::open(&db.database_url, 4).await?;
@@ -229,10 +205,7 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
     let mixed = good_run(&target, settings, Some(hostile.clone())).await;
     let (healthz_worst, healthz_failures) = health.stop().await;
 
-    let _ = stop.send(());
-    tokio::task::spawn_blocking(move || server.join())
-        .await?
-        .map_err(|_| anyhow::anyhow!("the soaked server panicked"))??;
+    server.stop().await?;
 
     // The operator's own commands, as they print and judge.
     let verify_clean = crate::cli::verify(&store, 1, None).await? == ExitCode::SUCCESS;
@@ -526,5 +499,51 @@ impl HealthProbe {
     async fn stop(self) -> (Duration, u64) {
         let _ = self.stop.send(true);
         self.task.await.unwrap_or((Duration::MAX, 1))
+    }
+}
+
+/// The API served from a runtime and threads of its own, so that a load generator's work does
+/// not run on the workers being measured (the soak's and `bench --scale`'s).
+pub(crate) struct ServedApart {
+    pub port: u16,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServedApart {
+    pub async fn start(db: &DatabaseSettings, serve: ServeSettings) -> anyhow::Result<ServedApart> {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (ready, port) = tokio::sync::oneshot::channel::<u16>();
+        let db = db.clone();
+        let thread = std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the server's runtime")?;
+            runtime.block_on(async move {
+                let app = Application::build(&db, &serve).await?;
+                let _ = ready.send(app.port());
+                app.run_until(async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let Ok(port) = port.await else {
+            return Err(match thread.join() {
+                Ok(Err(e)) => e,
+                _ => anyhow::anyhow!("the measured server did not start"),
+            });
+        };
+        Ok(ServedApart { port, stop, thread })
+    }
+
+    /// Drains and stops the server, returning what it ended with.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the measured server panicked"))?
     }
 }
