@@ -30,6 +30,10 @@ pub struct ApiKeyCreated {
     pub name: Option<String>,
     /// `customer` or `contributor`.
     pub scope: String,
+    /// A test-mode key (`keys create --test`): what it creates is test data. Absent for a
+    /// live key, so every live key's event reads and hashes as it did before test mode.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_test: bool,
 }
 
 /// An API key was revoked: from this event on it authenticates nothing.
@@ -118,6 +122,7 @@ mod tests {
             key_id: "key_01".into(),
             name: Some("Dana Reyes (QA lead)".into()),
             scope: "customer".into(),
+            is_test: false,
         });
         let payload = created.payload();
         assert_eq!(

@@ -18,6 +18,9 @@ pub enum KeysCommand {
         /// Who holds the key, e.g. "Dana Reyes (QA lead)"; recorded in the ledger.
         #[arg(long, value_parser = key_holder_name)]
         name: Option<String>,
+        /// A test-mode key: what it creates is test data, kept apart from the live data.
+        #[arg(long)]
+        test: bool,
     },
     /// List keys (never the keys themselves).
     List,
@@ -38,7 +41,8 @@ pub(super) async fn run(store: &Store, command: KeysCommand) -> anyhow::Result<E
             account,
             scope,
             name,
-        } => create(store, &account, &scope, name.as_deref()).await,
+            test,
+        } => create(store, &account, &scope, name.as_deref(), test).await,
         KeysCommand::List => list(store).await,
         KeysCommand::CallbackSecret { account, rotate } => {
             callback_secret(store, &account, rotate).await
@@ -61,11 +65,15 @@ async fn create(
     account: &str,
     scope: &str,
     name: Option<&str>,
+    test: bool,
 ) -> anyhow::Result<ExitCode> {
     let scope = Scope::parse(scope)?;
-    let (key, secret) = store.create_named_key(account, scope, name).await?;
+    let (key, secret) = store
+        .create_key_in_mode(account, scope, name, test)
+        .await?;
     eprintln!(
-        "created {} key {} for account {}; it is shown only once:",
+        "created {}{} key {} for account {}; it is shown only once:",
+        if key.is_test { "test-mode " } else { "" },
         key.scope.as_str(),
         key.key_id,
         key.account_name
@@ -77,10 +85,11 @@ async fn create(
 async fn list(store: &Store) -> anyhow::Result<ExitCode> {
     for key in store.all_keys().await? {
         println!(
-            "{}\t{}\t{}\t{}\t{}",
+            "{}\t{}\t{}\t{}\t{}\t{}",
             key.key_id,
             key.account_name,
             key.scope,
+            if key.is_test != 0 { "test" } else { "live" },
             if key.revoked_at_us.is_some() {
                 "revoked"
             } else {

@@ -41,6 +41,11 @@ impl Caller {
     pub fn account_id(&self) -> &str {
         &self.principal.account_id
     }
+
+    /// Whether the caller holds a test-mode key: it reads and writes test data only.
+    pub fn is_test(&self) -> bool {
+        self.principal.is_test
+    }
 }
 
 fn unauthorized(message: &str) -> ApiError {

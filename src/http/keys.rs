@@ -33,6 +33,8 @@ pub struct KeyOut {
     created_at: String,
     #[schema(format = DateTime)]
     revoked_at: Option<String>,
+    /// A test-mode key (`keys create --test`): it sees and makes test data only.
+    is_test: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -79,6 +81,7 @@ async fn list_keys(AccountRead { state, caller }: AccountRead) -> Result<Json<Ke
             scope: k.scope,
             created_at: time(k.created_at_us),
             revoked_at: k.revoked_at_us.map(time),
+            is_test: k.is_test != 0,
         })
         .collect();
     Ok(Json(KeysOut { keys }))

@@ -24,10 +24,12 @@ pub struct KeyRecord {
     pub scope: String,
     pub created_at_us: i64,
     pub revoked_at_us: Option<i64>,
+    /// 1 for a test-mode key, 0 for a live one.
+    pub is_test: i64,
 }
 
 const KEY_COLUMNS: &str = "k.key_id, k.account_id, a.name AS account_name, k.name, k.scope, \
-     k.created_at_us, k.revoked_at_us";
+     k.created_at_us, k.revoked_at_us, k.is_test";
 
 /// Seals one key event after the transaction's last event: the key's own stream, chained from
 /// its previous event.
@@ -83,6 +85,19 @@ impl Store {
         scope: Scope,
         name: Option<&str>,
     ) -> Result<(ApiKey, String), StoreError> {
+        self.create_key_in_mode(account_name, scope, name, false)
+            .await
+    }
+
+    /// Like [`Store::create_named_key`], for a live key or, with `is_test`, a test-mode key
+    /// whose data is kept apart from the account's live data.
+    pub async fn create_key_in_mode(
+        &self,
+        account_name: &str,
+        scope: Scope,
+        name: Option<&str>,
+        is_test: bool,
+    ) -> Result<(ApiKey, String), StoreError> {
         let account_id = self.ensure_account(account_name).await?;
         let secret = format!("tl_{}", random_hex(24));
         let key_id = format!("key_{}", random_hex(10));
@@ -91,12 +106,14 @@ impl Store {
             key_id: key_id.clone(),
             name: name.map(str::to_string),
             scope: scope.as_str().to_string(),
+            is_test,
         });
         let sealed = seal(&tx, &account_id, &key_id, &event, 0, GENESIS_HASH)?;
         let created_at_us = sealed.envelope.recorded_at.timestamp_micros();
         sqlx::query(
-            "INSERT INTO api_keys (key_id, account_id, scope, key_hash, created_at_us, name) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO api_keys \
+             (key_id, account_id, scope, key_hash, created_at_us, name, is_test) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(&key_id)
         .bind(&account_id)
@@ -104,6 +121,7 @@ impl Store {
         .bind(sha256_hex(secret.as_bytes()))
         .bind(created_at_us)
         .bind(name)
+        .bind(i64::from(is_test))
         .execute(tx.conn())
         .await?;
         if !tx.record_sealed(&[sealed]).await? {
@@ -121,6 +139,7 @@ impl Store {
                 scope,
                 created_at_us,
                 revoked: false,
+                is_test,
             },
             secret,
         ))

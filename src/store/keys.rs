@@ -14,6 +14,8 @@ pub struct Principal {
     pub account_name: String,
     pub key_id: String,
     pub scope: Scope,
+    /// A test-mode key: it sees and makes test data only, never the account's live data.
+    pub is_test: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,7 @@ pub struct ApiKey {
     pub scope: Scope,
     pub created_at_us: i64,
     pub revoked: bool,
+    pub is_test: bool,
 }
 
 /// A key with its account, as listed.
@@ -33,6 +36,7 @@ struct KeyRow {
     scope: String,
     created_at_us: i64,
     revoked_at_us: Option<i64>,
+    is_test: i64,
 }
 
 /// An active key with its account, as authenticated.
@@ -42,6 +46,7 @@ struct PrincipalRow {
     scope: String,
     account_id: String,
     name: String,
+    is_test: i64,
 }
 
 /// A stored scope; one that names no scope is an error, never a default.
@@ -92,7 +97,7 @@ impl Store {
 
     pub async fn list_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let rows: Vec<KeyRow> = sqlx::query_as(
-            "SELECT k.key_id, a.name, k.scope, k.created_at_us, k.revoked_at_us \
+            "SELECT k.key_id, a.name, k.scope, k.created_at_us, k.revoked_at_us, k.is_test \
              FROM api_keys k JOIN accounts a ON a.account_id = k.account_id \
              ORDER BY a.name, k.created_at_us",
         )
@@ -106,6 +111,7 @@ impl Store {
                     account_name: r.name,
                     created_at_us: r.created_at_us,
                     revoked: r.revoked_at_us.is_some(),
+                    is_test: r.is_test != 0,
                 })
             })
             .collect()
@@ -120,7 +126,7 @@ impl Store {
     /// The principal of an active key, or `None` for an unknown or revoked one.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Principal>, StoreError> {
         let row: Option<PrincipalRow> = sqlx::query_as(
-            "SELECT k.key_id, k.scope, a.account_id, a.name FROM api_keys k \
+            "SELECT k.key_id, k.scope, a.account_id, a.name, k.is_test FROM api_keys k \
              JOIN accounts a ON a.account_id = k.account_id \
              WHERE k.key_hash = $1 AND k.revoked_at_us IS NULL",
         )
@@ -133,6 +139,7 @@ impl Store {
                 key_id: r.key_id,
                 account_id: r.account_id,
                 account_name: r.name,
+                is_test: r.is_test != 0,
             })
         })
         .transpose()

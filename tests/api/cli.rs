@@ -40,6 +40,7 @@ async fn keys_create_prints_a_working_key_alone_on_the_last_line(backend: Backen
         .expect("the key authenticates");
     assert_eq!(principal.account_name, "initech");
     assert_eq!(principal.scope, Scope::Contributor);
+    assert!(!principal.is_test, "a key is live unless asked otherwise");
     let stored: Vec<String> = sqlx::query_scalar("SELECT key_hash FROM api_keys")
         .fetch_all(t.store.pool())
         .await
@@ -65,6 +66,34 @@ async fn keys_create_prints_a_working_key_alone_on_the_last_line(backend: Backen
     assert!(stdout(&taskledger(&t.db.url, &["keys", "list"])).contains("revoked"));
     let again = taskledger(&t.db.url, &["keys", "revoke", &principal.key_id]);
     assert!(!again.status.success());
+}
+
+async fn keys_create_test_makes_a_test_mode_key_recorded_as_such(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let created = taskledger(
+        &t.db.url,
+        &["keys", "create", "--account", "initech", "--test"],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let key = stdout(&created).lines().last().unwrap().to_string();
+    let principal = t.store.authenticate(&key).await.unwrap().unwrap();
+    assert!(principal.is_test);
+    assert_eq!(principal.scope, Scope::Customer);
+    let listed = stdout(&taskledger(&t.db.url, &["keys", "list"]));
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with(&principal.key_id))
+        .expect("the key is listed");
+    assert!(line.contains("\ttest\t"), "{line}");
+
+    let payload: String =
+        sqlx::query_scalar("SELECT payload FROM events WHERE task_id = $1 AND sequence = 1")
+            .bind(&principal.key_id)
+            .fetch_one(t.store.pool())
+            .await
+            .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload["is_test"], json!(true), "the ledger proves the key's mode");
 }
 
 async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
@@ -110,6 +139,7 @@ async fn replay_rebuilds_the_views_from_the_events(backend: Backend) {
 
 on_both_backends!(
     keys_create_prints_a_working_key_alone_on_the_last_line,
+    keys_create_test_makes_a_test_mode_key_recorded_as_such,
     verify_exits_nonzero_naming_the_tampered_event,
     replay_rebuilds_the_views_from_the_events,
 );
