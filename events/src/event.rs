@@ -42,6 +42,10 @@ pub struct TaskCreated {
     pub unique_id: Option<String>,
     #[serde(default)]
     pub clear_unique_id_on_error: bool,
+    /// Test data, created with a test-mode key. Absent for a live task, so every live
+    /// task's payload (and hash) is what it was before test mode existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_test: bool,
 }
 
 /// A pending task was canceled.

@@ -85,6 +85,8 @@ pub struct CreateTask {
     pub tags: Tags,
     pub clear_unique_id_on_error: bool,
     pub params: Params,
+    /// Created with a test-mode key; set by the ledger from the command's ledger.
+    pub is_test: bool,
 }
 
 impl TaskCommand {

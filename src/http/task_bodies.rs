@@ -82,6 +82,8 @@ impl CreateTaskBody {
             tags: self.tags.unwrap_or_default(),
             clear_unique_id_on_error: self.clear_unique_id_on_error.unwrap_or_default().0,
             params,
+            // Decided by the ledger from the caller's key, never by the body.
+            is_test: false,
         })
     }
 }

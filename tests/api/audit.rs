@@ -187,7 +187,14 @@ async fn named_keys_are_listed_per_account_and_recorded_as_its_events(backend: B
         .collect();
     assert_eq!(
         fields,
-        HashSet::from(["key_id", "name", "scope", "created_at", "revoked_at", "is_test"])
+        HashSet::from([
+            "key_id",
+            "name",
+            "scope",
+            "created_at",
+            "revoked_at",
+            "is_test"
+        ])
     );
     let text = listed.body.to_string();
     assert!(
@@ -888,6 +895,7 @@ fn new_task_write(account_id: &str) -> CommandWrite {
             tags: Vec::new(),
             unique_id: None,
             clear_unique_id_on_error: false,
+            is_test: false,
         })],
         idempotency: None,
     }

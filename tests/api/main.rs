@@ -30,3 +30,4 @@ mod store;
 mod store_integrity;
 mod stream;
 mod tasks_api;
+mod test_mode;
