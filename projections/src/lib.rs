@@ -241,7 +241,12 @@ pub fn fold(
         TaskEvent::TaskCreated(_) => unreachable!("handled above"),
         TaskEvent::TaskCanceled(_) => view.status = TaskStatus::Canceled,
         TaskEvent::TaskMetadataSet(e) => view.metadata = e.metadata.clone(),
-        TaskEvent::TaskUniqueIdSet(e) => view.unique_id = Some(e.unique_id.clone()),
+        TaskEvent::TaskUniqueIdSet(e) => {
+            view.unique_id = Some(e.unique_id.clone());
+            if let Some(flag) = e.clear_unique_id_on_error {
+                view.clear_unique_id_on_error = flag;
+            }
+        }
         TaskEvent::TaskUniqueIdCleared(_) => view.unique_id = None,
         TaskEvent::TaskTagsAdded(e) => add_tags(&mut view.tags, &e.tags),
         TaskEvent::TaskTagsReplaced(e) => view.tags = e.tags.clone(),

@@ -29,6 +29,8 @@ pub enum TaskAction {
     },
     SetUniqueId {
         unique_id: UniqueId,
+        /// Set the task's `clear_unique_id_on_error` too; `None` leaves it as it is.
+        clear_unique_id_on_error: Option<bool>,
     },
     ClearUniqueId,
     AddTags {

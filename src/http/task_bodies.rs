@@ -93,6 +93,9 @@ impl CreateTaskBody {
 pub struct UniqueIdBody {
     #[schema(required = true, nullable = false)]
     pub(super) unique_id: Option<UniqueId>,
+    /// Release the unique_id if the task ends in error; left as it is when absent.
+    #[schema(value_type = bool, nullable = false)]
+    pub(super) clear_unique_id_on_error: Option<Flag>,
 }
 
 impl LenientBody for UniqueIdBody {

@@ -362,7 +362,12 @@ async fn set_task_unique_id(
     LenientJson(body): LenientJson<UniqueIdBody>,
 ) -> Result<Response, ApiError> {
     let unique_id = required(body.unique_id, "unique_id")?;
-    request.run(TaskAction::SetUniqueId { unique_id }).await
+    request
+        .run(TaskAction::SetUniqueId {
+            unique_id,
+            clear_unique_id_on_error: body.clear_unique_id_on_error.map(|f| f.0),
+        })
+        .await
 }
 
 #[utoipa::path(
