@@ -21,6 +21,7 @@ mod idempotency_fencing;
 mod kafka;
 mod list_api;
 mod long_tasks;
+mod rate_limits;
 mod relay_halts;
 mod scale;
 mod sdk;
