@@ -63,7 +63,7 @@ async fn run(state: AppState, request: Request, next: Next) -> Result<Response, 
     let store = state.ledger.store();
     let now = crate::store::now_micros();
     let expires_at_us = now + state.settings.idempotency_ttl.as_micros() as i64;
-    let account_id = caller.ledger();
+    let account_id = caller.account_id().to_string();
     let claimant = Claimant {
         account_id: &account_id,
         key_id: &caller.principal.key_id,

@@ -164,7 +164,25 @@ async fn the_accounts_contributor_keys_complete_test_tasks_as_usual(backend: Bac
         .post("/v1/task/categorization", categorization(json!({})))
         .await
         .task_id();
-    app.complete(&id).await;
+    // With an Idempotency-Key too: the claim is the account's, whichever ledger the task is in.
+    let completed = app
+        .as_key(&app.contributor_key)
+        .header("Idempotency-Key", "complete-1")
+        .post(
+            &format!("/v1/task/{id}/complete"),
+            json!({"response": {"category": "big"}}),
+        )
+        .await;
+    assert_eq!(completed.status, 200, "{}", completed.body);
+    let replayed = app
+        .as_key(&app.contributor_key)
+        .header("Idempotency-Key", "complete-1")
+        .post(
+            &format!("/v1/task/{id}/complete"),
+            json!({"response": {"category": "big"}}),
+        )
+        .await;
+    assert_eq!(replayed.body, completed.body);
     let done = app.as_key(&test).get(&format!("/v1/task/{id}")).await;
     assert_eq!(done.body["status"], "completed", "{}", done.body);
     assert_eq!(done.body["is_test"], json!(true));
