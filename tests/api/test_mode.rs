@@ -209,7 +209,53 @@ async fn the_accounts_contributor_keys_complete_test_tasks_as_usual(backend: Bac
     assert_eq!(refused.status, 404, "{}", refused.body);
 }
 
+async fn verify_and_replay_keep_each_modes_tree_and_views(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let test = test_key(&app).await;
+    let live = app.create(json!({})).await.task_id();
+    let tested = app
+        .as_key(&test)
+        .post("/v1/task/categorization", categorization(json!({})))
+        .await
+        .task_id();
+    app.complete(&tested).await;
+    let digest = |key: &str| {
+        let key = key.to_string();
+        let app = &app;
+        async move {
+            let d = app.as_key(&key).get("/v1/ledger/digest").await.body;
+            (d["tree_size"].clone(), d["root"].clone())
+        }
+    };
+    let (live_before, test_before) = (digest(&app.key).await, digest(&test).await);
+    let body_before = app
+        .as_key(&test)
+        .get(&format!("/v1/task/{tested}"))
+        .await
+        .body;
+    sqlx::raw_sql("DELETE FROM merkle_nodes; DELETE FROM merkle_heads")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let url = app._db.url.clone();
+    let replayed = crate::helpers::process::taskledger(&url, &["replay"]);
+    assert!(replayed.status.success(), "{replayed:?}");
+    let verified = crate::helpers::process::taskledger(&url, &["verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert_eq!(digest(&app.key).await, live_before);
+    assert_eq!(digest(&test).await, test_before);
+    let body_after = app
+        .as_key(&test)
+        .get(&format!("/v1/task/{tested}"))
+        .await
+        .body;
+    assert_eq!(body_after, body_before);
+    assert_eq!(app.get(&format!("/v1/task/{live}")).await.status, 200);
+    assert_eq!(app.get(&format!("/v1/task/{tested}")).await.status, 404);
+}
+
 on_both_backends!(
+    verify_and_replay_keep_each_modes_tree_and_views,
     a_test_key_and_a_live_key_never_see_each_others_tasks_on_any_read,
     the_merkle_tree_a_digest_signs_is_exactly_the_callers_feed,
     the_accounts_contributor_keys_complete_test_tasks_as_usual,
