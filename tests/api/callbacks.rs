@@ -618,12 +618,6 @@ async fn a_test_task_calls_back_signed_with_the_accounts_secret(backend: Backend
     let since = chrono::Utc::now().timestamp();
     let (url, log) = receiver(vec![]).await;
     let app = app_for_callbacks(backend, 3, 50).await;
-    let secret = app
-        .store
-        .callback_secret("acme", false)
-        .await
-        .unwrap()
-        .unwrap();
     let (_, test_key) = app
         .store
         .create_key_in_mode("acme", taskledger_events::Scope::Customer, None, true)
@@ -646,7 +640,8 @@ async fn a_test_task_calls_back_signed_with_the_accounts_secret(backend: Backend
     assert_eq!(events_of(&history, "CallbackDelivered").len(), 1);
     let received = log.lock().unwrap().clone();
     assert_eq!(received.len(), 1);
-    verify_signature(&secret, &received[0], since);
+    let secret = app.store.callback_secret("acme", false).await.unwrap();
+    verify_signature(&secret.unwrap(), &received[0], since);
     let delivered = received[0].json();
     assert_eq!(delivered["task"]["is_test"], json!(true));
     assert_eq!(

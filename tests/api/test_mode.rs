@@ -165,24 +165,19 @@ async fn the_accounts_contributor_keys_complete_test_tasks_as_usual(backend: Bac
         .await
         .task_id();
     // With an Idempotency-Key too: the claim is the account's, whichever ledger the task is in.
-    let completed = app
-        .as_key(&app.contributor_key)
-        .header("Idempotency-Key", "complete-1")
-        .post(
+    let complete = async || {
+        crate::helpers::keyed(
+            &app,
+            "complete-1",
+            &app.contributor_key,
             &format!("/v1/task/{id}/complete"),
             json!({"response": {"category": "big"}}),
         )
-        .await;
+        .await
+    };
+    let completed = complete().await;
     assert_eq!(completed.status, 200, "{}", completed.body);
-    let replayed = app
-        .as_key(&app.contributor_key)
-        .header("Idempotency-Key", "complete-1")
-        .post(
-            &format!("/v1/task/{id}/complete"),
-            json!({"response": {"category": "big"}}),
-        )
-        .await;
-    assert_eq!(replayed.body, completed.body);
+    assert_eq!(complete().await.body, completed.body, "replayed");
     let done = app.as_key(&test).get(&format!("/v1/task/{id}")).await;
     assert_eq!(done.body["status"], "completed", "{}", done.body);
     assert_eq!(done.body["is_test"], json!(true));
