@@ -29,6 +29,8 @@ pub enum TaskAction {
     },
     SetUniqueId {
         unique_id: UniqueId,
+        /// Set the task's `clear_unique_id_on_error` too; `None` leaves it as it is.
+        clear_unique_id_on_error: Option<bool>,
     },
     ClearUniqueId,
     AddTags {
@@ -85,6 +87,8 @@ pub struct CreateTask {
     pub tags: Tags,
     pub clear_unique_id_on_error: bool,
     pub params: Params,
+    /// Created with a test-mode key; set by the ledger from the command's ledger.
+    pub is_test: bool,
 }
 
 impl TaskCommand {

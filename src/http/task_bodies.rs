@@ -82,6 +82,8 @@ impl CreateTaskBody {
             tags: self.tags.unwrap_or_default(),
             clear_unique_id_on_error: self.clear_unique_id_on_error.unwrap_or_default().0,
             params,
+            // Decided by the ledger from the caller's key, never by the body.
+            is_test: false,
         })
     }
 }
@@ -91,6 +93,9 @@ impl CreateTaskBody {
 pub struct UniqueIdBody {
     #[schema(required = true, nullable = false)]
     pub(super) unique_id: Option<UniqueId>,
+    /// Release the unique_id if the task ends in error; left as it is when absent.
+    #[schema(value_type = bool, nullable = false)]
+    pub(super) clear_unique_id_on_error: Option<Flag>,
 }
 
 impl LenientBody for UniqueIdBody {

@@ -66,6 +66,7 @@ fn seal(
         prev_hash: prev_hash.to_string(),
         hash: String::new(),
         hash_version: CURRENT_HASH_VERSION,
+        is_test: false,
     };
     envelope.hash = envelope
         .expected_hash_of(&payload_json)
