@@ -150,7 +150,7 @@ async fn compare_counts(
         sqlx::query_as("SELECT account_id, dimension, value, n FROM task_counts WHERE n <> 0")
             .fetch_all(&mut *conn)
             .await?;
-    let expected: Vec<Count> = sqlx::query_as(&counts_of(LIVE.tasks))
+    let expected: Vec<Count> = sqlx::query_as(&counts_of(LIVE.tasks, LIVE.tags))
         .fetch_all(&mut *conn)
         .await?;
     let mut stored: HashMap<(String, String, String), i64> = stored
