@@ -157,10 +157,7 @@ impl AppendTx {
     ) -> Result<Result<(), Refused>, StoreError> {
         let row = TaskRow::of(&p.write.account_id, p.version(), &p.view);
         let mut counts = CountDeltas::default();
-        if let Some(prior) = &p.write.prior_view {
-            counts.view(&p.write.account_id, prior, -1);
-        }
-        counts.view(&p.write.account_id, &p.view, 1);
+        counts.change(&p.write.account_id, p.write.prior_view.as_ref(), &p.view);
         let deltas = counts.nonzero();
         let event_ids: Vec<String> = p
             .sealed

@@ -492,10 +492,7 @@ impl AppendTx {
         replace_tags(self.conn(), &retagged).await?;
         let mut counts = CountDeltas::default();
         for p in &changing {
-            if let Some(prior) = &p.write.prior_view {
-                counts.view(&p.write.account_id, prior, -1);
-            }
-            counts.view(&p.write.account_id, &p.view, 1);
+            counts.change(&p.write.account_id, p.write.prior_view.as_ref(), &p.view);
         }
         counts.write(self.conn(), "task_counts").await?;
         let events: Vec<&SealedEvent> = changing.iter().flat_map(|p| &p.sealed).collect();
