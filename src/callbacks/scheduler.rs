@@ -119,7 +119,7 @@ impl Scheduler {
 
     async fn handle(&self, envelope: &EventEnvelope) -> Result<(), Unavailable> {
         // An API key's events schedule nothing.
-        if taskledger_events::KeyEvent::is_key_event_type(&envelope.event_type) {
+        if taskledger_events::LedgerEvent::is_other_stream_type(&envelope.event_type) {
             return Ok(());
         }
         let event = match envelope.event() {

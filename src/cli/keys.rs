@@ -68,9 +68,7 @@ async fn create(
     test: bool,
 ) -> anyhow::Result<ExitCode> {
     let scope = Scope::parse(scope)?;
-    let (key, secret) = store
-        .create_key_in_mode(account, scope, name, test)
-        .await?;
+    let (key, secret) = store.create_key_in_mode(account, scope, name, test).await?;
     eprintln!(
         "created {}{} key {} for account {}; it is shown only once:",
         if key.is_test { "test-mode " } else { "" },

@@ -187,7 +187,14 @@ async fn named_keys_are_listed_per_account_and_recorded_as_its_events(backend: B
         .collect();
     assert_eq!(
         fields,
-        HashSet::from(["key_id", "name", "scope", "created_at", "revoked_at", "is_test"])
+        HashSet::from([
+            "key_id",
+            "name",
+            "scope",
+            "created_at",
+            "revoked_at",
+            "is_test"
+        ])
     );
     let text = listed.body.to_string();
     assert!(

@@ -93,7 +93,11 @@ async fn keys_create_test_makes_a_test_mode_key_recorded_as_such(backend: Backen
             .await
             .unwrap();
     let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
-    assert_eq!(payload["is_test"], json!(true), "the ledger proves the key's mode");
+    assert_eq!(
+        payload["is_test"],
+        json!(true),
+        "the ledger proves the key's mode"
+    );
 }
 
 async fn verify_exits_nonzero_naming_the_tampered_event(backend: Backend) {
