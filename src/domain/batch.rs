@@ -95,6 +95,17 @@ impl Batch {
         batch
     }
 
+    /// The state of an existing batch as its view row holds it: what
+    /// [`BatchCommand::AdmitTask`] needs, without folding the batch's stream on every task.
+    pub fn from_view(name: &str, project: &str, status: BatchStatus) -> Batch {
+        Batch {
+            exists: true,
+            name: name.to_string(),
+            project: project.to_string(),
+            status,
+        }
+    }
+
     pub fn status(&self) -> BatchStatus {
         self.status
     }

@@ -107,6 +107,12 @@ pub struct AppendTx {
     merkle_trees: bool,
     /// The store's record of the head, set to this transaction's once it commits.
     known_head: std::sync::Arc<std::sync::Mutex<KnownHead>>,
+    /// (account, batch) of each batch a task of this transaction finished in: checked for
+    /// completion before the transaction commits.
+    finished_batches: Vec<(String, String)>,
+    /// Events were recorded beyond those the head was moved over in advance: the head is
+    /// written at commit after all.
+    recorded_beyond_reserve: bool,
 }
 
 impl Store {
@@ -140,6 +146,8 @@ impl Store {
             reserved_recorded_us: (events > 0).then_some(last_recorded_us),
             merkle_trees: self.merkle_trees,
             known_head: self.head.clone(),
+            finished_batches: Vec::new(),
+            recorded_beyond_reserve: false,
         })
     }
 
@@ -259,8 +267,31 @@ impl AppendTx {
         }
     }
 
+    /// Notes the batch of a task the command finished (completed, errored, canceled).
+    fn note_finished<'a>(
+        &mut self,
+        account_id: &str,
+        view: &TaskView,
+        mut events: impl Iterator<Item = &'a EventEnvelope>,
+    ) {
+        const FINISHING: [&str; 3] = ["TaskCompleted", "TaskErrored", "TaskCanceled"];
+        if view.batch.is_none() || !events.any(|e| FINISHING.contains(&e.event_type.as_str())) {
+            return;
+        }
+        if let Some(batch) = view.batch.clone() {
+            let key = (account_id.to_string(), batch);
+            if !self.finished_batches.contains(&key) {
+                self.finished_batches.push(key);
+            }
+        }
+    }
+
     /// Moves the head over a recorded command's events.
     fn advance(&mut self, committed: &Committed) {
+        if let Some(first) = committed.envelopes.first() {
+            let account_id = first.account_id.clone();
+            self.note_finished(&account_id, &committed.view, committed.envelopes.iter());
+        }
         if let Some(last) = committed.envelopes.last() {
             self.last_position = last.global_position;
             self.last_recorded_us = last.recorded_at.timestamp_micros();
@@ -286,6 +317,7 @@ impl AppendTx {
             self.last_position = last.envelope.global_position;
             self.last_recorded_us = last.envelope.recorded_at.timestamp_micros();
             self.dirty = true;
+            self.recorded_beyond_reserve = self.reserved_recorded_us.is_some();
         }
         Ok(true)
     }
@@ -296,7 +328,11 @@ impl AppendTx {
     }
 
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        if self.dirty && self.reserved_recorded_us.is_none() {
+        if !self.finished_batches.is_empty() {
+            let batches = std::mem::take(&mut self.finished_batches);
+            self.complete_finished_batches(&batches).await?;
+        }
+        if self.dirty && (self.reserved_recorded_us.is_none() || self.recorded_beyond_reserve) {
             sqlx::query(
                 "UPDATE ledger_head SET last_position = $1, last_recorded_us = $2 WHERE id = 1",
             )
