@@ -40,7 +40,7 @@ pub(super) struct Docs;
 pub(super) fn time(us: i64) -> String {
     DateTime::<Utc>::from_timestamp_micros(us)
         .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Micros, true)
+        .to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// `POST /v1/batches`, as the SDK's `create_batch` sends it.
