@@ -35,6 +35,7 @@ pub use list::{ListPage, ListQuery};
 pub use merkle::{RecomputedTree, TreeHead};
 pub use platform::{
     BatchQuery, BatchRecord, Placement, PlatformActor, PlatformWriteError, ProjectRecord,
+    BATCH_STREAM_PREFIX,
 };
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
 pub use search::EventFilter;

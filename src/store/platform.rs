@@ -401,6 +401,9 @@ pub(super) async fn batch_counts(
     Ok(counts)
 }
 
+/// How every batch's stream id starts.
+pub const BATCH_STREAM_PREFIX: &str = "batch_";
+
 /// A new stream id: `prefix` and random hex, never a task id.
 fn stream_id(prefix: &str) -> String {
     format!("{prefix}_{}", random_hex(12))
@@ -672,6 +675,19 @@ impl Store {
     ) -> Result<Option<BatchRecord>, StoreError> {
         let mut conn = self.pool.acquire().await?;
         batch_row(&mut conn, account_id, is_test, name).await
+    }
+
+    /// The batch whose stream is `stream_id`.
+    pub async fn batch_of_stream(
+        &self,
+        stream_id: &str,
+    ) -> Result<Option<BatchRecord>, StoreError> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE stream_id = $1"
+        ))
+        .bind(stream_id)
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     /// A batch's counts by task status, from the counts projection.

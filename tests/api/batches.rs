@@ -5,7 +5,10 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 use taskledger_events::Scope;
 
-use crate::helpers::{assert_ledger_intact, on_both_backends, spawn_app, Backend, TestApp};
+use crate::callbacks::{app_for_callbacks, receiver, Step};
+use crate::helpers::{
+    assert_ledger_intact, eventually, on_both_backends, spawn_app, Backend, TestApp, PATIENCE,
+};
 
 async fn with_project(backend: Backend) -> TestApp {
     let app = spawn_app(backend).await;
@@ -275,7 +278,57 @@ async fn replay_rebuilds_the_batch_views_from_their_events(backend: Backend) {
     assert_ledger_intact(&app.store).await;
 }
 
+async fn a_completed_batch_calls_its_callback_through_the_durable_signed_deliveries(
+    backend: Backend,
+) {
+    let app = app_for_callbacks(backend, 3, 10).await;
+    let (url, log) = receiver(vec![Step::Answer(500), Step::Answer(200)]).await;
+    app.post(
+        "/v1/projects",
+        json!({"type": "categorization", "name": "kittens"}),
+    )
+    .await;
+    let made = app
+        .post(
+            "/v1/batches",
+            json!({"project": "kittens", "name": "b1", "callback": url}),
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let id = app.create(json!({"batch": "b1"})).await.task_id();
+    app.post("/v1/batches/b1/finalize", json!({})).await;
+    app.complete(&id).await;
+    let received = eventually(PATIENCE, "the batch callback is delivered", async || {
+        let log = log.lock().unwrap().clone();
+        let batch: Vec<_> = log
+            .into_iter()
+            .filter(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["batch"] == "b1")
+            .collect();
+        if batch.len() == 2 {
+            Ok(batch)
+        } else {
+            Err(batch.len())
+        }
+    })
+    .await;
+    let body: Value = serde_json::from_slice(&received[1].body).unwrap();
+    assert_eq!(body["status"], "completed");
+    assert_eq!(body["counts"]["completed"], 1);
+    assert!(
+        received[1]
+            .headers
+            .contains_key("refonte-callback-signature"),
+        "signed: {:?}",
+        received[1].headers
+    );
+    assert_eq!(
+        received[0].headers["refonte-callback-id"], received[1].headers["refonte-callback-id"],
+        "one delivery, retried"
+    );
+}
+
 on_both_backends!(
+    a_completed_batch_calls_its_callback_through_the_durable_signed_deliveries,
     every_batch_endpoint_answers_in_the_references_shape,
     a_batch_completes_when_finalized_and_its_last_task_finishes,
     tasks_join_only_a_staging_batch_of_their_own_project,
