@@ -42,6 +42,10 @@ pub struct TaskCreated {
     pub unique_id: Option<String>,
     #[serde(default)]
     pub clear_unique_id_on_error: bool,
+    /// The version of its project's params the task inherited from; absent when it has no
+    /// project or the project had no params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_param_version: Option<u32>,
 }
 
 /// A pending task was canceled.

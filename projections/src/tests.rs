@@ -17,6 +17,7 @@ fn created() -> TaskEvent {
         tags: vec!["a".into()],
         unique_id: Some("u-1".into()),
         clear_unique_id_on_error: false,
+        project_param_version: None,
     })
 }
 

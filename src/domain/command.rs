@@ -85,6 +85,8 @@ pub struct CreateTask {
     pub tags: Tags,
     pub clear_unique_id_on_error: bool,
     pub params: Params,
+    /// The project params version the task inherited from.
+    pub project_param_version: Option<u32>,
 }
 
 impl TaskCommand {

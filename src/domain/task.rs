@@ -352,6 +352,7 @@ fn created(create: CreateTask) -> Result<TaskEvent, TaskError> {
         tags: create.tags.into_strings(),
         unique_id: create.unique_id.map(|u| u.into_string()),
         clear_unique_id_on_error: create.clear_unique_id_on_error,
+        project_param_version: create.project_param_version,
     }))
 }
 

@@ -192,6 +192,7 @@ fn created_fact(task_type: &str, params: Value) -> TaskCreated {
         tags: vec![],
         unique_id: None,
         clear_unique_id_on_error: false,
+        project_param_version: None,
     }
 }
 

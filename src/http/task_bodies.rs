@@ -136,6 +136,7 @@ impl CreateTaskBody {
             metadata: self.metadata,
             tags: self.tags.unwrap_or_default(),
             clear_unique_id_on_error: self.clear_unique_id_on_error.unwrap_or_default().0,
+            project_param_version: None,
             params,
         })
     }

@@ -139,6 +139,7 @@ async fn create_task(
 ) -> Result<Response, ApiError> {
     let task_type = TaskType::parse(&request.segment).map_err(|e| ApiError::bad_request(e.0))?;
     let mut body = body;
+    let mut project_param_version = None;
     if body.project().is_some() || body.batch().is_some() {
         let who = crate::store::PlatformActor {
             actor: request.caller.context().actor,
@@ -159,11 +160,13 @@ async fn create_task(
                 );
             }
         }
-        if let Some((_, params)) = &placement.params {
+        if let Some((version, params)) = &placement.params {
             body.inherit(params)?;
+            project_param_version = Some(*version);
         }
     }
-    let create = body.into_command(task_type)?;
+    let mut create = body.into_command(task_type)?;
+    create.project_param_version = project_param_version;
     let committed = request
         .state
         .ledger

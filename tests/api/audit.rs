@@ -895,6 +895,7 @@ fn new_task_write(account_id: &str) -> CommandWrite {
             tags: Vec::new(),
             unique_id: None,
             clear_unique_id_on_error: false,
+            project_param_version: None,
         })],
         idempotency: None,
     }

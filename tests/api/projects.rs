@@ -114,6 +114,25 @@ async fn a_task_inherits_what_it_leaves_out_from_its_projects_latest_params(back
     assert_eq!(task.status, 200, "{}", task.body);
     assert_eq!(task.body["instruction"], "Task's own instruction");
     assert_eq!(task.body["params"]["categories"], json!(["cat", "dog"]));
+    assert_eq!(task.body["project_param_version"], 1);
+    app.post(
+        "/v1/projects/kittens/setParams",
+        json!({"categories": ["big", "small"]}),
+    )
+    .await;
+    let later = app
+        .post(
+            "/v1/task/categorization",
+            json!({"project": "kittens", "attachment_type": "text", "attachment": "a cat"}),
+        )
+        .await;
+    assert_eq!(later.status, 200, "{}", later.body);
+    assert_eq!(later.body["params"]["categories"], json!(["big", "small"]));
+    assert_eq!(later.body["project_param_version"], 2);
+    assert!(
+        later.body.get("instruction").is_none(),
+        "version 2 has none"
+    );
 }
 
 async fn a_task_naming_a_missing_project_creates_it_by_the_same_actor(backend: Backend) {

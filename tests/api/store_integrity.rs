@@ -411,6 +411,7 @@ fn created_with_tags(tags: &[&str]) -> TaskEvent {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         unique_id: None,
         clear_unique_id_on_error: false,
+        project_param_version: None,
     })
 }
 
