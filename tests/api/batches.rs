@@ -327,7 +327,53 @@ async fn a_completed_batch_calls_its_callback_through_the_durable_signed_deliver
     );
 }
 
+async fn no_task_joins_a_batch_after_its_finalize_even_when_they_race(backend: Backend) {
+    let app = with_project(backend).await;
+    batch(&app, "b1").await;
+    let creates =
+        join_all((0..16).map(|_| app.create(json!({"project": "kittens", "batch": "b1"}))));
+    let (replies, finalized) =
+        tokio::join!(creates, app.post("/v1/batches/b1/finalize", json!({})));
+    assert_eq!(finalized.status, 200, "{}", finalized.body);
+    let mut joined = 0;
+    for reply in &replies {
+        if reply.status == 200 {
+            joined += 1;
+        } else {
+            // `completed` when the finalize found nothing pending.
+            reply.assert_error(400, "\"b1\" is ");
+            let message = reply.body["error"].as_str().unwrap();
+            assert!(
+                message.contains("in_progress") || message.contains("completed"),
+                "{message}"
+            );
+        }
+    }
+    let events = app.get("/v1/events?limit=1000").await.body["events"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let finalized_at = events
+        .iter()
+        .find(|e| e["event_type"] == "BatchFinalized")
+        .unwrap()["global_position"]
+        .as_i64()
+        .unwrap();
+    let created: Vec<i64> = events
+        .iter()
+        .filter(|e| e["event_type"] == "TaskCreated")
+        .map(|e| e["global_position"].as_i64().unwrap())
+        .collect();
+    assert_eq!(created.len(), joined);
+    assert!(
+        created.iter().all(|p| *p < finalized_at),
+        "every task joined before the finalize: {created:?} vs {finalized_at}"
+    );
+    assert_eq!(status(&app, "b1").await["pending"], joined);
+}
+
 on_both_backends!(
+    no_task_joins_a_batch_after_its_finalize_even_when_they_race,
     a_completed_batch_calls_its_callback_through_the_durable_signed_deliveries,
     every_batch_endpoint_answers_in_the_references_shape,
     a_batch_completes_when_finalized_and_its_last_task_finishes,

@@ -80,6 +80,9 @@ pub enum WriteError {
     /// The command's `Idempotency-Key` claim was taken over or already answered.
     #[error("the idempotency key's claim is no longer held")]
     IdempotencyClaimLost,
+    /// A new task names a batch that stopped taking tasks before the task could commit.
+    #[error("Batch {batch:?} is {status}: tasks may join a batch only while it is staging.")]
+    BatchClosed { batch: String, status: String },
 }
 
 /// Why [`AppendTx::apply`] wrote nothing; which command it was is the caller's to find out.
@@ -91,6 +94,8 @@ enum Refused {
     UniqueIdTaken,
     /// The command's idempotency claim is no longer its own (fenced): it must not commit.
     ClaimLost,
+    /// A new task names a batch that is no longer staging.
+    BatchClosed,
 }
 
 /// An open append transaction holding the ledger head: every other append waits for it, which
@@ -219,6 +224,20 @@ async fn name_refusal<'e>(
 ) -> Result<WriteError, StoreError> {
     if refused == Refused::ClaimLost {
         return Ok(WriteError::IdempotencyClaimLost);
+    }
+    if refused == Refused::BatchClosed {
+        let batch = prepared.view.batch.clone().unwrap_or_default();
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM batches WHERE account_id = $1 AND name = $2 LIMIT 1",
+        )
+        .bind(account_id)
+        .bind(&batch)
+        .fetch_optional(executor)
+        .await?;
+        return Ok(WriteError::BatchClosed {
+            batch,
+            status: status.unwrap_or_else(|| "closed".into()),
+        });
     }
     let (Refused::UniqueIdTaken, Some(unique_id)) = (refused, prepared.reserved()) else {
         return Ok(WriteError::Conflict);
@@ -380,6 +399,15 @@ impl AppendTx {
             .iter()
             .zip(&rows)
             .partition(|(p, _)| p.write.expected_sequence == 0);
+        // A new task joins its batch only while the batch is staging. Checked here, under
+        // the ledger head, so a finalize cannot slip between the check and the task's commit.
+        for p in &changing {
+            if let (0, Some(batch)) = (p.write.expected_sequence, &p.view.batch) {
+                if !batch_takes_tasks(self.conn(), &p.write.account_id, batch).await? {
+                    return Ok(Err(Refused::BatchClosed));
+                }
+            }
+        }
         let created: Vec<&TaskRow> = created.into_iter().map(|(_, row)| row).collect();
         if !insert_task_rows(self.conn(), &created).await? {
             return Ok(Err(Refused::Conflict));
@@ -454,6 +482,23 @@ impl AppendTx {
         }
         Ok(Ok(()))
     }
+}
+
+/// Whether a new task may join `batch`: it is staging, or it is no batch of the ledger's
+/// (a name no batch was created under: tasks carried free batch names before batches were
+/// recorded). A name used by a live and a test batch takes tasks if either is staging.
+async fn batch_takes_tasks(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    batch: &str,
+) -> Result<bool, StoreError> {
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM batches WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(batch)
+            .fetch_all(conn)
+            .await?;
+    Ok(statuses.is_empty() || statuses.iter().any(|s| s == "staging"))
 }
 
 /// The events' leaves, in global order.
