@@ -34,3 +34,6 @@ CREATE TABLE batches (
     UNIQUE (account_id, is_test, name)
 );
 CREATE INDEX batches_by_creation ON batches (account_id, is_test, created_at_us, stream_id);
+-- The append path finds a task's batch by account and name (a task's view names its batch,
+-- not its mode): one indexed lookup however many batches the account has.
+CREATE INDEX batches_by_name ON batches (account_id, name);
