@@ -60,6 +60,18 @@ impl Printer {
                 key.event_type(),
                 envelope.global_position
             ),
+            LedgerEvent::Project(project) => format!(
+                "project {} {} (position {})",
+                envelope.task_id,
+                project.event_type(),
+                envelope.global_position
+            ),
+            LedgerEvent::Batch(batch) => format!(
+                "batch {} {} (position {})",
+                envelope.task_id,
+                batch.event_type(),
+                envelope.global_position
+            ),
             LedgerEvent::Task(TaskEvent::TaskCompleted(done)) => format!(
                 "task {} completed at {}: {}",
                 envelope.task_id, envelope.recorded_at, done.response

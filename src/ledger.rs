@@ -320,6 +320,9 @@ impl Ledger {
                 format!("task {task_id} does not fold after the command"),
                 e,
             )),
+            Err(CommitFailure::Refused(e @ WriteError::BatchClosed { .. })) => {
+                Err(LedgerError::Rejected(TaskError::Invalid(e.to_string())))
+            }
             Err(CommitFailure::Refused(WriteError::IdempotencyClaimLost)) => {
                 Err(LedgerError::IdempotencyClaimLost)
             }

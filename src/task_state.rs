@@ -59,7 +59,9 @@ impl TaskStates {
             }
             // A key's events (ApiKeyCreated, ...) are a stream of their own, not a task:
             // they have no task state to publish.
-            if task.is_empty() || taskledger_events::KeyEvent::is_key_event_type(&e.event_type) {
+            if task.is_empty()
+                || taskledger_events::LedgerEvent::is_other_stream_type(&e.event_type)
+            {
                 folding.insert(task, Folding::Broken);
                 continue;
             }

@@ -46,6 +46,10 @@ pub struct TaskCreated {
     /// task's payload (and hash) is what it was before test mode existed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub is_test: bool,
+    /// The version of its project's params the task inherited from; absent when it has no
+    /// project or the project had no params.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_param_version: Option<u32>,
 }
 
 /// A pending task was canceled.

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{DecodeError, TaskEvent};
+use crate::{BatchEvent, DecodeError, ProjectEvent, TaskEvent};
 
 /// A fact about one API key of an account.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -90,14 +90,33 @@ impl KeyEvent {
     }
 }
 
-/// Any event of the ledger: about a task or about a key.
+/// Any event of the ledger: about a task, a key, a project or a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LedgerEvent {
     Task(TaskEvent),
     Key(KeyEvent),
+    Project(ProjectEvent),
+    Batch(BatchEvent),
 }
 
 impl LedgerEvent {
+    /// Every event type of a stream that is not a task's (a key's, a project's, a batch's),
+    /// with the version written today.
+    pub fn other_stream_versions() -> impl Iterator<Item = &'static (&'static str, u32)> + Clone {
+        KeyEvent::CURRENT_VERSIONS
+            .iter()
+            .chain(ProjectEvent::CURRENT_VERSIONS)
+            .chain(BatchEvent::CURRENT_VERSIONS)
+    }
+
+    /// Whether `event_type` names an event of a key's, a project's or a batch's stream: such
+    /// a stream is no task, and folds into no task view.
+    pub fn is_other_stream_type(event_type: &str) -> bool {
+        KeyEvent::is_key_event_type(event_type)
+            || ProjectEvent::is_project_event_type(event_type)
+            || BatchEvent::is_batch_event_type(event_type)
+    }
+
     pub fn decode(
         event_type: &str,
         version: u32,
@@ -105,6 +124,10 @@ impl LedgerEvent {
     ) -> Result<LedgerEvent, DecodeError> {
         if KeyEvent::is_key_event_type(event_type) {
             KeyEvent::decode(event_type, version, payload).map(LedgerEvent::Key)
+        } else if ProjectEvent::is_project_event_type(event_type) {
+            ProjectEvent::decode(event_type, version, payload).map(LedgerEvent::Project)
+        } else if BatchEvent::is_batch_event_type(event_type) {
+            BatchEvent::decode(event_type, version, payload).map(LedgerEvent::Batch)
         } else {
             TaskEvent::decode(event_type, version, payload).map(LedgerEvent::Task)
         }

@@ -35,6 +35,7 @@ mod envelope;
 mod event;
 mod key;
 pub mod merkle;
+mod platform;
 #[cfg(feature = "schema")]
 pub mod schema;
 mod seal;
@@ -54,6 +55,10 @@ pub use event::{
     TaskTagsRemoved, TaskTagsReplaced, TaskUniqueIdCleared, TaskUniqueIdSet, UniqueIdClearReason,
 };
 pub use key::{ApiKeyCreated, ApiKeyRevoked, KeyEvent, LedgerEvent};
+pub use platform::{
+    BatchCompleted, BatchCreated, BatchEvent, BatchFinalized, BatchMetadataSet, ProjectCreated,
+    ProjectEvent, ProjectParamsSet,
+};
 pub use seal::{
     seal_events, EnvelopeContext, SealedEvent, UnknownHashVersion, CURRENT_HASH_VERSION, HASH_V1,
     HASH_V2,

@@ -10,7 +10,7 @@
 use schemars::generate::{Contract, SchemaSettings};
 use serde_json::{json, Map, Value};
 
-use crate::{EventEnvelope, KeyEvent, TaskEvent};
+use crate::{BatchEvent, EventEnvelope, KeyEvent, ProjectEvent, TaskEvent};
 
 /// The dialect every schema declares.
 pub const DIALECT: &str = "https://json-schema.org/draft/2020-12/schema";
@@ -66,6 +66,10 @@ pub fn current_event_schemas() -> Vec<(String, u32, Value)> {
     // Another enum of events (adjacently tagged the same way) is one more line here.
     let mut schemas = variant_schemas::<TaskEvent>(TaskEvent::CURRENT_VERSIONS);
     schemas.extend(variant_schemas::<KeyEvent>(KeyEvent::CURRENT_VERSIONS));
+    schemas.extend(variant_schemas::<ProjectEvent>(
+        ProjectEvent::CURRENT_VERSIONS,
+    ));
+    schemas.extend(variant_schemas::<BatchEvent>(BatchEvent::CURRENT_VERSIONS));
     schemas
 }
 
@@ -196,6 +200,8 @@ mod tests {
         let listed: Vec<(String, u32)> = TaskEvent::CURRENT_VERSIONS
             .iter()
             .chain(KeyEvent::CURRENT_VERSIONS)
+            .chain(ProjectEvent::CURRENT_VERSIONS)
+            .chain(BatchEvent::CURRENT_VERSIONS)
             .map(|(t, v)| (t.to_string(), *v))
             .collect();
         assert_eq!(generated, listed);

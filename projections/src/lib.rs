@@ -141,6 +141,10 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub batch: Option<String>,
+    /// The version of the project's params the task inherited what it left out from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(nullable = false))]
+    pub project_param_version: Option<u32>,
     /// The type-specific creation fields (attachment_type, attachment, categories,
     /// geometries, ...) as given.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
@@ -216,6 +220,7 @@ pub fn fold(
                 callback_url: created.callback_url.clone(),
                 project: created.project.clone(),
                 batch: created.batch.clone(),
+                project_param_version: created.project_param_version,
                 params: created.params.clone(),
                 response: None,
                 callback_completed: false,

@@ -18,6 +18,7 @@ fn created() -> TaskEvent {
         unique_id: Some("u-1".into()),
         clear_unique_id_on_error: false,
         is_test: false,
+        project_param_version: None,
     })
 }
 

@@ -104,6 +104,14 @@ enum Recorded {
 
 /// Records a delivery's outcome as an event of its task, as the system.
 async fn record(ledger: &Ledger, delivery: &Delivery, action: TaskAction) -> Recorded {
+    // A batch's completion callback: its outcome stays in the delivery table (a batch's
+    // stream records only what happens to the batch).
+    if delivery
+        .task_id
+        .starts_with(crate::store::BATCH_STREAM_PREFIX)
+    {
+        return Recorded::Already;
+    }
     let Some(task_id) = TaskId::parse(&delivery.task_id) else {
         tracing::error!(task_id = %delivery.task_id, delivery_id = %delivery.delivery_id, "a delivery names no valid task; its outcome cannot be recorded");
         return Recorded::Never;

@@ -118,8 +118,11 @@ impl Scheduler {
     }
 
     async fn handle(&self, envelope: &EventEnvelope) -> Result<(), Unavailable> {
-        // An API key's events schedule nothing.
-        if taskledger_events::KeyEvent::is_key_event_type(&envelope.event_type) {
+        if envelope.event_type == "BatchCompleted" {
+            return self.batch_completed(envelope).await;
+        }
+        // An API key's or project's events, and a batch's others, schedule nothing.
+        if taskledger_events::LedgerEvent::is_other_stream_type(&envelope.event_type) {
             return Ok(());
         }
         let event = match envelope.event() {
@@ -173,6 +176,50 @@ impl Scheduler {
                     "storing a callback delivery failed; recording it as failed for its task"
                 );
                 self.refuse(&delivery, CANNOT_SCHEDULE).await
+            }
+        }
+    }
+
+    /// Schedules the completed batch's `callback`, if it has one: `{batch, status, counts}`,
+    /// delivered, signed and retried like a task's.
+    async fn batch_completed(&self, envelope: &EventEnvelope) -> Result<(), Unavailable> {
+        let batch = match self.store().batch_of_stream(&envelope.task_id).await {
+            Ok(batch) => batch,
+            Err(e) if e.is_unavailable() => return Err(e.into()),
+            Err(e) => {
+                self.undecodable(envelope, &e.to_string());
+                return Ok(());
+            }
+        };
+        let Some(batch) = batch else {
+            return Ok(());
+        };
+        let Some(url) = batch.callback.clone() else {
+            return Ok(());
+        };
+        let body = json!({
+            "batch": batch.name,
+            "project": batch.project,
+            "status": "completed",
+            "counts": envelope.payload,
+        });
+        let delivery = Delivery {
+            delivery_id: envelope.event_id.to_string(),
+            account_id: envelope.account_id.clone(),
+            task_id: envelope.task_id.clone(),
+            for_sequence: envelope.sequence,
+            url,
+            body: body.to_string(),
+            attempts: 0,
+            created_at_us: 0,
+            lease_until_us: None,
+        };
+        match self.store().schedule_delivery(&delivery).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_unavailable() => Err(e.into()),
+            Err(e) => {
+                tracing::error!(error = %e, batch = %envelope.task_id, "storing a batch callback failed");
+                Ok(())
             }
         }
     }

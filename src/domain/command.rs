@@ -89,6 +89,8 @@ pub struct CreateTask {
     pub params: Params,
     /// Created with a test-mode key; set by the ledger from the command's ledger.
     pub is_test: bool,
+    /// The project params version the task inherited from.
+    pub project_param_version: Option<u32>,
 }
 
 impl TaskCommand {

@@ -194,6 +194,7 @@ fn created_fact(task_type: &str, params: Value) -> TaskCreated {
         unique_id: None,
         clear_unique_id_on_error: false,
         is_test: false,
+        project_param_version: None,
     }
 }
 

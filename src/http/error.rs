@@ -3,9 +3,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
+use crate::domain::PlatformError;
 use crate::domain::TaskError;
 use crate::ledger::LedgerError;
-use crate::store::StoreError;
+use crate::store::{PlatformWriteError, StoreError};
 
 /// Every error the API answers, rendered as the reference's `{"status_code", "error"}`.
 #[derive(Debug)]
@@ -92,6 +93,21 @@ impl From<LedgerError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         LedgerError::from(e).into()
+    }
+}
+
+impl From<PlatformWriteError> for ApiError {
+    fn from(e: PlatformWriteError) -> Self {
+        match e {
+            PlatformWriteError::Refused(PlatformError::Invalid(m)) => ApiError::bad_request(m),
+            PlatformWriteError::Refused(PlatformError::NotFound(m)) => {
+                ApiError::new(StatusCode::NOT_FOUND, m)
+            }
+            PlatformWriteError::Refused(PlatformError::AlreadyExists(m)) => {
+                ApiError::new(StatusCode::CONFLICT, m)
+            }
+            PlatformWriteError::Store(e) => e.into(),
+        }
     }
 }
 

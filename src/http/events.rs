@@ -3,7 +3,7 @@
 use axum::routing::get;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use taskledger_events::{EventEnvelope, KeyEvent, Scope, TaskEvent};
+use taskledger_events::{EventEnvelope, LedgerEvent, Scope, TaskEvent};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::extract::{AccountRead, Limit, Position, QueryParams, Time};
@@ -76,7 +76,7 @@ impl<'de> Deserialize<'de> for EventTypes {
         let s = String::deserialize(d)?;
         let known = TaskEvent::CURRENT_VERSIONS
             .iter()
-            .chain(KeyEvent::CURRENT_VERSIONS)
+            .chain(LedgerEvent::other_stream_versions())
             .map(|(name, _)| *name);
         let mut types: Vec<String> = Vec::new();
         for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {

@@ -4,6 +4,7 @@
 //! handler or the idempotency layer reads it, a tracing span, and a place in the metrics.
 
 mod audit;
+mod batches;
 mod console;
 mod contract;
 mod error;
@@ -15,6 +16,7 @@ mod keys;
 mod list;
 mod metrics;
 pub mod openapi;
+mod projects;
 pub mod rate_limit;
 mod request_id;
 mod schemas;
@@ -164,6 +166,8 @@ pub(crate) fn routes(state: &AppState) -> Routes {
         .merge(events::router())
         .merge(audit::router())
         .merge(keys::router())
+        .merge(projects::router())
+        .merge(batches::router())
         .merge(schemas::router())
 }
 

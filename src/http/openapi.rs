@@ -66,6 +66,8 @@ pub fn document() -> utoipa::openapi::OpenApi {
         super::events::Docs::openapi(),
         super::audit::Docs::openapi(),
         super::keys::Docs::openapi(),
+        super::projects::Docs::openapi(),
+        super::batches::Docs::openapi(),
         super::schemas::Docs::openapi(),
     ] {
         doc.merge(part);

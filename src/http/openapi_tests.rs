@@ -374,6 +374,15 @@ fn every_operation_keeps_its_published_operation_id_and_tag() {
         ),
         ("keys", "list_keys"),
         (
+            "projects",
+            "create_project list_projects get_project set_project_params",
+        ),
+        (
+            "batches",
+            "create_batch list_batches get_batch finalize_batch batch_status \
+             set_batch_metadata",
+        ),
+        (
             "tasks",
             "create_task retrieve_task task_history list_tasks cancel_task set_task_metadata \
              set_task_unique_id clear_task_unique_id add_task_tags set_task_tags \

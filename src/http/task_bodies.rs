@@ -67,7 +67,62 @@ impl LenientBody for CreateTaskBody {
     const ROOT: &'static str = "body";
 }
 
+/// The body fields that are not params, and so never inherited from a project.
+const NOT_INHERITED: [&str; 6] = [
+    "project",
+    "batch",
+    "unique_id",
+    "metadata",
+    "tags",
+    "clear_unique_id_on_error",
+];
+
 impl CreateTaskBody {
+    pub(super) fn project(&self) -> Option<&str> {
+        self.project.as_ref().map(|p| p.as_str())
+    }
+
+    pub(super) fn batch(&self) -> Option<&str> {
+        self.batch.as_ref().map(|b| b.as_str())
+    }
+
+    /// Sets the project a task joins through its batch alone.
+    pub(super) fn set_project(&mut self, project: Identifier) {
+        self.project = Some(project);
+    }
+
+    /// Takes every field the task leaves out from its project's latest params: the task's
+    /// own fields win.
+    pub(super) fn inherit(&mut self, project_params: &Map<String, Value>) -> Result<(), ApiError> {
+        let invalid = |field: &str, e: crate::domain::ValueError| {
+            ApiError::bad_request(field_message(&format!("the project's {field}"), &e.0))
+        };
+        for (field, value) in project_params {
+            match field.as_str() {
+                "instruction" if self.instruction.is_none() => {
+                    if let Some(s) = value.as_str() {
+                        self.instruction =
+                            Some(Text::parse(s).map_err(|e| invalid("instruction", e))?);
+                    }
+                }
+                "callback_url" if self.callback_url.is_none() => {
+                    if let Some(s) = value.as_str() {
+                        self.callback_url =
+                            Some(CallbackUrl::parse(s).map_err(|e| invalid("callback_url", e))?);
+                    }
+                }
+                "instruction" | "callback_url" => {}
+                other if NOT_INHERITED.contains(&other) => {}
+                other => {
+                    if !self.params.contains_key(other) {
+                        self.params.insert(other.to_string(), value.clone());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     pub(super) fn into_command(self, task_type: TaskType) -> Result<CreateTask, ApiError> {
         let params = Params::parse(self.params)
             .map_err(|(field, e)| ApiError::bad_request(field_message(&field, &e.0)))?;
@@ -81,6 +136,7 @@ impl CreateTaskBody {
             metadata: self.metadata,
             tags: self.tags.unwrap_or_default(),
             clear_unique_id_on_error: self.clear_unique_id_on_error.unwrap_or_default().0,
+            project_param_version: None,
             params,
             // Decided by the ledger from the caller's key, never by the body.
             is_test: false,

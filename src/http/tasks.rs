@@ -159,7 +159,35 @@ async fn create_task(
     LenientJson(body): LenientJson<CreateTaskBody>,
 ) -> Result<Response, ApiError> {
     let task_type = TaskType::parse(&request.segment).map_err(|e| ApiError::bad_request(e.0))?;
-    let create = body.into_command(task_type)?;
+    let mut body = body;
+    let mut project_param_version = None;
+    if body.project().is_some() || body.batch().is_some() {
+        let who = crate::store::PlatformActor {
+            actor: request.caller.context().actor,
+            request_id: request.caller.request_id.clone(),
+            is_test: request.caller.is_test(),
+        };
+        let placement = request
+            .state
+            .ledger
+            .store()
+            .place_task(&who, task_type, body.project(), body.batch())
+            .await?;
+        if body.project().is_none() {
+            if let Some(project) = placement.project {
+                body.set_project(
+                    crate::domain::Identifier::parse(project)
+                        .map_err(|e| ApiError::bad_request(e.0))?,
+                );
+            }
+        }
+        if let Some((version, params)) = &placement.params {
+            body.inherit(params)?;
+            project_param_version = Some(*version);
+        }
+    }
+    let mut create = body.into_command(task_type)?;
+    create.project_param_version = project_param_version;
     let committed = request
         .state
         .ledger

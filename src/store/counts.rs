@@ -17,13 +17,16 @@ const COUNTS_PER_STATEMENT: usize = 1000;
 
 /// The dimensions counted, with the column of `tasks` each counts by (`'all'` counts every
 /// task under the value `''`).
-pub(super) const DIMENSIONS: [(&str, &str); 6] = [
+/// `batch_status` counts a batch's tasks per status under `<status>:<batch>` (a status has
+/// no colon, so the value splits at its first one): a batch's status answer reads four rows.
+pub(super) const DIMENSIONS: [(&str, &str); 7] = [
     ("all", "''"),
     ("type", "task_type"),
     ("status", "status"),
     ("project", "project"),
     ("batch", "batch"),
     ("review", "customer_review_status"),
+    ("batch_status", "status || ':' || batch"),
 ];
 
 /// The finest creation-time bucket: 2^20 µs (about 1.05 s).
@@ -178,7 +181,9 @@ impl CountDeltas {
         review: Option<&str>,
         sign: i64,
     ) {
+        let batch_status = batch.map(|b| format!("{status}:{b}"));
         let values = [
+            ("batch_status", batch_status.as_deref()),
             ("all", Some("")),
             ("type", Some(task_type)),
             ("status", Some(status)),

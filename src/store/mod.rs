@@ -13,6 +13,7 @@ mod keys;
 mod lease;
 mod list;
 mod merkle;
+mod platform;
 mod projection;
 mod read;
 mod rebuild;
@@ -32,6 +33,10 @@ pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
 pub use merkle::{RecomputedTree, TreeHead};
+pub use platform::{
+    BatchQuery, BatchRecord, Placement, PlatformActor, PlatformWriteError, ProjectRecord,
+    BATCH_STREAM_PREFIX,
+};
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
 pub use search::EventFilter;
 pub use snapshots::TaskTail;

@@ -896,6 +896,7 @@ fn new_task_write(account_id: &str) -> CommandWrite {
             unique_id: None,
             clear_unique_id_on_error: false,
             is_test: false,
+            project_param_version: None,
         })],
         idempotency: None,
     }

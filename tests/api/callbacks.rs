@@ -175,7 +175,7 @@ async fn serve_receiver(
     (url, log)
 }
 
-async fn app_for_callbacks(backend: Backend, attempts: u32, base_ms: u64) -> TestApp {
+pub async fn app_for_callbacks(backend: Backend, attempts: u32, base_ms: u64) -> TestApp {
     spawn_app_with(backend, |s| {
         s.callbacks.callback_allow_private_networks = true;
         s.callbacks.callback_max_attempts = attempts;

@@ -5,6 +5,7 @@
 mod append_paths;
 mod audit;
 mod auth_cache;
+mod batches;
 mod bench_scale;
 mod callback_isolation;
 mod callbacks;
@@ -21,6 +22,7 @@ mod idempotency_fencing;
 mod kafka;
 mod list_api;
 mod long_tasks;
+mod projects;
 mod rate_limits;
 mod relay_halts;
 mod scale;

@@ -42,6 +42,8 @@ try:
         ScaleResourceNotFound,
         ScaleUnauthorized,
     )
+    from scaleapi.batches import Batch, BatchStatus
+    from scaleapi.projects import Project
     from scaleapi.tasks import Task, TaskReviewStatus, TaskStatus, TaskType
 except ImportError as err:  # pragma: no cover
     print(f"cannot import scaleapi ({err}); pip install -r tests/sdk/requirements.txt")
@@ -150,6 +152,9 @@ class Suite:
             "batch": self.batch,
         }
         payload.update(extra)
+        if "project" in extra and "batch" not in extra:
+            # A batch belongs to one project: a task of another project needs its own.
+            payload["batch"] = f"{extra['project']}-batch"
         return payload
 
     def img_payload(self, **extra):
@@ -163,6 +168,9 @@ class Suite:
             "batch": self.batch,
         }
         payload.update(extra)
+        if "project" in extra and "batch" not in extra:
+            # A batch belongs to one project: a task of another project needs its own.
+            payload["batch"] = f"{extra['project']}-batch"
         return payload
 
     def contributor_post(self, path, body):
@@ -700,6 +708,86 @@ class Suite:
         ids, _ = self.tasks_ids(project=project, completed_before="2000-01-01")
         ensure(ids == [], f"completed_before 2000: {ids}")
 
+    # -- projects and batches ---------------------------------------------------------------
+
+    def t_projects(self):
+        self.need("client")
+        name = f"sdk-projects-{self.run}"
+        params = {"instruction": "Label the kittens", "categories": ["cat", "dog"]}
+        project = self.client.create_project(name, TaskType.Categorization, params)
+        ensure(isinstance(project, Project), f"create_project gave {project!r}")
+        ensure(project.name == name and project.type == "categorization", f"{project!r}")
+        ensure(project.version == 1, f"version {project.version!r}")
+        ensure(project.instruction == "Label the kittens", f"instruction {project.instruction!r}")
+        expect_raises(ScaleDuplicateResource, 409, self.client.create_project,
+                      name, TaskType.Categorization)
+        got = self.client.get_project(name)
+        ensure(got.as_dict() == project.as_dict(), f"get_project {got!r}")
+        names = [p.name for p in self.client.projects()]
+        ensure(name in names, f"projects() {names}")
+        ensure(name in [p.name for p in self.client.get_projects()], "get_projects()")
+        # Each version holds the params given with it, whole.
+        updated = self.client.update_project(
+            name, instruction="Label every kitten", categories=["cat", "dog"])
+        ensure(updated.version == 2, f"update_project version {updated.version!r}")
+        ensure(updated.instruction == "Label every kitten", f"{updated.instruction!r}")
+        ensure(updated.params.get("instruction") == "Label every kitten", f"{updated.params!r}")
+        expect_raises(ScaleResourceNotFound, 404, self.client.get_project, f"{name}-missing")
+        task = self.client.create_task(
+            TaskType.Categorization, project=name, attachment_type="text", attachment="a cat")
+        ensure(task.instruction == "Label every kitten", f"inherited instruction {task.instruction!r}")
+        ensure(task.params.get("categories") == ["cat", "dog"], f"inherited params {task.params!r}")
+        names = [p.name for p in self.other.projects()]
+        ensure(name not in names, "another account sees the project")
+        self.s["sdk_project"] = name
+
+    def t_batches(self):
+        project = self.need("sdk_project")
+        name = f"sdk-batches-{self.run}"
+        batch = self.client.create_batch(project, name, metadata={"owner": "dana"})
+        ensure(isinstance(batch, Batch), f"create_batch gave {batch!r}")
+        ensure(batch.status == "staging" and batch.project == project, f"{batch!r}")
+        ensure(batch.metadata == {"owner": "dana"}, f"metadata {batch.metadata!r}")
+        expect_raises(ScaleDuplicateResource, 409, self.client.create_batch, project, name)
+        ensure(self.client.get_batch(name).name == name, "get_batch")
+        ids = [
+            self.client.create_task(TaskType.Categorization, project=project, batch=name,
+                                    attachment_type="text", attachment=f"item {i}").id
+            for i in range(2)
+        ]
+        status = self.client.batch_status(name)
+        ensure(status.get("status") == "staging" and status.get("pending") == 2, f"{status!r}")
+        updated = self.client.set_batch_metadata(name, {"owner": "lee"})
+        ensure(updated.metadata == {"owner": "lee"}, f"set_batch_metadata {updated.metadata!r}")
+        second = f"{name}-2"
+        self.client.create_batch(project, second)
+        page = self.client.batches(project=project, limit=1, offset=1)
+        ensure(page.total == 2 and page.limit == 1 and page.offset == 1, f"batches() {page.__dict__!r}")
+        ensure([b.name for b in page.docs] == [second] and page.has_more is False, f"{page.docs!r}")
+        every = [b.name for b in self.client.get_batches(project_name=project)]
+        ensure(every == [name, second], f"get_batches {every}")
+        finalized = batch.finalize()
+        ensure(finalized.status == "in_progress" and batch.status == "in_progress", f"{finalized!r}")
+        staging = [b.name for b in self.client.get_batches(
+            project_name=project, batch_status=BatchStatus.Staging)]
+        ensure(staging == [second], f"get_batches(staging) {staging}")
+        late = expect_raises(ScaleInvalidRequest, 400, self.client.create_task, TaskType.Categorization,
+                             project=project, batch=name, attachment_type="text", attachment="late")
+        ensure(name in str(late.message) and "in_progress" in str(late.message), f"{late.message}")
+        if self.contributor_key:
+            for task_id in ids:
+                code, body = self.contributor_post(f"task/{task_id}/complete",
+                                                   {"response": {"category": "cat"}})
+                ensure(code == 200, f"complete {code} {body[:200]}")
+            batch.get_status()
+            ensure(batch.status == "completed" and batch.tasks_completed == 2,
+                   f"get_status {batch.status!r} {batch.tasks_completed!r}")
+            done = [b.name for b in self.client.get_batches(
+                project_name=project, batch_status=BatchStatus.Completed)]
+            ensure(done == [name], f"get_batches(completed) {done}")
+        other = self.other.batches(project=project)
+        ensure(other.total == 0, "another account sees the batch")
+
     # -- driver ---------------------------------------------------------------------------
 
     def run_all(self):
@@ -735,6 +823,8 @@ class Suite:
         self.check("task_unique_id", self.t_unique_id)
         self.check("cancel_task_clear_unique_id", self.t_cancel_clear_unique_id)
         self.check("cancel_task_keeps_unique_id", self.t_cancel_keeps_unique_id)
+        self.check("projects", self.t_projects)
+        self.check("batches", self.t_batches)
         if self.contributor_key:
             self.check("complete_and_audit_task", self.t_complete_and_audit)
         else:

@@ -60,6 +60,13 @@ impl AppendTx {
             return Ok(None);
         }
         savepoint.release(self.conn()).await?;
+        for p in &prepared {
+            self.note_finished(
+                &p.write.account_id,
+                &p.view,
+                p.sealed.iter().map(|s| &s.envelope),
+            );
+        }
         if position != self.last_position {
             self.last_position = position;
             self.last_recorded_us = recorded_us;

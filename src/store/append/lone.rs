@@ -96,6 +96,8 @@ impl Store {
             backend: self.backend,
             known_frontiers: self.frontiers.clone(),
             grown: Default::default(),
+            finished_batches: Vec::new(),
+            recorded_beyond_reserve: false,
         };
         let prepared = match tx.prepare(write.clone())? {
             Ok(p) => p,
@@ -142,6 +144,8 @@ impl Prepared {
         let prior_tags = self.write.prior_view.as_ref().map(|v| v.tags.as_slice());
         !self.sealed.is_empty()
             && self.write.idempotency.is_none()
+            // A new task in a batch checks the batch first (`AppendTx::apply`).
+            && !(self.write.expected_sequence == 0 && self.view.batch.is_some())
             && UniqueIdChange::between(self.write.prior_view.as_ref(), &self.view).is_empty()
             && prior_tags.unwrap_or(&[]) == self.view.tags.as_slice()
     }

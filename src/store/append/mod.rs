@@ -82,6 +82,9 @@ pub enum WriteError {
     /// The command's `Idempotency-Key` claim was taken over or already answered.
     #[error("the idempotency key's claim is no longer held")]
     IdempotencyClaimLost,
+    /// A new task names a batch that stopped taking tasks before the task could commit.
+    #[error("Batch {batch:?} is {status}: tasks may join a batch only while it is staging.")]
+    BatchClosed { batch: String, status: String },
 }
 
 /// Why [`AppendTx::apply`] wrote nothing; which command it was is the caller's to find out.
@@ -93,6 +96,8 @@ enum Refused {
     UniqueIdTaken,
     /// The command's idempotency claim is no longer its own (fenced): it must not commit.
     ClaimLost,
+    /// A new task names a batch that is no longer staging.
+    BatchClosed,
 }
 
 /// An open append transaction holding the ledger head: every other append waits for it, which
@@ -114,6 +119,12 @@ pub struct AppendTx {
     known_frontiers: std::sync::Arc<std::sync::Mutex<KnownFrontiers>>,
     /// The heads of the trees this transaction grew, as they are in it.
     grown: HashMap<String, Head>,
+    /// (account, batch) of each batch a task of this transaction finished in: checked for
+    /// completion before the transaction commits.
+    finished_batches: Vec<(String, String)>,
+    /// Events were recorded beyond those the head was moved over in advance: the head is
+    /// written at commit after all.
+    recorded_beyond_reserve: bool,
 }
 
 impl Store {
@@ -150,6 +161,8 @@ impl Store {
             backend: self.backend,
             known_frontiers: self.frontiers.clone(),
             grown: HashMap::new(),
+            finished_batches: Vec::new(),
+            recorded_beyond_reserve: false,
         })
     }
 
@@ -222,6 +235,20 @@ async fn name_refusal<'e>(
     if refused == Refused::ClaimLost {
         return Ok(WriteError::IdempotencyClaimLost);
     }
+    if refused == Refused::BatchClosed {
+        let batch = prepared.view.batch.clone().unwrap_or_default();
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM batches WHERE account_id = $1 AND name = $2 LIMIT 1",
+        )
+        .bind(account_id)
+        .bind(&batch)
+        .fetch_optional(executor)
+        .await?;
+        return Ok(WriteError::BatchClosed {
+            batch,
+            status: status.unwrap_or_else(|| "closed".into()),
+        });
+    }
     let (Refused::UniqueIdTaken, Some(unique_id)) = (refused, prepared.reserved()) else {
         return Ok(WriteError::Conflict);
     };
@@ -269,8 +296,31 @@ impl AppendTx {
         }
     }
 
+    /// Notes the batch of a task the command finished (completed, errored, canceled).
+    fn note_finished<'a>(
+        &mut self,
+        account_id: &str,
+        view: &TaskView,
+        mut events: impl Iterator<Item = &'a EventEnvelope>,
+    ) {
+        const FINISHING: [&str; 3] = ["TaskCompleted", "TaskErrored", "TaskCanceled"];
+        if view.batch.is_none() || !events.any(|e| FINISHING.contains(&e.event_type.as_str())) {
+            return;
+        }
+        if let Some(batch) = view.batch.clone() {
+            let key = (account_id.to_string(), batch);
+            if !self.finished_batches.contains(&key) {
+                self.finished_batches.push(key);
+            }
+        }
+    }
+
     /// Moves the head over a recorded command's events.
     fn advance(&mut self, committed: &Committed) {
+        if let Some(first) = committed.envelopes.first() {
+            let account_id = first.account_id.clone();
+            self.note_finished(&account_id, &committed.view, committed.envelopes.iter());
+        }
         if let Some(last) = committed.envelopes.last() {
             self.last_position = last.global_position;
             self.last_recorded_us = last.recorded_at.timestamp_micros();
@@ -294,6 +344,7 @@ impl AppendTx {
             self.last_position = last.envelope.global_position;
             self.last_recorded_us = last.envelope.recorded_at.timestamp_micros();
             self.dirty = true;
+            self.recorded_beyond_reserve = self.reserved_recorded_us.is_some();
         }
         Ok(true)
     }
@@ -304,7 +355,11 @@ impl AppendTx {
     }
 
     pub async fn commit(mut self) -> Result<(), StoreError> {
-        if self.dirty && self.reserved_recorded_us.is_none() {
+        if !self.finished_batches.is_empty() {
+            let batches = std::mem::take(&mut self.finished_batches);
+            self.complete_finished_batches(&batches).await?;
+        }
+        if self.dirty && (self.reserved_recorded_us.is_none() || self.recorded_beyond_reserve) {
             sqlx::query(
                 "UPDATE ledger_head SET last_position = $1, last_recorded_us = $2 WHERE id = 1",
             )
@@ -441,6 +496,15 @@ impl AppendTx {
             .iter()
             .zip(&rows)
             .partition(|(p, _)| p.write.expected_sequence == 0);
+        // A new task joins its batch only while the batch is staging. Checked here, under
+        // the ledger head, so a finalize cannot slip between the check and the task's commit.
+        for p in &changing {
+            if let (0, Some(batch)) = (p.write.expected_sequence, &p.view.batch) {
+                if !batch_takes_tasks(self.conn(), &p.write.account_id, batch).await? {
+                    return Ok(Err(Refused::BatchClosed));
+                }
+            }
+        }
         let created: Vec<&TaskRow> = created.into_iter().map(|(_, row)| row).collect();
         if !insert_task_rows(self.conn(), &created).await? {
             return Ok(Err(Refused::Conflict));
@@ -581,6 +645,23 @@ fn known_head_of(
             .get(account_id)
             .cloned()
     })
+}
+
+/// Whether a new task may join `batch`: it is staging, or it is no batch of the ledger's
+/// (a name no batch was created under: tasks carried free batch names before batches were
+/// recorded). A name used by a live and a test batch takes tasks if either is staging.
+async fn batch_takes_tasks(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    batch: &str,
+) -> Result<bool, StoreError> {
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM batches WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(batch)
+            .fetch_all(conn)
+            .await?;
+    Ok(statuses.is_empty() || statuses.iter().any(|s| s == "staging"))
 }
 
 /// The events' leaves, in global order.

@@ -24,7 +24,7 @@ pub(super) struct Folder {
 impl Folder {
     pub(super) fn push(&mut self, row: &EventRow) -> Option<Folded> {
         // An API key's events are facts of the account, not of a task: nothing to fold.
-        if taskledger_events::KeyEvent::is_key_event_type(&row.event_type) {
+        if taskledger_events::LedgerEvent::is_other_stream_type(&row.event_type) {
             return None;
         }
         let done = match &self.current {

@@ -103,6 +103,9 @@ impl Store {
         } else {
             self.replay_online(&progress).await?
         };
+        report
+            .mismatches
+            .extend(self.replay_platform_views(check).await?);
         report.mismatches.sort();
         report.mismatches.dedup();
         progress(report.events);
