@@ -30,8 +30,9 @@ pub struct ListQuery {
     /// Continue after this (created_at_us, task_id), exclusive.
     pub after: Option<(i64, String)>,
     /// The total of the first page of this walk, carried by the caller (e.g. in its next
-    /// token). Used only for filters the counts projection does not cover (times, tags,
-    /// unique_ids, two filters at once), so their later pages are not counted again.
+    /// token). Used only for filters the counts projection does not cover (several tags,
+    /// `updated_*`/`completed_*` times, unique_ids, two filters at once), so their later
+    /// pages are not counted again.
     pub known_total: Option<i64>,
 }
 
