@@ -37,6 +37,7 @@ impl Application {
         db: &DatabaseSettings,
         serve: &ServeSettings,
     ) -> anyhow::Result<Application> {
+        serve.callbacks.check()?;
         let sqlite_owner = own_sqlite_ledger(&db.database_url)?;
         let store = Store::open(&db.database_url, db.db_connections)
             .await

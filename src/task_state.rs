@@ -3,8 +3,9 @@
 //!
 //! The relay folds a batch's events onto each task's view just before the batch. That view
 //! comes from the views it folded in earlier batches (kept for the most recently touched
-//! tasks), from nothing for a task created in the batch, or else from the task's snapshot
-//! and the events after it (its whole earlier history if the snapshot is newer than the
+//! tasks), from nothing for a task created in the batch, or else from the task's newest
+//! snapshot before the batch (the ledger keeps its last two) and the events after it (its
+//! whole earlier history if both snapshots are newer than the
 //! batch), read for all such tasks of the batch together, a bounded page at a time. A view after a given event is
 //! a fact that never changes, so what is kept never goes stale, whichever process relayed.
 
@@ -106,8 +107,9 @@ impl TaskStates {
 
 impl TaskStates {
     /// Brings each of `unknown` (a task and the sequence of its first event in the batch)
-    /// to its view just before that event: from the task's snapshot when it is at or before
-    /// that event, so only the events after the snapshot are read, else from the start.
+    /// to its view just before that event: from the task's newest snapshot before that event
+    /// (of the two the ledger keeps), so only the events after it are read, else from the
+    /// start.
     /// Either way the events come a page at a time, so a task's long history never sits in
     /// memory whole.
     async fn catch_up<'a>(
@@ -120,20 +122,25 @@ impl TaskStates {
             return Ok(());
         }
         let tasks: Vec<&str> = unknown.iter().map(|(task, _)| *task).collect();
-        let snapshots: HashMap<String, (i64, String)> = store
-            .task_snapshots(&tasks)
-            .await?
-            .into_iter()
-            .map(|(task, sequence, text)| (task, (sequence, text)))
-            .collect();
+        // Per task, the newest snapshot before its first event of the batch.
+        let mut snapshots: HashMap<String, (i64, String)> = HashMap::new();
+        let firsts: HashMap<&str, i64> = unknown.iter().copied().collect();
+        for (task, sequence, text) in store.task_snapshots(&tasks).await? {
+            let usable = firsts
+                .get(task.as_str())
+                .is_some_and(|first| sequence < *first);
+            let newer = snapshots
+                .get(&task)
+                .is_none_or(|(kept, _)| *kept < sequence);
+            if usable && newer {
+                snapshots.insert(task, (sequence, text));
+            }
+        }
         let mut ranges = Vec::with_capacity(unknown.len());
         for (task, first) in unknown {
-            let start = snapshots
-                .get(*task)
-                .filter(|(sequence, _)| sequence < first)
-                .and_then(|(sequence, text)| {
-                    view_of_snapshot(text, task, *sequence).map(|view| (*sequence, view))
-                });
+            let start = snapshots.get(*task).and_then(|(sequence, text)| {
+                view_of_snapshot(text, task, *sequence).map(|view| (*sequence, view))
+            });
             let state = match start {
                 Some((sequence, view)) => Folding::View(Some(Box::new(view)), sequence),
                 None => Folding::View(None, 0),

@@ -67,6 +67,21 @@ pub struct CallbackSettings {
     pub callback_account_concurrency: usize,
 }
 
+impl CallbackSettings {
+    /// Refuses settings the dispatcher's fairness cannot honour: one account allowed more
+    /// attempts at once than the whole process would leave the other accounts nothing.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.callback_account_concurrency <= self.callback_concurrency,
+            "CALLBACK_ACCOUNT_CONCURRENCY ({}) must not exceed CALLBACK_CONCURRENCY ({}): \
+             one account's attempts are a share of the process's",
+            self.callback_account_concurrency,
+            self.callback_concurrency
+        );
+        Ok(())
+    }
+}
+
 /// The scheduler and this process's dispatcher.
 pub struct Reactor {
     scheduler: scheduler::Scheduler,

@@ -101,7 +101,9 @@ impl Store {
         Ok(tail)
     }
 
-    /// Keeps `state` as the task's snapshot at `sequence`, unless a newer one is kept already.
+    /// Keeps `state` as the task's snapshot at `sequence`, unless a newer one is kept already;
+    /// the one it replaces is kept as the previous one (for the relay, see
+    /// [`Store::task_snapshots`]).
     pub async fn save_snapshot(
         &self,
         account_id: &str,
@@ -112,8 +114,10 @@ impl Store {
         sqlx::query(
             "INSERT INTO task_snapshots (task_id, account_id, sequence, state) \
              VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (task_id) DO UPDATE SET sequence = excluded.sequence, \
-             state = excluded.state WHERE task_snapshots.sequence < excluded.sequence",
+             ON CONFLICT (task_id) DO UPDATE SET \
+             previous_sequence = task_snapshots.sequence, previous_state = task_snapshots.state, \
+             sequence = excluded.sequence, state = excluded.state \
+             WHERE task_snapshots.sequence < excluded.sequence",
         )
         .bind(task_id)
         .bind(account_id)

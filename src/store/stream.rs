@@ -16,9 +16,18 @@ pub struct HistoryRange<'a> {
     pub before: i64,
 }
 
+#[derive(sqlx::FromRow)]
+struct SnapshotsRow {
+    task_id: String,
+    sequence: i64,
+    state: String,
+    previous_sequence: Option<i64>,
+    previous_state: Option<String>,
+}
+
 impl Store {
-    /// The newest snapshot of each of `task_ids` that has one: (task id, sequence, text).
-    /// One query on the snapshots' primary key.
+    /// The snapshots of each of `task_ids` that has one, newest and previous (the ledger keeps
+    /// the two last): (task id, sequence, text). One query on the snapshots' primary key.
     pub async fn task_snapshots(
         &self,
         task_ids: &[&str],
@@ -28,14 +37,23 @@ impl Store {
         }
         let placeholders: Vec<String> = (1..=task_ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
-            "SELECT task_id, sequence, state FROM task_snapshots WHERE task_id IN ({})",
+            "SELECT task_id, sequence, state, previous_sequence, previous_state \
+             FROM task_snapshots WHERE task_id IN ({})",
             placeholders.join(", ")
         );
-        Ok(task_ids
+        let rows: Vec<SnapshotsRow> = task_ids
             .iter()
             .fold(sqlx::query_as(&sql), |q, t| q.bind(*t))
             .fetch_all(&self.pool)
-            .await?)
+            .await?;
+        let mut snapshots = Vec::with_capacity(rows.len() * 2);
+        for r in rows {
+            if let (Some(sequence), Some(state)) = (r.previous_sequence, r.previous_state) {
+                snapshots.push((r.task_id.clone(), sequence, state));
+            }
+            snapshots.push((r.task_id, r.sequence, r.state));
+        }
+        Ok(snapshots)
     }
 
     /// The first `limit` events of `ranges`, by task then sequence: one page of what the

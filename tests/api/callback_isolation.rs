@@ -268,3 +268,27 @@ on_both_backends!(
     an_event_the_scheduler_cannot_decode_is_counted_and_the_next_ones_are_called_back,
     a_black_holed_receiver_holds_only_its_own_accounts_share_of_the_dispatcher,
 );
+
+/// One account allowed more attempts at once than the whole process is a configuration
+/// error, named at start, before anything is opened or served.
+#[tokio::test]
+async fn an_account_share_above_the_process_concurrency_is_refused_at_start() {
+    let db = TestDb::new(Backend::Sqlite).await;
+    let (db_settings, mut serve) = crate::helpers::app::serve_settings(&db.url);
+    serve.callbacks.callback_concurrency = 4;
+    serve.callbacks.callback_account_concurrency = 8;
+    let refused = taskledger::startup::Application::build(&db_settings, &serve).await;
+    let message = format!("{:#}", refused.err().expect("the settings are refused"));
+    assert!(
+        message
+            .contains("CALLBACK_ACCOUNT_CONCURRENCY (8) must not exceed CALLBACK_CONCURRENCY (4)"),
+        "{message}"
+    );
+    serve.callbacks.callback_account_concurrency = 4;
+    assert!(
+        taskledger::startup::Application::build(&db_settings, &serve)
+            .await
+            .is_ok(),
+        "an account may take the whole process"
+    );
+}

@@ -200,7 +200,18 @@ async fn the_relay_states_a_long_task_from_its_snapshot_with_a_bounded_read(back
         assert_eq!(value, &expected_of(e), "the state after {}", e.sequence);
     }
 
-    // A batch from before the snapshot (a relay catching up) cannot use it: the history is
+    // The task grows on and its snapshot moves past the batch: the one before it is kept,
+    // and the same batch still reads only the events after that one.
+    grow(&t, &long, 70).await;
+    t.set_metadata(&long, json!({"step": "later"})).await;
+    assert_eq!(snapshot_sequence(&t.store, &long).await, Some(3084));
+    let (values, read) = relayed_states(&t.store, &batch).await;
+    assert_eq!(read, 7 + 4, "from the previous snapshot");
+    for (e, value) in batch.iter().zip(&values) {
+        assert_eq!(value, &expected_of(e), "the state after {}", e.sequence);
+    }
+
+    // A batch from before both snapshots (a relay catching up) cannot use them: the history is
     // read a bounded page at a time, and the states are still exact.
     let early: Vec<EventEnvelope> = long_events[2500..2503].to_vec();
     let (values, read) = relayed_states(&t.store, &early).await;
