@@ -48,7 +48,10 @@ fn with_attributes(
     envelope: &EventEnvelope,
 ) -> OwnedHeaders {
     let time = time(envelope);
+    // An extension attribute, so a consumer drops test data by header, without parsing.
+    let is_test = if envelope.is_test { "true" } else { "false" };
     [
+        ("ce_istest", is_test),
         ("ce_specversion", SPEC_VERSION),
         ("ce_id", id),
         ("ce_type", ce_type),
@@ -123,6 +126,7 @@ mod tests {
             prev_hash: String::new(),
             hash: String::new(),
             hash_version: 2,
+            is_test: false,
         }
     }
 

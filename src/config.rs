@@ -85,4 +85,53 @@ pub struct ServerLimits {
         value_parser = clap::value_parser!(u32).range(1..),
         default_value_t = 1024)]
     pub max_connections: u32,
+
+    /// Requests a second each API key may make, sustained (its token bucket's refill rate,
+    /// fractions allowed: 0.5 is one every two seconds); over it the answer is 429. 0 turns
+    /// rate limiting off. Per process: see the README's "Limits".
+    #[arg(long, env = "TASKLEDGER_RATE_LIMIT_PER_SEC", default_value_t = 1000.0,
+        value_parser = parse_rate)]
+    pub rate_limit_per_sec: f64,
+
+    /// Requests each API key may make at once (its token bucket's size).
+    #[arg(long, env = "TASKLEDGER_RATE_LIMIT_BURST",
+        value_parser = clap::value_parser!(u32).range(1..),
+        default_value_t = 2000)]
+    pub rate_limit_burst: u32,
+}
+
+impl ServerLimits {
+    /// The per-key rate limit, or `None` when it is turned off.
+    pub fn rate_limit(&self) -> Option<crate::http::rate_limit::RateLimit> {
+        (self.rate_limit_per_sec > 0.0).then_some(crate::http::rate_limit::RateLimit {
+            per_sec: self.rate_limit_per_sec,
+            burst: self.rate_limit_burst,
+        })
+    }
+}
+
+/// A rate: a finite number of requests a second, 0 or more.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: give requests a second, a number 0 or more (0 is off)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn a_rate_is_a_finite_number_zero_or_more() {
+        assert_eq!(parse_rate("0"), Ok(0.0));
+        assert_eq!(parse_rate("0.5"), Ok(0.5));
+        assert_eq!(parse_rate(" 1000 "), Ok(1000.0));
+        for bad in ["-1", "abc", "inf", "NaN", ""] {
+            let refused = parse_rate(bad).unwrap_err();
+            assert!(refused.contains("not a rate"), "{bad}: {refused}");
+        }
+    }
 }

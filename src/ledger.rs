@@ -195,9 +195,11 @@ impl Ledger {
     pub async fn create(
         &self,
         ctx: &CommandContext,
-        create: CreateTask,
+        mut create: CreateTask,
         idempotency: Option<IdempotencyWrite>,
     ) -> Result<Committed, LedgerError> {
+        // The ledger the command acts in decides the mode, so no route can forget it.
+        create.is_test = taskledger_events::is_test_ledger(&ctx.actor.account_id);
         self.observed("create", async {
             let command = TaskCommand::new(ctx.actor.scope, TaskAction::Create(create));
             for _ in 0..MAX_ATTEMPTS {
@@ -392,6 +394,7 @@ fn largest_record(ctx: &CommandContext, task_id: &TaskId, events: &[TaskEvent]) 
                 prev_hash: GENESIS_HASH.to_string(),
                 hash: GENESIS_HASH.to_string(),
                 hash_version: taskledger_events::CURRENT_HASH_VERSION,
+                is_test: taskledger_events::is_test_ledger(&ctx.actor.account_id),
             };
             let mut counter = ByteCounter(0);
             match serde_json::to_writer(&mut counter, &envelope) {

@@ -37,6 +37,7 @@ pub struct Metrics {
     callback_oldest_pending: Gauge,
     callback_undecodable: IntCounter,
     append_fallbacks: IntCounter,
+    rate_limited: IntCounterVec,
     store_up: IntGauge,
     pool_connections: IntGaugeVec,
     pool_max_connections: IntGauge,
@@ -189,6 +190,17 @@ impl Metrics {
                      command per transaction.",
                 ),
             ),
+            rate_limited: registered(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "taskledger_rate_limited_total",
+                        "Requests refused with 429 because their API key was over its rate \
+                         limit, by account name.",
+                    ),
+                    &["account"],
+                ),
+            ),
             store_up: registered(
                 &registry,
                 IntGauge::new(
@@ -226,6 +238,11 @@ impl Metrics {
             self.callback_attempts.with_label_values(&[outcome]);
         }
         self
+    }
+
+    /// A request of `account`'s was refused by its key's rate limit.
+    pub fn observe_rate_limited(&self, account: &str) {
+        self.rate_limited.with_label_values(&[account]).inc();
     }
 
     /// A group-commit transaction failed as a whole and its commands are retried one each.

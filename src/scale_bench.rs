@@ -191,8 +191,16 @@ struct Served {
 }
 
 async fn serve(db: &DatabaseSettings) -> anyhow::Result<Served> {
-    let cli = Cli::try_parse_from(["taskledger", "serve", "--listen", "127.0.0.1:0"])
-        .context("building the bench's serve settings")?;
+    // The bench measures the server, not the rate limiter in front of it.
+    let cli = Cli::try_parse_from([
+        "taskledger",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--rate-limit-per-sec",
+        "0",
+    ])
+    .context("building the bench's serve settings")?;
     let Command::Serve(serve) = cli.command else {
         unreachable!("parsed as serve");
     };

@@ -162,6 +162,9 @@ pub async fn run(db: &DatabaseSettings, settings: &SoakSettings) -> anyhow::Resu
         "127.0.0.1:0",
         "--header-read-timeout-secs",
         &header_timeout,
+        // The soak measures the server under load, not the rate limiter in front of it.
+        "--rate-limit-per-sec",
+        "0",
     ])
     .context("building the soak's serve settings")?;
     let Command::Serve(serve) = cli.command else {

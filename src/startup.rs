@@ -93,7 +93,8 @@ impl Application {
                 idempotency_ttl: Duration::from_secs(serve.idempotency_ttl_secs),
             },
         )
-        .with_signing_key_file(signing_key_file);
+        .with_signing_key_file(signing_key_file)
+        .with_rate_limit(serve.limits.rate_limit());
         Ok(Application {
             listener,
             router: http::router_with_timeout(

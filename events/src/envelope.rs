@@ -5,6 +5,35 @@ use uuid::Uuid;
 
 use crate::{DecodeError, TaskEvent};
 
+/// What a test-mode key's account id gets, as the id of the account's test ledger.
+///
+/// Test data lives in a ledger of its own per account, named `<account_id>:test`: its events
+/// carry that id as their `account_id` (so the hash covers the mode), its tasks, counts,
+/// unique_ids, events feed and Merkle tree are keyed by it, and every read keyed by the
+/// caller's ledger sees one mode only. Account ids never contain `:`.
+pub const TEST_LEDGER_SUFFIX: &str = ":test";
+
+/// The ledger a key of `account_id` reads and writes: the account's own, or its test ledger.
+pub fn ledger_of(account_id: &str, is_test: bool) -> String {
+    if is_test {
+        format!("{account_id}{TEST_LEDGER_SUFFIX}")
+    } else {
+        account_id.to_string()
+    }
+}
+
+/// Whether `ledger_id` (an envelope's `account_id`) is an account's test ledger.
+pub fn is_test_ledger(ledger_id: &str) -> bool {
+    ledger_id.ends_with(TEST_LEDGER_SUFFIX)
+}
+
+/// The account a ledger belongs to: `ledger_id` without the test suffix.
+pub fn account_of_ledger(ledger_id: &str) -> &str {
+    ledger_id
+        .strip_suffix(TEST_LEDGER_SUFFIX)
+        .unwrap_or(ledger_id)
+}
+
 /// The `prev_hash` of the first event of every task.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -100,6 +129,12 @@ pub struct EventEnvelope {
     /// without the field come from before it existed, when every event was hashed as v1.
     #[serde(default = "first_hash_version")]
     pub hash_version: u32,
+    /// Test data (created with a test-mode key): consumers of live data drop it. Always
+    /// equal to whether `account_id` names a test ledger (`<account_id>:test`), which the hash
+    /// covers, so it needs no place in the hash input of its own; an envelope where the two
+    /// disagree does not verify ([`EventEnvelope::hash_matches`]).
+    #[serde(default)]
+    pub is_test: bool,
 }
 
 fn first_hash_version() -> u32 {
@@ -193,6 +228,7 @@ pub(crate) fn sample_envelope(hash_version: u32) -> EventEnvelope {
         prev_hash: GENESIS_HASH.into(),
         hash: String::new(),
         hash_version,
+        is_test: false,
     }
 }
 

@@ -46,6 +46,10 @@ pub struct TaskCreated {
     /// project or the project had no params.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_param_version: Option<u32>,
+    /// Test data, created with a test-mode key. Absent for a live task, so every live
+    /// task's payload (and hash) is what it was before test mode existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_test: bool,
 }
 
 /// A pending task was canceled.
@@ -66,6 +70,10 @@ pub struct TaskUniqueIdSet {
     pub unique_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<String>,
+    /// The task's `clear_unique_id_on_error` from here on, when the request set it. Absent
+    /// when it did not (and in every event written before it could), leaving it as it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_unique_id_on_error: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -45,7 +45,10 @@ pub use digest::{
     digest_message, parse_public_key, verify_signature, DigestError, SignedDigest,
     DIGEST_MESSAGE_TAG, ED25519,
 };
-pub use envelope::{canonical_json, Actor, EventEnvelope, Scope, UnknownScope, GENESIS_HASH};
+pub use envelope::{
+    account_of_ledger, canonical_json, is_test_ledger, ledger_of, Actor, EventEnvelope, Scope,
+    UnknownScope, GENESIS_HASH, TEST_LEDGER_SUFFIX,
+};
 pub use event::{
     AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,
     TaskCompleted, TaskCreated, TaskErrored, TaskEvent, TaskMetadataSet, TaskTagsAdded,

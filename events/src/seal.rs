@@ -111,7 +111,8 @@ impl EventEnvelope {
 
     /// Whether `hash` is the hash of the envelope's content: the check a consumer runs.
     pub fn hash_matches(&self) -> bool {
-        self.expected_hash().is_ok_and(|h| h == self.hash)
+        self.is_test == crate::is_test_ledger(&self.account_id)
+            && self.expected_hash().is_ok_and(|h| h == self.hash)
     }
 }
 
@@ -170,6 +171,7 @@ pub fn seal_events(
             prev_hash,
             hash: String::new(),
             hash_version: CURRENT_HASH_VERSION,
+            is_test: crate::is_test_ledger(ctx.account_id),
         };
         envelope.hash = envelope
             .expected_hash_of(&payload_json)
@@ -289,6 +291,33 @@ mod tests {
         let mut relabeled = old.clone();
         relabeled.hash_version = HASH_V2;
         assert!(!relabeled.hash_matches());
+    }
+
+    #[test]
+    fn is_test_is_covered_by_the_hashed_account_id() {
+        let mut test = envelope(HASH_V2);
+        test.account_id = crate::ledger_of("acme", true);
+        test.is_test = true;
+        test.hash = test.expected_hash().unwrap();
+        assert!(test.hash_matches());
+        let mut flipped = test.clone();
+        flipped.is_test = false;
+        assert!(
+            !flipped.hash_matches(),
+            "a test event claimed live does not verify"
+        );
+        let mut moved = flipped.clone();
+        moved.account_id = "acme".into();
+        assert!(!moved.hash_matches(), "nor one moved to the live ledger");
+        let live = envelope(HASH_V2);
+        let mut claimed = live.clone();
+        claimed.hash = claimed.expected_hash().unwrap();
+        assert!(claimed.hash_matches());
+        claimed.is_test = true;
+        assert!(
+            !claimed.hash_matches(),
+            "a live event claimed test does not verify"
+        );
     }
 
     #[test]

@@ -169,6 +169,14 @@ pub struct TaskView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(nullable = false))]
     pub unique_id: Option<String>,
+    /// Whether the unique_id is released when the task errors (set at creation or by
+    /// `POST /v1/task/{id}/unique_id`).
+    #[serde(default)]
+    pub clear_unique_id_on_error: bool,
+    /// Test data, created with a test-mode key; only test-mode keys see it. Kept last (with
+    /// the field above) so migration 0035 could add both to every stored body.
+    #[serde(default)]
+    pub is_test: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +229,8 @@ pub fn fold(
                 customer_review_status: None,
                 tags: created.tags.clone(),
                 unique_id: created.unique_id.clone(),
+                clear_unique_id_on_error: created.clear_unique_id_on_error,
+                is_test: created.is_test,
             })
         }
         (Some(_), TaskEvent::TaskCreated(_)) => return Err(FoldError::AlreadyCreated),
@@ -236,7 +246,12 @@ pub fn fold(
         TaskEvent::TaskCreated(_) => unreachable!("handled above"),
         TaskEvent::TaskCanceled(_) => view.status = TaskStatus::Canceled,
         TaskEvent::TaskMetadataSet(e) => view.metadata = e.metadata.clone(),
-        TaskEvent::TaskUniqueIdSet(e) => view.unique_id = Some(e.unique_id.clone()),
+        TaskEvent::TaskUniqueIdSet(e) => {
+            view.unique_id = Some(e.unique_id.clone());
+            if let Some(flag) = e.clear_unique_id_on_error {
+                view.clear_unique_id_on_error = flag;
+            }
+        }
         TaskEvent::TaskUniqueIdCleared(_) => view.unique_id = None,
         TaskEvent::TaskTagsAdded(e) => add_tags(&mut view.tags, &e.tags),
         TaskEvent::TaskTagsReplaced(e) => view.tags = e.tags.clone(),

@@ -18,6 +18,7 @@ fn created() -> TaskEvent {
         unique_id: Some("u-1".into()),
         clear_unique_id_on_error: false,
         project_param_version: None,
+        is_test: false,
     })
 }
 
@@ -126,6 +127,7 @@ fn the_unique_id_change_releases_the_old_value_and_reserves_the_new() {
         &TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
             unique_id: "u-2".into(),
             previous: Some("u-1".into()),
+            clear_unique_id_on_error: None,
         }),
     )
     .unwrap();

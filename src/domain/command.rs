@@ -29,6 +29,8 @@ pub enum TaskAction {
     },
     SetUniqueId {
         unique_id: UniqueId,
+        /// Set the task's `clear_unique_id_on_error` too; `None` leaves it as it is.
+        clear_unique_id_on_error: Option<bool>,
     },
     ClearUniqueId,
     AddTags {
@@ -87,6 +89,8 @@ pub struct CreateTask {
     pub params: Params,
     /// The project params version the task inherited from.
     pub project_param_version: Option<u32>,
+    /// Created with a test-mode key; set by the ledger from the command's ledger.
+    pub is_test: bool,
 }
 
 impl TaskCommand {

@@ -75,7 +75,12 @@ impl Aggregate for Task {
             }
             TaskEvent::TaskCanceled(_) => self.status = Some(TaskStatus::Canceled),
             TaskEvent::TaskMetadataSet(e) => self.metadata = e.metadata,
-            TaskEvent::TaskUniqueIdSet(e) => self.unique_id = Some(e.unique_id),
+            TaskEvent::TaskUniqueIdSet(e) => {
+                self.unique_id = Some(e.unique_id);
+                if let Some(flag) = e.clear_unique_id_on_error {
+                    self.clear_unique_id_on_error = flag;
+                }
+            }
             TaskEvent::TaskUniqueIdCleared(_) => self.unique_id = None,
             TaskEvent::TaskTagsAdded(e) => add_tags(&mut self.tags, &e.tags),
             TaskEvent::TaskTagsReplaced(e) => self.tags = e.tags,
@@ -142,14 +147,26 @@ impl Task {
                     metadata,
                 })])
             }
-            TaskAction::SetUniqueId { unique_id } => {
+            TaskAction::SetUniqueId {
+                unique_id,
+                clear_unique_id_on_error,
+            } => {
                 require_scope(scope, Scope::Customer, "set unique_id")?;
-                if self.unique_id.as_deref() == Some(unique_id.as_str()) {
+                let same_id = self.unique_id.as_deref() == Some(unique_id.as_str());
+                let flag =
+                    clear_unique_id_on_error.filter(|flag| *flag != self.clear_unique_id_on_error);
+                if same_id && flag.is_none() {
                     return Ok(vec![]);
                 }
                 Ok(vec![TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
                     unique_id: unique_id.into_string(),
-                    previous: self.unique_id.clone(),
+                    // Keeping the same id only changes the flag: nothing is released.
+                    previous: if same_id {
+                        None
+                    } else {
+                        self.unique_id.clone()
+                    },
+                    clear_unique_id_on_error: flag,
                 })])
             }
             TaskAction::ClearUniqueId => {
@@ -353,6 +370,7 @@ fn created(create: CreateTask) -> Result<TaskEvent, TaskError> {
         unique_id: create.unique_id.map(|u| u.into_string()),
         clear_unique_id_on_error: create.clear_unique_id_on_error,
         project_param_version: create.project_param_version,
+        is_test: create.is_test,
     }))
 }
 

@@ -96,6 +96,7 @@ fn set_metadata(value: Value) -> TaskAction {
 fn set_unique_id(unique_id: &str) -> TaskAction {
     TaskAction::SetUniqueId {
         unique_id: UniqueId::parse(unique_id).unwrap(),
+        clear_unique_id_on_error: None,
     }
 }
 
@@ -193,6 +194,7 @@ fn created_fact(task_type: &str, params: Value) -> TaskCreated {
         unique_id: None,
         clear_unique_id_on_error: false,
         project_param_version: None,
+        is_test: false,
     }
 }
 
@@ -731,6 +733,7 @@ fn setting_a_unique_id_records_the_one_it_replaces() {
         .then_expect([TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
             unique_id: "order-43".into(),
             previous: Some(UNIQUE_ID.into()),
+            clear_unique_id_on_error: None,
         })]);
 }
 
@@ -741,6 +744,7 @@ fn setting_the_first_unique_id_has_no_previous() {
         .then_expect([TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
             unique_id: UNIQUE_ID.into(),
             previous: None,
+            clear_unique_id_on_error: None,
         })]);
 }
 
@@ -958,10 +962,73 @@ fn erroring_releases_the_unique_id_set_after_creation() {
         TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
             unique_id: UNIQUE_ID.into(),
             previous: None,
+            clear_unique_id_on_error: None,
         }),
     ])
     .when(contributor(error(json!("the image is blank"))))
     .then_expect([errored(), unique_id_cleared(UniqueIdClearReason::Errored)]);
+}
+
+fn set_unique_id_clearing_on_error(unique_id: &str, flag: bool) -> TaskAction {
+    TaskAction::SetUniqueId {
+        unique_id: UniqueId::parse(unique_id).unwrap(),
+        clear_unique_id_on_error: Some(flag),
+    }
+}
+
+#[test]
+fn setting_the_same_unique_id_with_clear_unique_id_on_error_records_only_the_flag() {
+    task([created_with_unique_id()])
+        .when(customer(set_unique_id_clearing_on_error(UNIQUE_ID, true)))
+        .then_expect([TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
+            unique_id: UNIQUE_ID.into(),
+            previous: None,
+            clear_unique_id_on_error: Some(true),
+        })]);
+}
+
+#[test]
+fn setting_clear_unique_id_on_error_to_what_it_already_is_records_nothing() {
+    task([created_with(|c| {
+        c.unique_id = Some(UNIQUE_ID.into());
+        c.clear_unique_id_on_error = true;
+    })])
+    .when(customer(set_unique_id_clearing_on_error(UNIQUE_ID, true)))
+    .then_expect([]);
+}
+
+#[test]
+fn erroring_releases_a_unique_id_whose_clear_flag_was_set_with_it() {
+    task([
+        created_with_unique_id(),
+        TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
+            unique_id: "order-43".into(),
+            previous: Some(UNIQUE_ID.into()),
+            clear_unique_id_on_error: Some(true),
+        }),
+    ])
+    .when(contributor(error(json!("the image is blank"))))
+    .then_expect([
+        errored(),
+        TaskEvent::TaskUniqueIdCleared(TaskUniqueIdCleared {
+            unique_id: "order-43".into(),
+            reason: UniqueIdClearReason::Errored,
+        }),
+    ]);
+}
+
+#[test]
+fn a_unique_id_set_with_the_flag_false_is_kept_when_the_task_errors() {
+    task([
+        created_with(|c| c.clear_unique_id_on_error = true),
+        TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
+            unique_id: "order-43".into(),
+            previous: None,
+            clear_unique_id_on_error: Some(false),
+        }),
+    ])
+    .when(contributor(error(json!("the image is blank"))))
+    .then_expect([errored()]);
 }
 
 #[test]
@@ -1189,6 +1256,7 @@ fn a_long_history() -> Vec<TaskEvent> {
         TaskEvent::TaskUniqueIdSet(TaskUniqueIdSet {
             unique_id: UNIQUE_ID.into(),
             previous: Some("first".into()),
+            clear_unique_id_on_error: None,
         }),
         TaskEvent::TaskTagsAdded(TaskTagsAdded {
             tags: strings(&["c"]),

@@ -63,8 +63,7 @@ async fn ledger_digest(
     AccountRead { state, caller }: AccountRead,
 ) -> Result<Json<SignedDigest>, ApiError> {
     let keys = signing_keys(&state)?;
-    let digest =
-        crate::audit::sign_digest(state.ledger.store(), &keys, caller.account_id()).await?;
+    let digest = crate::audit::sign_digest(state.ledger.store(), &keys, &caller.ledger()).await?;
     Ok(Json(digest))
 }
 
@@ -159,7 +158,8 @@ async fn inclusion_proof(
     QueryParams(query): QueryParams<InclusionParams>,
 ) -> Result<Json<InclusionProofOut>, ApiError> {
     let store = state.ledger.store();
-    let account = caller.account_id();
+    let ledger = caller.ledger();
+    let account = ledger.as_str();
     let Some((leaf_index, _)) = store
         .leaf_of_event(account, &query.event_id.to_string())
         .await?
@@ -220,7 +220,8 @@ async fn consistency_proof(
     QueryParams(query): QueryParams<ConsistencyParams>,
 ) -> Result<Json<ConsistencyProofOut>, ApiError> {
     let store = state.ledger.store();
-    let account = caller.account_id();
+    let ledger = caller.ledger();
+    let account = ledger.as_str();
     let (Size(from), Size(to)) = (query.from, query.to);
     let current = store.tree_head(account).await?.tree_size;
     current_size_check(to, current, "to")?;

@@ -155,11 +155,11 @@ async fn list_events(
     let store = state.ledger.store();
     let mut events = if filter == EventFilter::default() {
         store
-            .events_after(after, limit + 1, Some(caller.account_id()))
+            .events_after(after, limit + 1, Some(caller.ledger().as_str()))
             .await?
     } else {
         store
-            .search_events(caller.account_id(), after, limit + 1, &filter)
+            .search_events(&caller.ledger(), after, limit + 1, &filter)
             .await?
     };
     let has_more = events.len() as i64 > limit;

@@ -27,10 +27,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The caller's command context, acting in the caller's ledger ([`Caller::ledger`]).
     pub fn context(&self) -> CommandContext {
+        self.context_in(self.ledger())
+    }
+
+    /// The caller's command context acting in `ledger`: a contributor's in the account's
+    /// test ledger, for a test task it acts on by id.
+    pub fn context_in(&self, ledger: String) -> CommandContext {
         CommandContext {
             actor: Actor {
-                account_id: self.principal.account_id.clone(),
+                account_id: ledger,
                 key_id: Some(self.principal.key_id.clone()),
                 scope: self.principal.scope,
             },
@@ -38,8 +45,16 @@ impl Caller {
         }
     }
 
+    /// The account itself (its keys, its callback secret): the same in both modes.
     pub fn account_id(&self) -> &str {
         &self.principal.account_id
+    }
+
+    /// The ledger the caller reads and writes: the account's, or for a test-mode key the
+    /// account's test ledger (`<account_id>:test`). Every task, list, count, feed and
+    /// Merkle-tree read is keyed by it, which is what keeps test and live data apart.
+    pub fn ledger(&self) -> String {
+        taskledger_events::ledger_of(&self.principal.account_id, self.principal.is_test)
     }
 
     /// Whether the caller holds a test-mode key: it reads and writes test data only.

@@ -323,7 +323,7 @@ async fn list_tasks(
     let page = state
         .ledger
         .store()
-        .list_tasks(caller.account_id(), &options.query)
+        .list_tasks(&caller.ledger(), &options.query)
         .await?;
     let docs: Vec<String> = if options.include_attachment_url || options.limited_response {
         page.bodies

@@ -17,6 +17,7 @@ mod list;
 mod metrics;
 pub mod openapi;
 mod projects;
+pub mod rate_limit;
 mod request_id;
 mod schemas;
 mod task_bodies;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub signing_key_file: Option<Arc<std::path::PathBuf>>,
     /// Authentication from memory while no key changed (see [`KeyCache`]).
     pub keys: Arc<KeyCache>,
+    /// Every key's token bucket; `None` when rate limiting is off.
+    pub rate_limiter: Option<Arc<rate_limit::RateLimiter>>,
 }
 
 impl AppState {
@@ -71,7 +74,19 @@ impl AppState {
             ledger,
             settings: Arc::new(settings),
             signing_key_file: None,
+            rate_limiter: None,
         }
+    }
+
+    /// Limits each API key to `limit` (none when `None`), on the process's monotonic clock.
+    pub fn with_rate_limit(mut self, limit: Option<rate_limit::RateLimit>) -> AppState {
+        self.rate_limiter = limit.map(|limit| {
+            Arc::new(rate_limit::RateLimiter::new(
+                limit,
+                Arc::new(rate_limit::MonotonicClock::default()),
+            ))
+        });
+        self
     }
 
     /// Signs digests with the keys in this file.
@@ -198,6 +213,10 @@ pub fn router_with_timeout(state: AppState, request_timeout: Option<Duration>) -
         .router
         .merge(console::router())
         .fallback(error::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::layer,
+        ))
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(observe)
         .with_state(state)

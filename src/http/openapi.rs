@@ -145,7 +145,8 @@ const ERROR_ANSWERS: &[ErrorAnswer] = &[
     ErrorAnswer {
         status: 429,
         name: "TooManyRequests",
-        description: "A request with this Idempotency-Key is still being processed (or its \
+        description: "The API key is over its rate limit (`X-RateLimit-*` say how far), or a \
+                      request with this Idempotency-Key is still being processed (or its \
                       claim was taken over by a retry); retry after `Retry-After` seconds.",
     },
     ErrorAnswer {
@@ -174,7 +175,8 @@ fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
         .iter()
         .flatten()
         .any(|p| p.parameter_in == ParameterIn::Query);
-    let mut statuses = vec![401, 500, 503];
+    // Every authenticated route can answer 429: each key has a rate limit.
+    let mut statuses = vec![401, 429, 500, 503];
     if mutating || has_query || op.request_body.is_some() {
         statuses.push(400);
     }
@@ -182,7 +184,7 @@ fn error_statuses(method: &str, path: &str, op: &Operation) -> Vec<u16> {
         statuses.push(404);
     }
     if mutating {
-        statuses.extend([403, 408, 413, 429]);
+        statuses.extend([403, 408, 413]);
         if !never_answers_409(method, path) {
             statuses.push(409);
         }
@@ -206,6 +208,32 @@ fn request_id_header() -> Header {
     header
 }
 
+/// The `X-RateLimit-*` headers of every authenticated answer, with their descriptions.
+fn rate_limit_headers() -> [(&'static str, Header); 3] {
+    let header = |description: &str| {
+        let mut header = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
+        header.description = Some(description.into());
+        header
+    };
+    [
+        (
+            "X-RateLimit-Limit",
+            header(
+                "Requests the API key may make at once (its token bucket's size, \
+                 TASKLEDGER_RATE_LIMIT_BURST); it refills at TASKLEDGER_RATE_LIMIT_PER_SEC.",
+            ),
+        ),
+        (
+            "X-RateLimit-Remaining",
+            header("Requests the key may still make at once after this one."),
+        ),
+        (
+            "X-RateLimit-Reset",
+            header("Seconds until the key's bucket is full again."),
+        ),
+    ]
+}
+
 fn error_response(answer: &ErrorAnswer) -> Response {
     let mut builder = ResponseBuilder::new()
         .description(answer.description)
@@ -220,6 +248,9 @@ fn error_response(answer: &ErrorAnswer) -> Response {
         let mut retry_after = Header::new(ObjectBuilder::new().schema_type(Type::Integer));
         retry_after.description = Some("Seconds to wait before retrying.".into());
         builder = builder.header("Retry-After", retry_after);
+        for (name, header) in rate_limit_headers() {
+            builder = builder.header(name, header);
+        }
     }
     builder.build()
 }
@@ -292,6 +323,11 @@ fn apply_conventions(doc: &mut utoipa::openapi::OpenApi) {
                     response
                         .headers
                         .insert(X_REQUEST_ID.as_str().into(), request_id_header());
+                    if path.starts_with("/v1/") {
+                        for (name, header) in rate_limit_headers() {
+                            response.headers.insert(name.into(), header);
+                        }
+                    }
                 }
             }
             for status in error_statuses(method, path, op) {

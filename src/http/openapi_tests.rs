@@ -124,16 +124,24 @@ fn every_api_operation_has_auth_errors_and_mutations_take_an_idempotency_key() {
             json!([{"basic": []}, {"bearer": []}]),
             "{method} {path}"
         );
-        for status in ["401", "500", "503"] {
+        for status in ["401", "429", "500", "503"] {
             assert!(
                 op["responses"][status].is_object(),
                 "{status} {method} {path}"
             );
         }
+        let ok_headers = &op["responses"]["200"]["headers"];
+        for name in [
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+        ] {
+            assert!(ok_headers[name].is_object(), "{name} {method} {path}");
+        }
         let mutating = method != "get";
         assert_eq!(param("Idempotency-Key"), mutating, "{method} {path}");
         if mutating {
-            for status in ["400", "403", "413", "429"] {
+            for status in ["400", "403", "413"] {
                 assert!(
                     op["responses"][status].is_object(),
                     "{status} {method} {path}"

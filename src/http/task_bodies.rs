@@ -138,6 +138,8 @@ impl CreateTaskBody {
             clear_unique_id_on_error: self.clear_unique_id_on_error.unwrap_or_default().0,
             project_param_version: None,
             params,
+            // Decided by the ledger from the caller's key, never by the body.
+            is_test: false,
         })
     }
 }
@@ -147,6 +149,9 @@ impl CreateTaskBody {
 pub struct UniqueIdBody {
     #[schema(required = true, nullable = false)]
     pub(super) unique_id: Option<UniqueId>,
+    /// Release the unique_id if the task ends in error; left as it is when absent.
+    #[schema(value_type = bool, nullable = false)]
+    pub(super) clear_unique_id_on_error: Option<Flag>,
 }
 
 impl LenientBody for UniqueIdBody {

@@ -238,11 +238,12 @@ impl Store {
         )
     }
 
-    /// The secret of an account by id, for signing its callbacks.
+    /// The secret of an account by id, for signing its callbacks. A test ledger's callbacks
+    /// are signed with its account's secret: the receiver is the same customer.
     pub async fn callback_secret_of(&self, account_id: &str) -> Result<Option<String>, StoreError> {
         Ok(
             sqlx::query_scalar("SELECT callback_secret FROM accounts WHERE account_id = $1")
-                .bind(account_id)
+                .bind(taskledger_events::account_of_ledger(account_id))
                 .fetch_optional(&self.pool)
                 .await?,
         )

@@ -66,6 +66,7 @@ fn seal(
         prev_hash: prev_hash.to_string(),
         hash: String::new(),
         hash_version: CURRENT_HASH_VERSION,
+        is_test: false,
     };
     envelope.hash = envelope
         .expected_hash_of(&payload_json)
@@ -143,6 +144,61 @@ impl Store {
             },
             secret,
         ))
+    }
+
+    /// Records the facts of every key the ledger has no event of: keys created before keys
+    /// were recorded. Each gets its `ApiKeyCreated` (and `ApiKeyRevoked` if it was revoked
+    /// already), recorded now, in one transaction per key, so from this release on the ledger
+    /// names every key that ever existed. Several processes may run it at once: a key's first
+    /// event slot is taken once, and the loser's transaction is rolled back.
+    pub(super) async fn record_unrecorded_keys(&self) -> Result<usize, StoreError> {
+        let keys: Vec<KeyRecord> = sqlx::query_as(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys k JOIN accounts a ON a.account_id = k.account_id \
+             WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.task_id = k.key_id) \
+             ORDER BY k.created_at_us, k.key_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut recorded = 0;
+        for key in keys {
+            let mut tx = self.begin_append().await?;
+            let mut facts = vec![KeyEvent::ApiKeyCreated(ApiKeyCreated {
+                key_id: key.key_id.clone(),
+                name: key.name.clone(),
+                scope: key.scope.clone(),
+                is_test: key.is_test != 0,
+            })];
+            if key.revoked_at_us.is_some() {
+                facts.push(KeyEvent::ApiKeyRevoked(ApiKeyRevoked {
+                    key_id: key.key_id.clone(),
+                }));
+            }
+            // One at a time: each is sealed after the head the one before it moved.
+            let mut prev_hash = GENESIS_HASH.to_string();
+            let mut taken = false;
+            for (i, fact) in facts.iter().enumerate() {
+                let sealed = seal(
+                    &tx,
+                    &key.account_id,
+                    &key.key_id,
+                    fact,
+                    i as i64,
+                    &prev_hash,
+                )?;
+                prev_hash = sealed.envelope.hash.clone();
+                if !tx.record_sealed(&[sealed]).await? {
+                    taken = true;
+                    break;
+                }
+            }
+            if taken {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+                recorded += 1;
+            }
+        }
+        Ok(recorded)
     }
 
     /// Revokes an active key, recording `ApiKeyRevoked` in the ledger with it; `false` if no

@@ -398,7 +398,10 @@ impl Store {
                 .await?;
         let mut leaves = 0;
         for account in accounts {
-            leaves += self.rebuild_tree(&account, &progress).await?;
+            // Each account has two ledgers, each with its tree: its own and its test ledger.
+            for ledger in [false, true].map(|test| taskledger_events::ledger_of(&account, test)) {
+                leaves += self.rebuild_tree(&ledger, &progress).await?;
+            }
         }
         Ok(leaves)
     }

@@ -197,6 +197,13 @@ impl Store {
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
         }
+        let recorded = self.record_unrecorded_keys().await?;
+        if recorded > 0 {
+            tracing::info!(
+                recorded,
+                "recorded the creation of keys made before keys were recorded"
+            );
+        }
         Ok(())
     }
 

@@ -62,6 +62,7 @@ impl EventRow {
             hash: self.hash.clone(),
             hash_version: u32::try_from(self.hash_version)
                 .map_err(|e| corrupt(format!("hash_version: {e}")))?,
+            is_test: taskledger_events::is_test_ledger(&self.account_id),
         })
     }
 }

@@ -896,6 +896,7 @@ fn new_task_write(account_id: &str) -> CommandWrite {
             unique_id: None,
             clear_unique_id_on_error: false,
             project_param_version: None,
+            is_test: false,
         })],
         idempotency: None,
     }
@@ -948,8 +949,64 @@ async fn one_group_commit_of_many_accounts_grows_each_accounts_tree(backend: Bac
     );
 }
 
+/// Keys made before keys were recorded (rows with no event) get their facts recorded when
+/// this release opens the database: created, and revoked if they were, once only, in the
+/// account's chain order and tree.
+async fn keys_from_before_keys_were_recorded_get_their_events_once(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let account = t.store.ensure_account("acme").await.unwrap();
+    for (key_id, hash, revoked) in [
+        ("key_old_live", "aa", None),
+        ("key_old_gone", "bb", Some(2_000_000i64)),
+    ] {
+        sqlx::query(
+            "INSERT INTO api_keys (key_id, account_id, scope, key_hash, created_at_us, revoked_at_us) \
+             VALUES ($1, $2, 'contributor', $3, 1000000, $4)",
+        )
+        .bind(key_id)
+        .bind(&account)
+        .bind(hash)
+        .bind(revoked)
+        .execute(t.store.pool())
+        .await
+        .unwrap();
+    }
+    t.store.migrate().await.unwrap();
+    t.store.migrate().await.unwrap();
+
+    let facts: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT task_id, sequence, event_type FROM events WHERE task_id LIKE 'key_old_%' \
+         ORDER BY task_id, sequence",
+    )
+    .fetch_all(t.store.pool())
+    .await
+    .unwrap();
+    let facts: Vec<(&str, i64, &str)> = facts
+        .iter()
+        .map(|(k, s, e)| (k.as_str(), *s, e.as_str()))
+        .collect();
+    assert_eq!(
+        facts,
+        vec![
+            ("key_old_gone", 1, "ApiKeyCreated"),
+            ("key_old_gone", 2, "ApiKeyRevoked"),
+            ("key_old_live", 1, "ApiKeyCreated"),
+        ]
+    );
+    let head = t.store.tree_head(&account).await.unwrap();
+    let recomputed = t
+        .store
+        .recompute_tree(&account, head.tree_size)
+        .await
+        .unwrap();
+    assert_eq!(recomputed.events, head.tree_size);
+    assert_eq!(recomputed.root, head.root, "the tree holds the new facts");
+    assert_ledger_intact(&t.store).await;
+}
+
 on_both_backends!(
     one_group_commit_of_many_accounts_grows_each_accounts_tree,
+    keys_from_before_keys_were_recorded_get_their_events_once,
     every_event_filter_is_read_through_an_index,
     each_event_filter_narrows_the_account_feed_in_global_order,
     named_keys_are_listed_per_account_and_recorded_as_its_events,

@@ -614,7 +614,44 @@ async fn two_servers_attempt_each_delivery_once() {
     );
 }
 
+async fn a_test_task_calls_back_signed_with_the_accounts_secret(backend: Backend) {
+    let since = chrono::Utc::now().timestamp();
+    let (url, log) = receiver(vec![]).await;
+    let app = app_for_callbacks(backend, 3, 50).await;
+    let (_, test_key) = app
+        .store
+        .create_key_in_mode("acme", taskledger_events::Scope::Customer, None, true)
+        .await
+        .unwrap();
+    let tester = app.as_key(&test_key);
+    let mut body = crate::helpers::task_body();
+    body["callback_url"] = json!(url);
+    let id = tester.post("/v1/task/categorization", body).await.task_id();
+    app.complete(&id).await;
+    let history = eventually(PATIENCE, "the test task's callback", async || {
+        let history = tester.history(&id).await;
+        if events_of(&history, "CallbackDelivered").is_empty() {
+            Err(history)
+        } else {
+            Ok(history)
+        }
+    })
+    .await;
+    assert_eq!(events_of(&history, "CallbackDelivered").len(), 1);
+    let received = log.lock().unwrap().clone();
+    assert_eq!(received.len(), 1);
+    let secret = app.store.callback_secret("acme", false).await.unwrap();
+    verify_signature(&secret.unwrap(), &received[0], since);
+    let delivered = received[0].json();
+    assert_eq!(delivered["task"]["is_test"], json!(true));
+    assert_eq!(
+        tester.get(&format!("/v1/task/{id}")).await.body["callback_completed"],
+        json!(true)
+    );
+}
+
 on_both_backends!(
+    a_test_task_calls_back_signed_with_the_accounts_secret,
     redirects_are_not_followed,
     completing_erroring_and_workforce_audits_call_back_signed,
     failed_and_hung_attempts_are_retried_with_backoff_under_one_delivery_id,

@@ -20,6 +20,7 @@ crate::helpers::backends!(
         the_console_is_served_from_the_binary_with_its_types_policy_and_revalidation,
         an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it_verified,
         the_browser_checks_agree_with_rfc_6962_and_rfc_8032_vectors_computed_apart,
+        a_long_history_opens_one_page_at_a_time_with_one_proof_per_page,
     ],
 );
 
@@ -648,6 +649,89 @@ async fn an_auditor_signs_in_lists_tasks_opens_one_reads_its_history_and_sees_it
             .unwrap_or_default();
         assert!(auth.starts_with("Basic "), "{request}");
     }
+}
+
+/// A task's page costs the same whatever the length of its history: the console reads one
+/// page of events and asks for one inclusion proof (the newest event's hash commits the chain
+/// before it), and reads more only when asked.
+async fn a_long_history_opens_one_page_at_a_time_with_one_proof_per_page(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let task = create_task(&app, json!({})).await;
+    for n in 0..129 {
+        let changed = app
+            .post(&format!("/v1/task/{task}/setMetadata"), json!({"n": n}))
+            .await;
+        assert_eq!(changed.status, 200, "{}", changed.body);
+    }
+    let history = app.history(&task).await;
+    assert_eq!(history.len(), 130);
+
+    let browser = Browser::start(1280, 800).await;
+    sign_in(&browser, &app).await;
+    browser
+        .eval(&format!("location.hash = '#/task/{task}'"))
+        .await;
+    let finished = "document.querySelector('#integrity')?.dataset.result && \
+                    document.querySelector('#integrity').dataset.result !== 'checking'";
+    browser.wait_for("the first page's check", finished).await;
+    assert_eq!(
+        browser
+            .eval("document.querySelectorAll('#history li').length")
+            .await,
+        100
+    );
+    let result = browser
+        .eval("document.querySelector('#integrity-result').textContent")
+        .await;
+    let result = result.as_str().unwrap().to_string();
+    assert!(result.starts_with("Verified"), "{result}");
+    assert!(result.contains("Events 1 to 100 are checked"), "{result}");
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#history-more').hidden")
+            .await,
+        false
+    );
+    let proofs = |browser: &Browser| {
+        browser
+            .requested_urls()
+            .into_iter()
+            .filter(|u| u.contains("/v1/ledger/proof/inclusion"))
+            .collect::<Vec<_>>()
+    };
+    let first = proofs(&browser);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].contains(history[99]["event_id"].as_str().unwrap()),
+        "the newest event of the page is the one proven: {first:?}"
+    );
+
+    browser
+        .eval("document.querySelector('#history-more').click()")
+        .await;
+    browser
+        .wait_for(
+            "the whole history, checked",
+            &format!(
+                "document.querySelectorAll('#history li').length === 130 && \
+                 document.querySelector('#integrity').dataset.checked === '130' && ({finished})"
+            ),
+        )
+        .await;
+    let result = browser
+        .eval("document.querySelector('#integrity-result').textContent")
+        .await;
+    let result = result.as_str().unwrap().to_string();
+    assert!(result.starts_with("Verified"), "{result}");
+    assert!(!result.contains("load more"), "{result}");
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#history-more').hidden")
+            .await,
+        true
+    );
+    assert_eq!(proofs(&browser).len(), 2);
+    browser.assert_stayed_within(&app.address);
 }
 
 async fn tasks_whose_events_were_altered_or_removed_in_the_database_show_which_check_failed(

@@ -10,7 +10,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use crate::helpers::process::taskledger;
-use crate::helpers::{on_both_backends, spawn_app, tamper_with_event, Backend, TestLedger};
+use crate::helpers::{on_both_backends, spawn_app_with, tamper_with_event, Backend, TestLedger};
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
@@ -34,7 +34,7 @@ fn promtool(args: &[&str]) -> String {
 #[test]
 fn promtool_accepts_the_alert_rules_their_unit_tests_and_the_prometheus_config() {
     let rules = promtool(&["check", "rules", "prometheus/alerts.yml"]);
-    assert!(rules.contains("SUCCESS: 8 rules found"), "{rules}");
+    assert!(rules.contains("SUCCESS: 9 rules found"), "{rules}");
     promtool(&["test", "rules", "prometheus/alerts_test.yml"]);
     promtool(&["check", "config", "prometheus/prometheus.yml"]);
 }
@@ -45,7 +45,7 @@ fn every_alert_has_a_summary_and_a_runbook_paragraph_in_the_readme() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let rules = yaml("prometheus/alerts.yml");
     let rules = rules["groups"][0]["rules"].as_sequence().unwrap();
-    assert_eq!(rules.len(), 8);
+    assert_eq!(rules.len(), 9);
     for rule in rules {
         let name = str_of(&rule["alert"], "alert");
         let annotations = &rule["annotations"];
@@ -115,10 +115,17 @@ fn alert_exprs() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_dashboard_and_the_alerts_query_only_metrics_that_exist() {
-    let app = spawn_app(Backend::Sqlite).await;
+    // A burst of 2 that refills once in 1000 s: the third request is throttled, so the
+    // rate-limit series exists too.
+    let app = spawn_app_with(Backend::Sqlite, |serve| {
+        serve.limits.rate_limit_per_sec = 0.001;
+        serve.limits.rate_limit_burst = 2;
+    })
+    .await;
     // One request and one command, so the per-route and per-outcome series exist.
     let id = app.create(json!({})).await.task_id();
     app.get(&format!("/v1/task/{id}")).await;
+    assert_eq!(app.get(&format!("/v1/task/{id}")).await.status, 429);
     let mut names = exposed(&app.metrics().await);
 
     // The verify metrics come from the textfile collector, as `verify --metrics-file` writes.

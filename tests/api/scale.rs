@@ -115,10 +115,12 @@ impl Writer {
                         let moved = async {
                             let give_up = TaskAction::SetUniqueId {
                                 unique_id: format!("x{i}").try_into().unwrap(),
+                                clear_unique_id_on_error: None,
                             };
                             ledger.execute(&customer, prev, cmd(give_up), None).await?;
                             let take = TaskAction::SetUniqueId {
                                 unique_id: format!("w{}", i - 1).try_into().unwrap(),
+                                clear_unique_id_on_error: None,
                             };
                             ledger.execute(&customer, task, cmd(take), None).await?;
                             let tags = TaskAction::SetTags {

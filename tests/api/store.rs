@@ -78,6 +78,7 @@ async fn every_command_appends_contiguous_sequences_chained_by_hash(backend: Bac
             Scope::Customer,
             TaskAction::SetUniqueId {
                 unique_id: "u-2".try_into().unwrap(),
+                clear_unique_id_on_error: None,
             },
         ),
         (
@@ -231,6 +232,7 @@ async fn a_taken_unique_id_is_refused_naming_its_task_until_released(backend: Ba
             Scope::Customer,
             TaskAction::SetUniqueId {
                 unique_id: "dup".try_into().unwrap(),
+                clear_unique_id_on_error: None,
             },
         )
         .await;
@@ -250,6 +252,7 @@ async fn a_taken_unique_id_is_refused_naming_its_task_until_released(backend: Ba
         Scope::Customer,
         TaskAction::SetUniqueId {
             unique_id: "dup".try_into().unwrap(),
+            clear_unique_id_on_error: None,
         },
     )
     .await
@@ -285,6 +288,7 @@ async fn a_refused_command_in_a_batch_leaves_nothing_and_spares_the_others(backe
             unique_id: create.unique_id.map(|u| u.into_string()),
             clear_unique_id_on_error: false,
             project_param_version: None,
+            is_test: false,
         });
         t.decided_write(&TaskId::generate(), vec![created]).await
     };

@@ -412,6 +412,7 @@ fn created_with_tags(tags: &[&str]) -> TaskEvent {
         unique_id: None,
         clear_unique_id_on_error: false,
         project_param_version: None,
+        is_test: false,
     })
 }
 

@@ -153,6 +153,31 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
     })
     .await;
     every_kind_of_change(&app).await;
+    // Test data is on the stream too, marked so a consumer drops it by header.
+    let (_, test_key) = app
+        .store
+        .create_key_in_mode("acme", taskledger_events::Scope::Customer, None, true)
+        .await
+        .unwrap();
+    let tested = app
+        .as_key(&test_key)
+        .post(crate::helpers::CREATE, crate::helpers::task_body())
+        .await
+        .task_id();
+    let test_events = feed(&app.address, &test_key).await;
+    let test_records = read_until(&broker.addr, &topic, &ids_of(&test_events), PATIENCE).await;
+    for r in &test_records {
+        let e = &r.envelope;
+        assert_eq!(e.is_test, e.task_id == tested, "{e:?}");
+        assert!(e.hash_matches());
+        let marked = if e.is_test { "true" } else { "false" };
+        assert_eq!(r.headers["ce_istest"], marked);
+    }
+    let marked = test_records.iter().filter(|r| r.envelope.is_test).count();
+    assert!(
+        marked >= test_events.len(),
+        "every test event is on the stream"
+    );
     let events = feed(&app.address, &app.key).await;
     let types: HashSet<&str> = events
         .iter()
@@ -176,6 +201,8 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
         assert_eq!(h["ce_subject"], e.task_id);
         assert_eq!(h["ce_time"], r.raw["recorded_at"].as_str().unwrap());
         assert_eq!(h["content-type"], "application/json");
+        assert_eq!(e.is_test, e.task_id == tested);
+        assert_eq!(h["ce_istest"], if e.is_test { "true" } else { "false" });
         // The custom headers stay, for consumers written against them.
         assert_eq!(h["event-id"], e.event_id.to_string());
         assert_eq!(h["global-position"], e.global_position.to_string());

@@ -616,7 +616,40 @@ async fn a_long_history_is_read_a_page_at_a_time(backend: Backend) {
     }
 }
 
+async fn clear_unique_id_on_error_is_set_with_a_unique_id_and_shown_on_the_task(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let id = app.create(json!({"unique_id": "e-1"})).await;
+    assert_eq!(id.body["clear_unique_id_on_error"], json!(false));
+    let id = id.task_id();
+    let set = app
+        .post(
+            &format!("/v1/task/{id}/unique_id"),
+            json!({"unique_id": "e-2", "clear_unique_id_on_error": true}),
+        )
+        .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.body["unique_id"], "e-2");
+    assert_eq!(set.body["clear_unique_id_on_error"], json!(true));
+    let event = app.history(&id).await.pop().unwrap();
+    assert_eq!(event["payload"]["clear_unique_id_on_error"], json!(true));
+    let errored = app
+        .as_key(&app.contributor_key)
+        .post(&format!("/v1/task/{id}/error"), json!({"error": "blank"}))
+        .await;
+    assert_eq!(errored.status, 200, "{}", errored.body);
+    assert!(errored.body.get("unique_id").is_none(), "{}", errored.body);
+    assert_eq!(app.create(json!({"unique_id": "e-2"})).await.status, 200);
+    let bad = app
+        .post(
+            &format!("/v1/task/{id}/unique_id"),
+            json!({"unique_id": "e-3", "clear_unique_id_on_error": "sometimes"}),
+        )
+        .await;
+    bad.assert_error(400, "clear_unique_id_on_error");
+}
+
 on_sqlite!(
+    clear_unique_id_on_error_is_set_with_a_unique_id_and_shown_on_the_task,
     creating_a_task_answers_200_with_the_reference_task_object,
     every_task_type_is_created_and_checked_by_its_own_rules,
     malformed_bodies_answer_400_naming_the_field_and_never_500,

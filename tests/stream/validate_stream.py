@@ -109,6 +109,7 @@ def main():
             # An event of no task names its account.
             "ce_subject": value["task_id"] or value["account_id"],
             "ce_time": value["recorded_at"],
+            "ce_istest": "true" if value["is_test"] else "false",
             "content-type": "application/json",
         }
         for name, expected in wanted.items():

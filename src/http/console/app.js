@@ -246,23 +246,25 @@ async function renderTasks(params) {
 // ---------------------------------------------------------------------------------------
 // One task.
 
-// Every page of the history, as plain JSON and as text-preserving trees for the hashes.
-async function fullHistory(id) {
-  const events = [];
-  const raw = [];
-  let after = 0;
-  for (;;) {
-    const { text, json } = await api(`/v1/task/${encodeURIComponent(id)}/history?after=${after}`);
-    const tree = parseRaw(text);
-    const taskId = member(tree, 'task_id');
-    for (const [i, e] of json.events.entries()) {
-      events.push({ ...e, task_id: json.task_id });
-      const entry = member(tree, 'events').items[i];
-      raw.push({ kind: 'object', entries: [...entry.entries, [{ value: 'task_id', raw: '"task_id"' }, taskId]] });
-    }
-    if (!json.has_more) return { events, raw };
-    after = json.next_after;
+// The history is read a page at a time: a task with 100,000 events opens as fast as one with
+// ten, and the reader asks for more. Each page comes as plain JSON and as text-preserving
+// trees for the hashes.
+const HISTORY_PAGE = 100;
+
+async function historyPage(id, history) {
+  const { text, json } = await api(`/v1/task/${encodeURIComponent(id)}/history?after=${history.after}&limit=${HISTORY_PAGE}`);
+  const tree = parseRaw(text);
+  const taskId = member(tree, 'task_id');
+  const added = [];
+  for (const [i, e] of json.events.entries()) {
+    added.push({ ...e, task_id: json.task_id });
+    const entry = member(tree, 'events').items[i];
+    history.raw.push({ kind: 'object', entries: [...entry.entries, [{ value: 'task_id', raw: '"task_id"' }, taskId]] });
   }
+  history.events.push(...added);
+  history.after = json.next_after;
+  history.hasMore = json.has_more;
+  return added;
 }
 
 function microsOf(rfc3339) {
@@ -324,15 +326,22 @@ function renderIntegrity(box, checks, scopeNote) {
   }));
 }
 
+// Checks the events loaded so far: every hash recomputed and every link followed back to
+// genesis, then one inclusion proof, of the newest of them the signed tree holds. Its hash
+// covers its prev_hash, and so every earlier event of the chain: one proof per page shown,
+// never one per event.
 async function verifyTask(box, history) {
   const checks = await checkChain(history.raw, history.events);
+  const loaded = history.hasMore
+    ? ` Events 1 to ${history.events.length} are checked; load more events to check the rest.`
+    : '';
   let digest;
   try {
     digest = (await api('/v1/ledger/digest')).json;
   } catch (err) {
     if (err.status === 404) {
       checks.push({ name: 'Inclusion proofs and digest signature', ok: false, skipped: true, detail: 'this server publishes no signed digest: GET /v1/ledger/digest answered 404' });
-      renderIntegrity(box, checks, ' (chain check only): every hash recomputed in this browser and every link followed to genesis; this server publishes no signed digest.');
+      renderIntegrity(box, checks, ` (chain check only): every hash recomputed in this browser and every link followed to genesis; this server publishes no signed digest.${loaded}`);
       box.dataset.scope = 'chain';
       return;
     }
@@ -341,24 +350,39 @@ async function verifyTask(box, history) {
     return;
   }
   let publicKeys;
+  const anchors = [];
   const proofs = [];
   try {
     publicKeys = (await api('/v1/ledger/public-keys')).json;
-    // One proof per event, a few requests at a time.
-    const proofOf = (e) => (e.global_position > digest.last_global_position
-      ? null
-      : api(`/v1/ledger/proof/inclusion?event_id=${encodeURIComponent(e.event_id)}&tree_size=${digest.tree_size}`).then((r) => r.json));
-    for (let i = 0; i < history.events.length; i += 6) {
-      proofs.push(...await Promise.all(history.events.slice(i, i + 6).map(proofOf)));
+    const held = history.events.filter((e) => e.global_position <= digest.last_global_position);
+    const anchor = held[held.length - 1];
+    if (anchor) {
+      anchors.push(anchor);
+      proofs.push((await api(`/v1/ledger/proof/inclusion?event_id=${encodeURIComponent(anchor.event_id)}&tree_size=${digest.tree_size}`)).json);
+    }
+    for (const e of history.events) {
+      if (e.global_position > digest.last_global_position) {
+        anchors.push(e);
+        proofs.push(null);
+      }
     }
   } catch (err) {
     checks.push({ name: 'Inclusion proofs', ok: false, detail: `a proof or the public keys could not be fetched: ${err.message}` });
     renderIntegrity(box, checks, '');
     return;
   }
-  checks.push(...await checkDigest(digest, publicKeys, history.events, proofs));
+  const digestChecks = await checkDigest(digest, publicKeys, anchors, proofs);
+  const inclusion = digestChecks.find((c) => c.name === 'Inclusion proofs');
+  const proven = proofs[0] ? anchors[0] : null;
+  if (proven && (inclusion.ok || inclusion.partial)) {
+    const newer = anchors.length - 1;
+    inclusion.detail = `event ${proven.sequence} proven in the signed tree of ${digest.tree_size}; through the chain it commits events 1 to ${proven.sequence}`
+      + (newer ? `; ${newer} newer than the digest, not checked yet` : '');
+  }
+  checks.push(...digestChecks);
   box.dataset.scope = 'digest';
-  renderIntegrity(box, checks, `: every hash recomputed, the chain followed to genesis, each event proven in the account's signed tree of ${digest.tree_size} events and the digest's Ed25519 signature checked in this browser.`);
+  box.dataset.checked = String(history.events.length);
+  renderIntegrity(box, checks, `: every hash recomputed, the chain followed to genesis, the newest event the account's signed tree of ${digest.tree_size} events holds proven in it (its hash commits every event before it) and the digest's Ed25519 signature checked in this browser.${loaded}`);
 }
 
 async function renderTask(id) {
@@ -374,19 +398,20 @@ async function renderTask(id) {
     field('As of (your local time)', asOfInput), h('button', { type: 'submit' }, 'Show'));
   const asOf = h('section', { 'aria-labelledby': 'as-of-title' }, h('h2', { id: 'as-of-title' }, 'The task at a moment'), asOfForm, asOfOut);
   const historyList = h('ol', { id: 'history', 'aria-labelledby': 'history-title' });
+  const more = h('button', { type: 'button', id: 'history-more', hidden: true }, 'Load more events');
   const selected = h('section', { id: 'selected', 'aria-labelledby': 'selected-title', 'aria-live': 'polite' },
     h('h2', { id: 'selected-title' }, 'Selected event'), h('p', {}, 'Select an event of the history to see the task right after it and what it changed.'));
   show(h('h1', {}, 'Task ', h('span', { class: 'mono' }, id)), integrity,
     h('div', { class: 'columns' },
-      h('div', {}, h('section', { 'aria-labelledby': 'history-title' }, h('h2', { id: 'history-title' }, 'History'), historyList)),
+      h('div', {}, h('section', { 'aria-labelledby': 'history-title' }, h('h2', { id: 'history-title' }, 'History'), historyList, more)),
       h('div', {}, selected, current, asOf)));
 
   let task;
-  let history;
+  const history = { events: [], raw: [], after: 0, hasMore: false };
   try {
-    [task, history] = await Promise.all([
+    [task] = await Promise.all([
       api(`/v1/task/${encodeURIComponent(id)}`).then((r) => r.raw),
-      fullHistory(id),
+      historyPage(id, history),
       names(),
     ]);
   } catch (err) {
@@ -428,7 +453,8 @@ async function renderTask(id) {
       selected.replaceChildren(h('h2', { id: 'selected-title' }, `Event ${e.sequence}`), errorBox(err));
     }
   };
-  historyList.replaceChildren(...history.events.map((e, i) => {
+  const items = (events, offset) => events.map((e, k) => {
+    const i = offset + k;
     const button = h('button', { type: 'button', class: 'event', 'aria-pressed': 'false', onclick: () => choose(i) },
       h('span', { class: 'etype' }, e.type),
       // A button holds phrasing content only: the facts are spans laid out as a grid.
@@ -439,16 +465,35 @@ async function renderTask(id) {
         h('span', { class: 'k' }, 'Position'), h('span', {}, `${e.global_position} (sequence ${e.sequence})`)));
     buttons.push(button);
     return h('li', {}, button);
-  }));
+  });
+  historyList.replaceChildren(...items(history.events, 0));
+  more.hidden = !history.hasMore;
   const last = history.events[history.events.length - 1];
   if (last) asOfInput.value = toLocal(last.recorded_at);
 
-  try {
-    await verifyTask(integrity, history);
-  } catch (err) {
-    integrity.dataset.result = 'failed';
-    integrity.querySelector('#integrity-result').textContent = `Not verified: the check stopped: ${err.message}`;
-  }
+  const check = async () => {
+    integrity.dataset.result = 'checking';
+    try {
+      await verifyTask(integrity, history);
+    } catch (err) {
+      integrity.dataset.result = 'failed';
+      integrity.querySelector('#integrity-result').textContent = `Not verified: the check stopped: ${err.message}`;
+    }
+  };
+  more.addEventListener('click', async () => {
+    more.disabled = true;
+    try {
+      const offset = history.events.length;
+      const added = await historyPage(id, history);
+      historyList.append(...items(added, offset));
+      more.hidden = !history.hasMore;
+    } catch (err) {
+      selected.replaceChildren(h('h2', { id: 'selected-title' }, 'History'), errorBox(err));
+    }
+    more.disabled = false;
+    await check();
+  });
+  await check();
 }
 
 // ---------------------------------------------------------------------------------------

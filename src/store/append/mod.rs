@@ -475,7 +475,11 @@ impl AppendTx {
         for p in prepared {
             if let Some(idem) = &p.write.idempotency {
                 let body = p.view.to_json();
-                if !record_answer(self.conn(), idem, &p.write.account_id, &body).await? {
+                // Idempotency keys belong to the account (and are tied to the API key), not
+                // to one of its ledgers: a contributor's command on a test task answers the
+                // claim it made as the account's.
+                let account = taskledger_events::account_of_ledger(&p.write.account_id);
+                if !record_answer(self.conn(), idem, account, &body).await? {
                     return Ok(Err(Refused::ClaimLost));
                 }
             }
