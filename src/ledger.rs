@@ -22,7 +22,7 @@ use crate::store::{CommandWrite, Committed, IdempotencyWrite, Store, StoreError,
 mod snapshot;
 
 use snapshot::Current;
-pub use snapshot::SNAPSHOT_EVERY;
+pub use snapshot::{view_of_snapshot, SNAPSHOT_EVERY};
 
 /// How often a command is decided again after losing a race on its task.
 const MAX_ATTEMPTS: usize = 16;

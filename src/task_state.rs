@@ -3,8 +3,9 @@
 //!
 //! The relay folds a batch's events onto each task's view just before the batch. That view
 //! comes from the views it folded in earlier batches (kept for the most recently touched
-//! tasks), from nothing for a task created in the batch, or else from the task's earlier
-//! history, read for all such tasks of the batch in one query. A view after a given event is
+//! tasks), from nothing for a task created in the batch, or else from the task's snapshot
+//! and the events after it (its whole earlier history if the snapshot is newer than the
+//! batch), read for all such tasks of the batch together, a bounded page at a time. A view after a given event is
 //! a fact that never changes, so what is kept never goes stale, whichever process relayed.
 
 use std::collections::{HashMap, HashSet};
@@ -12,11 +13,15 @@ use std::collections::{HashMap, HashSet};
 use taskledger_events::{EventEnvelope, TaskEvent};
 use taskledger_projections::{fold, TaskView};
 
-use crate::store::{Store, StoreError};
+use crate::ledger::view_of_snapshot;
+use crate::store::{HistoryRange, Store, StoreError};
 
 /// How many tasks' latest views are kept between batches; beyond, all are dropped and read
 /// again when needed, which costs a query, never a wrong value.
 const KEPT_TASKS: usize = 20_000;
+/// Events read per query when tasks are brought up to a batch: the memory bound of a batch's
+/// catch-up, whatever the tasks' histories.
+const HISTORY_PAGE: i64 = 1000;
 
 #[derive(Default)]
 pub struct TaskStates {
@@ -39,11 +44,13 @@ impl TaskStates {
         store: &Store,
         events: &[EventEnvelope],
     ) -> Result<Vec<Option<String>>, StoreError> {
-        let Some(first) = events.first() else {
+        if events.is_empty() {
             return Ok(Vec::new());
-        };
+        }
         let mut folding: HashMap<&str, Folding> = HashMap::new();
-        let mut unknown: Vec<&str> = Vec::new();
+        // Tasks whose view before the batch is not kept: each with the sequence of its first
+        // event in the batch.
+        let mut unknown: Vec<(&str, i64)> = Vec::new();
         let mut seen = HashSet::new();
         for e in events {
             let task = e.task_id.as_str();
@@ -65,21 +72,10 @@ impl TaskStates {
                 Some((sequence, view)) if *sequence == e.sequence - 1 => {
                     folding.insert(task, Folding::View(Some(Box::new(view.clone())), *sequence));
                 }
-                _ => unknown.push(task),
+                _ => unknown.push((task, e.sequence)),
             }
         }
-        let history = store
-            .task_histories_before(&unknown, first.global_position)
-            .await?;
-        for task in &unknown {
-            folding.insert(task, Folding::View(None, 0));
-        }
-        for e in &history {
-            let state = folding
-                .get_mut(e.task_id.as_str())
-                .expect("the history read is of these tasks");
-            step(state, e);
-        }
+        self.catch_up(store, &unknown, &mut folding).await?;
         let mut values = Vec::with_capacity(events.len());
         for e in events {
             let state = folding
@@ -105,6 +101,84 @@ impl TaskStates {
             }
         }
         Ok(values)
+    }
+}
+
+impl TaskStates {
+    /// Brings each of `unknown` (a task and the sequence of its first event in the batch)
+    /// to its view just before that event: from the task's snapshot when it is at or before
+    /// that event, so only the events after the snapshot are read, else from the start.
+    /// Either way the events come a page at a time, so a task's long history never sits in
+    /// memory whole.
+    async fn catch_up<'a>(
+        &self,
+        store: &Store,
+        unknown: &[(&'a str, i64)],
+        folding: &mut HashMap<&'a str, Folding>,
+    ) -> Result<(), StoreError> {
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let tasks: Vec<&str> = unknown.iter().map(|(task, _)| *task).collect();
+        let snapshots: HashMap<String, (i64, String)> = store
+            .task_snapshots(&tasks)
+            .await?
+            .into_iter()
+            .map(|(task, sequence, text)| (task, (sequence, text)))
+            .collect();
+        let mut ranges = Vec::with_capacity(unknown.len());
+        for (task, first) in unknown {
+            let start = snapshots
+                .get(*task)
+                .filter(|(sequence, _)| sequence < first)
+                .and_then(|(sequence, text)| {
+                    view_of_snapshot(text, task, *sequence).map(|view| (*sequence, view))
+                });
+            let state = match start {
+                Some((sequence, view)) => Folding::View(Some(Box::new(view)), sequence),
+                None => Folding::View(None, 0),
+            };
+            let after = match &state {
+                Folding::View(_, sequence) => *sequence,
+                Folding::Broken => 0,
+            };
+            folding.insert(*task, state);
+            if after + 1 < *first {
+                ranges.push(HistoryRange {
+                    task_id: task,
+                    after,
+                    before: *first,
+                });
+            }
+        }
+        while !ranges.is_empty() {
+            let page = store.task_history_page(&ranges, HISTORY_PAGE).await?;
+            for e in &page {
+                let state = folding
+                    .get_mut(e.task_id.as_str())
+                    .expect("the history read is of these tasks");
+                step(state, e);
+            }
+            if (page.len() as i64) < HISTORY_PAGE {
+                break;
+            }
+            // Events come by task (in the database's order of task ids, whichever that is):
+            // every task of the page but the last is done, the last is folded up to its last
+            // event here, and the tasks not reached yet are still to come.
+            let last = page.last().expect("a full page");
+            let done: HashSet<&str> = page
+                .iter()
+                .map(|e| e.task_id.as_str())
+                .filter(|task| *task != last.task_id)
+                .collect();
+            ranges.retain_mut(|r| {
+                if r.task_id == last.task_id {
+                    r.after = last.sequence;
+                }
+                !done.contains(r.task_id) && r.after + 1 < r.before
+            });
+        }
+        Ok(())
     }
 }
 

@@ -142,6 +142,13 @@ impl Current {
     }
 }
 
+/// The task object a stored snapshot holds, as `GET /v1/task/{id}` served it at
+/// `sequence`; `None` if the snapshot is of another format or does not read back.
+pub fn view_of_snapshot(text: &str, task_id: &str, sequence: i64) -> Option<TaskView> {
+    let task_id = TaskId::parse(task_id)?;
+    Current::decode(text, &task_id, sequence)?.view
+}
+
 impl Ledger {
     /// The task's state at its last event: the newest snapshot and the events after it, read
     /// in one query.

@@ -1,8 +1,9 @@
 //! The counts projection behind an exact `total` on every list page: per account, how many
-//! tasks there are in all and per type, status, project, batch and customer_review_status.
-//! It is kept in the append transaction (one statement per transaction that changes a
-//! count) and rebuilt by `replay`, so reading a total costs one indexed lookup whatever the
-//! ledger's size.
+//! tasks there are in all and per type, status, project, batch, customer_review_status and
+//! tag, and how many were created in each time bucket of every level of a hierarchy
+//! ([`CREATED_LEVELS`]). It is kept in the append transaction (one statement per transaction
+//! that changes a count) and rebuilt by `replay`, so reading a total costs a bounded number
+//! of indexed lookups whatever the ledger's size.
 
 use std::collections::HashMap;
 
@@ -28,13 +29,135 @@ pub(super) const DIMENSIONS: [(&str, &str); 7] = [
     ("batch_status", "status || ':' || batch"),
 ];
 
+/// The finest creation-time bucket: 2^20 µs (about 1.05 s).
+const CREATED_UNIT_SHIFT: u32 = 20;
+/// Each level's bucket holds this many of the level below (as a power of two).
+const CREATED_FANOUT_SHIFT: u32 = 4;
+/// The creation-time levels: bucket `created_at_us / 2^(20 + 4k)` of level `k`, from about a
+/// second (level 0) to about 2,284 years (level 9). A time range is covered by at most 15
+/// whole buckets per level at each end, plus the two partial seconds at its ends, which are
+/// counted from the tasks' creation-time index: a range's total reads a bounded number of
+/// rows however many tasks it holds.
+pub(crate) const CREATED_LEVELS: [&str; 10] = [
+    "created.0",
+    "created.1",
+    "created.2",
+    "created.3",
+    "created.4",
+    "created.5",
+    "created.6",
+    "created.7",
+    "created.8",
+    "created.9",
+];
+
+/// The width, in microseconds, of a bucket of creation-time level `level`.
+pub(crate) fn created_width(level: usize) -> i64 {
+    1i64 << (CREATED_UNIT_SHIFT + CREATED_FANOUT_SHIFT * level as u32)
+}
+
+/// A creation-time range as read: whole buckets `(level, bucket)` and partial ends
+/// `[from, to]`.
+#[derive(Debug, Default)]
+pub(crate) struct CreatedRange {
+    pub buckets: Vec<(usize, i64)>,
+    pub edges: Vec<(i64, i64)>,
+}
+
+/// How a creation-time range `[from, to]` (µs, inclusive) is counted: whole buckets
+/// `(level, bucket)` from the projection, and the parts at its ends that fill no finest
+/// bucket, as `[from, to]` ranges to count from the tasks' index. Times before 1970 do not
+/// occur (`created_at` is the ledger's clock); a range reaching below 0 counts that part
+/// from the index.
+pub(crate) fn created_range(from: i64, to: i64) -> CreatedRange {
+    let unit = i128::from(created_width(0));
+    let (from, to) = (i128::from(from), i128::from(to));
+    if from > to {
+        return CreatedRange::default();
+    }
+    // Whole finest buckets inside the range.
+    let lo = (from.max(0) + unit - 1) / unit;
+    let hi = (to + 1).div_euclid(unit) - 1;
+    if lo > hi {
+        return CreatedRange {
+            buckets: Vec::new(),
+            edges: vec![(from as i64, to as i64)],
+        };
+    }
+    let mut edges = Vec::new();
+    if from < lo * unit {
+        edges.push((from as i64, (lo * unit - 1) as i64));
+    }
+    if to >= (hi + 1) * unit {
+        edges.push((((hi + 1) * unit) as i64, to as i64));
+    }
+    let fanout = 1i128 << CREATED_FANOUT_SHIFT;
+    let (mut lo, mut hi) = (lo, hi);
+    let mut buckets = Vec::new();
+    for level in 0..CREATED_LEVELS.len() {
+        if level + 1 == CREATED_LEVELS.len() {
+            buckets.extend((lo..=hi).map(|b| (level, b as i64)));
+            break;
+        }
+        while lo <= hi && lo % fanout != 0 {
+            buckets.push((level, lo as i64));
+            lo += 1;
+        }
+        while lo <= hi && (hi + 1) % fanout != 0 {
+            buckets.push((level, hi as i64));
+            hi -= 1;
+        }
+        if lo > hi {
+            break;
+        }
+        lo /= fanout;
+        hi = (hi + 1) / fanout - 1;
+    }
+    CreatedRange { buckets, edges }
+}
+
 /// Changes to counts, summed per (account, dimension, value) before they are written.
 #[derive(Debug, Default)]
 pub(super) struct CountDeltas(HashMap<(String, &'static str, String), i64>);
 
 impl CountDeltas {
-    /// Counts a task's view in (`sign = 1`) or out (`-1`).
+    /// Counts a task's change from `prior` (none for a new task) to `view`. A task's
+    /// creation time never changes, and its tags seldom do: those counts are touched only
+    /// when they move.
+    pub(super) fn change(&mut self, account_id: &str, prior: Option<&TaskView>, view: &TaskView) {
+        match prior {
+            None => self.created(account_id, view.created_at.timestamp_micros(), 1),
+            Some(prior) => {
+                if prior.tags != view.tags {
+                    self.tags(account_id, &prior.tags, -1);
+                    self.tags(account_id, &view.tags, 1);
+                }
+                self.listed(account_id, prior, -1);
+            }
+        }
+        if prior.is_none() {
+            self.tags(account_id, &view.tags, 1);
+        }
+        self.listed(account_id, view, 1);
+    }
+
+    /// Counts a task's view in (`sign = 1`) or out (`-1`), in every dimension.
     pub(super) fn view(&mut self, account_id: &str, view: &TaskView, sign: i64) {
+        self.created(account_id, view.created_at.timestamp_micros(), sign);
+        self.tags(account_id, &view.tags, sign);
+        self.listed(account_id, view, sign);
+    }
+
+    /// Counts each of `tags` once.
+    pub(super) fn tags(&mut self, account_id: &str, tags: &[String], sign: i64) {
+        let mut seen = std::collections::HashSet::with_capacity(tags.len());
+        for tag in tags.iter().filter(|t| seen.insert(t.as_str())) {
+            self.add(account_id, "tag", tag, sign);
+        }
+    }
+
+    /// The dimensions a list row's columns give.
+    fn listed(&mut self, account_id: &str, view: &TaskView, sign: i64) {
         let row = ListRow::of(view);
         self.task(
             account_id,
@@ -70,12 +193,31 @@ impl CountDeltas {
         ];
         for (dimension, value) in values {
             if let Some(value) = value {
-                *self
-                    .0
-                    .entry((account_id.to_string(), dimension, value.to_string()))
-                    .or_default() += sign;
+                self.add(account_id, dimension, value, sign);
             }
         }
+    }
+
+    /// Counts a task created at `created_at_us` in (`1`) or out (`-1`) of its bucket of every
+    /// creation-time level.
+    pub(super) fn created(&mut self, account_id: &str, created_at_us: i64, sign: i64) {
+        for (level, dimension) in CREATED_LEVELS.iter().enumerate() {
+            let bucket = created_at_us / created_width(level);
+            self.add(account_id, dimension, &bucket.to_string(), sign);
+        }
+    }
+
+    pub(super) fn add(
+        &mut self,
+        account_id: &str,
+        dimension: &'static str,
+        value: &str,
+        sign: i64,
+    ) {
+        *self
+            .0
+            .entry((account_id.to_string(), dimension, value.to_string()))
+            .or_default() += sign;
     }
 
     /// The changes left once those that cancel out are dropped.
@@ -128,8 +270,21 @@ async fn insert_rows_then(
     Ok(())
 }
 
-/// The counts `tasks_table` holds, as one query: (account, dimension, value, n).
-pub(super) fn counts_of(tasks_table: &str) -> String {
+/// The counts `tasks_table` and `tags_table` hold, as one query: (account, dimension,
+/// value, n).
+pub(super) fn counts_of(tasks_table: &str, tags_table: &str) -> String {
+    let created = CREATED_LEVELS.iter().enumerate().map(|(level, dimension)| {
+        // The same integer division as [`CountDeltas::created`] (both truncate).
+        let bucket = format!("CAST(created_at_us / {} AS TEXT)", created_width(level));
+        format!(
+            "SELECT account_id, '{dimension}' AS dimension, {bucket} AS value, COUNT(*) AS n \
+             FROM {tasks_table} GROUP BY account_id, {bucket}"
+        )
+    });
+    let tags = std::iter::once(format!(
+        "SELECT account_id, 'tag' AS dimension, tag AS value, COUNT(*) AS n FROM {tags_table} \
+         GROUP BY account_id, tag"
+    ));
     DIMENSIONS
         .iter()
         .map(|(dimension, column)| {
@@ -147,21 +302,87 @@ pub(super) fn counts_of(tasks_table: &str) -> String {
                  COUNT(*) AS n FROM {tasks_table} {present}GROUP BY account_id{group}"
             )
         })
+        .chain(created)
+        .chain(tags)
         .collect::<Vec<_>>()
         .join(" UNION ALL ")
 }
 
-/// Fills `counts_table` (empty) from `tasks_table`, set-based.
+/// Fills `counts_table` (empty) from `tasks_table` and `tags_table`, set-based.
 pub(super) async fn fill_counts(
     conn: &mut AnyConnection,
     tasks_table: &str,
+    tags_table: &str,
     counts_table: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO {counts_table} (account_id, dimension, value, n) {}",
-        counts_of(tasks_table)
+        counts_of(tasks_table, tags_table)
     ))
     .execute(conn)
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counts a range the way a list does, over tasks created at `times`.
+    fn counted(times: &[i64], from: i64, to: i64) -> i64 {
+        let mut deltas = CountDeltas::default();
+        for t in times {
+            deltas.created("a", *t, 1);
+        }
+        let CreatedRange { buckets, edges } = created_range(from, to);
+        let whole: i64 = buckets
+            .iter()
+            .map(|(level, b)| {
+                deltas
+                    .0
+                    .get(&("a".to_string(), CREATED_LEVELS[*level], b.to_string()))
+                    .copied()
+                    .unwrap_or(0)
+            })
+            .sum();
+        let partial = times
+            .iter()
+            .filter(|t| edges.iter().any(|(lo, hi)| (*lo..=*hi).contains(*t)))
+            .count() as i64;
+        whole + partial
+    }
+
+    #[test]
+    fn a_creation_time_range_is_counted_exactly_from_a_bounded_number_of_buckets() {
+        let unit = created_width(0);
+        let base = 1_700_000_000_000_000;
+        let times: Vec<i64> = (0..5000)
+            .map(|i: i64| base + i * i * 977 + (i % 7) * unit)
+            .collect();
+        let ends = [
+            0,
+            1,
+            base - 1,
+            base,
+            base + unit - 1,
+            base + unit,
+            base + 123_456_789,
+            base + 5_000_000_000,
+            base + 24_000_000_000,
+            base + 30_000_000_000,
+            i64::MAX,
+        ];
+        for from in ends {
+            for to in ends {
+                let expected = times.iter().filter(|t| (from..=to).contains(*t)).count() as i64;
+                assert_eq!(counted(&times, from, to), expected, "[{from}, {to}]");
+                let CreatedRange { buckets, edges } = created_range(from, to);
+                assert!(edges.len() <= 2, "[{from}, {to}]");
+                for level in 0..CREATED_LEVELS.len() - 1 {
+                    let at = buckets.iter().filter(|(l, _)| *l == level).count();
+                    assert!(at <= 30, "[{from}, {to}]: {at} buckets at level {level}");
+                }
+            }
+        }
+    }
 }

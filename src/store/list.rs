@@ -2,10 +2,11 @@
 
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use sqlx::{Any, FromRow, Row};
 
+use super::counts::{created_range, CreatedRange, CREATED_LEVELS};
 use super::{Store, StoreError};
 
 /// Filters of `GET /v1/tasks`, already parsed. Times are microseconds.
@@ -35,18 +36,16 @@ pub struct ListQuery {
 }
 
 impl ListQuery {
-    /// Whether tags are the only filter.
-    fn only_tags(&self) -> bool {
-        !self.tags.is_empty()
-            && ListQuery {
-                tags: Vec::new(),
-                limit: self.limit,
-                after: self.after.clone(),
-                known_total: self.known_total,
-                ..ListQuery::default()
-            }
-            .counted()
-            .is_some_and(|(dimension, _)| dimension == "all")
+    /// Whether the query filters on nothing but tags and the creation time.
+    fn only_tags_and_created(&self) -> bool {
+        ListQuery {
+            tags: Vec::new(),
+            created_from_us: None,
+            created_to_us: None,
+            ..self.clone()
+        }
+        .counted()
+        .is_some_and(|(dimension, _)| dimension == "all")
     }
 
     /// The counts-projection dimension and values whose sum is this query's total, when it
@@ -184,7 +183,16 @@ impl Store {
         // With tags, the page is read from the first tag's index in list order (task_tags
         // carries each task's created_at_us), each further tag checked per task: the cost is
         // bounded by the page, not by how many tasks carry the tag.
-        let tags: BTreeSet<&String> = q.tags.iter().collect();
+        let mut tags: Vec<&String> = q.tags.iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let only_tags = !tags.is_empty()
+            && q.created_from_us.is_none()
+            && q.created_to_us.is_none()
+            && q.only_tags_and_created();
+        if only_tags && tags.len() > 1 {
+            // Several tags: the rarest one's index is read (for the page and, on a walk's
+            // first page, the total), so both cost at most what that tag's tasks cost.
+            self.rarest_first(account_id, &mut tags).await?;
+        }
         let (from, order) = match tags.first() {
             Some(first) => {
                 f.push(|f| {
@@ -204,12 +212,25 @@ impl Store {
             }
             None => ("tasks t", "t"),
         };
+        let only_created = tags.is_empty()
+            && (q.created_from_us.is_some() || q.created_to_us.is_some())
+            && q.only_tags_and_created();
+        // Exact from the counts projection first; a figure carried from the walk's first page
+        // only where no count is kept; counted from the tasks last.
         let total = match (q.counted(), q.known_total) {
             (Some((dimension, values)), _) => {
                 self.counted_total(account_id, dimension, &values).await?
             }
+            (None, _) if only_tags && tags.len() == 1 => {
+                let tag = BTreeSet::from([tags[0].as_str()]);
+                self.counted_total(account_id, "tag", &tag).await?
+            }
+            (None, _) if only_created => {
+                self.created_total(account_id, q.created_from_us, q.created_to_us)
+                    .await?
+            }
             (None, Some(known)) => known,
-            (None, None) if q.only_tags() => self.tagged_total(account_id, &tags).await?,
+            (None, None) if only_tags => self.tagged_total(account_id, &tags).await?,
             (None, None) => {
                 let total_sql = format!("SELECT COUNT(*) FROM {from} WHERE {}", f.sql());
                 f.bind(sqlx::query(&total_sql))
@@ -254,11 +275,7 @@ impl Store {
 impl Store {
     /// How many tasks of the account carry every tag: from the tag index alone, without
     /// reading the tasks.
-    async fn tagged_total(
-        &self,
-        account_id: &str,
-        tags: &BTreeSet<&String>,
-    ) -> Result<i64, StoreError> {
+    async fn tagged_total(&self, account_id: &str, tags: &[&String]) -> Result<i64, StoreError> {
         let mut sql =
             String::from("SELECT COUNT(*) FROM task_tags g WHERE g.account_id = $1 AND g.tag = $2");
         for i in 1..tags.len() {
@@ -273,6 +290,111 @@ impl Store {
             .fold(sqlx::query_scalar(&sql).bind(account_id), |q, tag| {
                 q.bind(tag.as_str())
             })
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(total)
+    }
+
+    /// Orders `tags` by how many of the account's tasks carry each, fewest first (from the
+    /// counts projection).
+    async fn rarest_first(&self, account_id: &str, tags: &mut [&String]) -> Result<(), StoreError> {
+        let sql = format!(
+            "SELECT value, n FROM task_counts WHERE account_id = $1 AND dimension = 'tag' \
+             AND value IN ({})",
+            (0..tags.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let counts: HashMap<String, i64> = tags
+            .iter()
+            .fold(sqlx::query_as(&sql).bind(account_id), |q, tag| {
+                q.bind(tag.as_str())
+            })
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+        tags.sort_by_key(|tag| {
+            (
+                counts.get(tag.as_str()).copied().unwrap_or(0),
+                tag.to_string(),
+            )
+        });
+        Ok(())
+    }
+
+    /// How many tasks of the account were created in `[from, to]` (µs, inclusive; a missing
+    /// end is open): whole creation-time buckets from the counts projection, and the partial
+    /// seconds at the ends from the creation-time index, in one statement. An open upper end
+    /// is counted as every task less those created before `from`, so no range reaches past
+    /// the present into buckets that cannot hold a task yet.
+    async fn created_total(
+        &self,
+        account_id: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<i64, StoreError> {
+        let (sign, range, mut terms) = match (from, to) {
+            (Some(from), None) => (
+                "-",
+                from.checked_sub(1)
+                    .map(|before| created_range(i64::MIN, before)),
+                vec![String::from(
+                    "(SELECT COALESCE(SUM(n), 0) FROM task_counts \
+                     WHERE account_id = $1 AND dimension = 'all')",
+                )],
+            ),
+            (from, to) => (
+                "+",
+                Some(created_range(
+                    from.unwrap_or(i64::MIN),
+                    to.unwrap_or(i64::MAX),
+                )),
+                Vec::new(),
+            ),
+        };
+        let CreatedRange { buckets, edges } = range.unwrap_or_default();
+        // Every value is a number computed here, so it is written into the statement.
+        let whole: Vec<String> = CREATED_LEVELS
+            .iter()
+            .enumerate()
+            .filter_map(|(level, dimension)| {
+                let values: Vec<String> = buckets
+                    .iter()
+                    .filter(|(l, _)| *l == level)
+                    .map(|(_, b)| format!("'{b}'"))
+                    .collect();
+                (!values.is_empty()).then(|| {
+                    format!(
+                        "(dimension = '{dimension}' AND value IN ({}))",
+                        values.join(", ")
+                    )
+                })
+            })
+            .collect();
+        let mut parts = Vec::new();
+        if !whole.is_empty() {
+            parts.push(format!(
+                "(SELECT COALESCE(SUM(n), 0) FROM task_counts WHERE account_id = $1 AND ({}))",
+                whole.join(" OR ")
+            ));
+        }
+        for (lo, hi) in edges {
+            parts.push(format!(
+                "(SELECT COUNT(*) FROM tasks WHERE account_id = $1 \
+                 AND created_at_us >= {lo} AND created_at_us <= {hi})"
+            ));
+        }
+        if terms.is_empty() {
+            terms.push("0".to_string());
+        }
+        for part in parts {
+            terms.push(format!("{sign} {part}"));
+        }
+        let sql = format!("SELECT CAST({} AS BIGINT)", terms.join(" "));
+        let total: i64 = sqlx::query_scalar(&sql)
+            .bind(account_id)
             .fetch_one(&self.pool)
             .await?;
         Ok(total)

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use sqlx::AnyConnection;
 use taskledger_events::merkle::{event_leaf_hash, Hash};
 
+use super::sql::Statement;
 use super::{Store, StoreError};
 use crate::audit::tree::{Frontier, NodeId, Plan, TreeError};
 
@@ -173,15 +174,233 @@ async fn write_heads(
     Ok(())
 }
 
-/// Adds appended events (in global order, any accounts) to their accounts' trees, inside the
-/// append transaction: one read of the accounts' frontiers, then the new nodes (about two per
-/// event) and the new frontiers, each in one statement.
+/// An account's frontier and the global position of its last leaf.
+pub(super) type Head = (Frontier, i64);
+
+/// Accounts whose frontier a process keeps in memory at most. An entry is an account id and
+/// `O(log n)` hashes (under a kilobyte for a billion leaves); an account left out is read
+/// back on its next append.
+const REMEMBERED_ACCOUNTS: usize = 10_000;
+/// Values one guarded statement binds at most (PostgreSQL takes 65,535); a larger append
+/// reads the frontiers and writes in separate statements.
+const GUARDED_VALUES: usize = 30_000;
+
+/// The frontiers this process last wrote, per account, so that an append need not read
+/// them. What is remembered is only a guess: the statement that grows a tree from it checks,
+/// under the ledger head lock, that the stored frontier is still that one (another process,
+/// a rolled-back transaction or a rebuild may have changed it), and writes nothing if not.
+#[derive(Debug, Default)]
+pub struct KnownFrontiers {
+    heads: HashMap<String, Head>,
+    /// How many appends read their trees' heads (not known, or known wrong).
+    reads: u64,
+}
+
+impl KnownFrontiers {
+    pub(super) fn get(&self, account_id: &str) -> Option<&Head> {
+        self.heads.get(account_id)
+    }
+
+    pub(super) fn remember(&mut self, account_id: String, head: Head) {
+        if !self.heads.contains_key(&account_id) && self.heads.len() >= REMEMBERED_ACCOUNTS {
+            // Any one goes: the bound matters, which one does not.
+            if let Some(some) = self.heads.keys().next().cloned() {
+                self.heads.remove(&some);
+            }
+        }
+        self.heads.insert(account_id, head);
+    }
+
+    pub(super) fn forget(&mut self, account_id: &str) {
+        self.heads.remove(account_id);
+    }
+
+    pub(super) fn read_back(&mut self) {
+        self.reads += 1;
+    }
+}
+
+/// What appending leaves does to their accounts' trees, worked out in memory from the heads
+/// the trees are expected to have.
+pub(super) struct Growth<'a> {
+    accounts: Vec<GrownAccount<'a>>,
+    nodes: Vec<NewNode<'a>>,
+    /// The accounts' heads before, after, and the new nodes, as the guarded statement binds
+    /// them (JSON arrays of rows).
+    json: [String; 3],
+}
+
+struct GrownAccount<'a> {
+    account_id: &'a str,
+    size_before: i64,
+    stored_before: String,
+    after: Head,
+    stored_after: String,
+}
+
+impl<'a> Growth<'a> {
+    /// The growth from the heads `known` gives, `None` if it does not know every account's.
+    pub(super) fn from_known(
+        leaves: &[Leaf<'a>],
+        known: impl Fn(&str) -> Option<Head>,
+    ) -> Result<Option<Growth<'a>>, StoreError> {
+        let mut starts = HashMap::new();
+        for leaf in leaves {
+            if !starts.contains_key(leaf.account_id) {
+                let Some(head) = known(leaf.account_id) else {
+                    return Ok(None);
+                };
+                starts.insert(leaf.account_id, head);
+            }
+        }
+        Growth::from(leaves, starts).map(Some)
+    }
+
+    /// The growth from `starts`, which holds every account's head (in any order).
+    fn from(
+        leaves: &[Leaf<'a>],
+        mut starts: HashMap<&'a str, Head>,
+    ) -> Result<Growth<'a>, StoreError> {
+        let mut accounts: Vec<GrownAccount> = Vec::new();
+        let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() * 2);
+        let mut stored: Vec<(NodeId, Hash)> = Vec::new();
+        for leaf in leaves {
+            let i = match accounts
+                .iter()
+                .position(|a| a.account_id == leaf.account_id)
+            {
+                Some(i) => i,
+                None => {
+                    let head = starts
+                        .remove(leaf.account_id)
+                        .unwrap_or_else(|| (Frontier::empty(), 0));
+                    accounts.push(GrownAccount {
+                        account_id: leaf.account_id,
+                        size_before: head.0.size() as i64,
+                        stored_before: head.0.to_stored(),
+                        after: head,
+                        stored_after: String::new(),
+                    });
+                    accounts.len() - 1
+                }
+            };
+            let (frontier, last) = &mut accounts[i].after;
+            stored.clear();
+            frontier.push(leaf_of(leaf.account_id, leaf.hash)?, &mut stored);
+            *last = leaf.global_position;
+            for (id, hash) in &stored {
+                nodes.push(NewNode {
+                    account_id: leaf.account_id,
+                    id: *id,
+                    hash: *hash,
+                    global_position: (id.level == 0).then_some(leaf.global_position),
+                });
+            }
+        }
+        for a in &mut accounts {
+            a.stored_after = a.after.0.to_stored();
+        }
+        let before: Vec<serde_json::Value> = accounts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "account_id": a.account_id,
+                    "tree_size": a.size_before,
+                    "frontier": a.stored_before,
+                })
+            })
+            .collect();
+        let after: Vec<serde_json::Value> = accounts
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "account_id": a.account_id,
+                    "tree_size": a.after.0.size(),
+                    "last_global_position": a.after.1,
+                    "frontier": a.stored_after,
+                })
+            })
+            .collect();
+        let new_nodes: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "a": n.account_id,
+                    "l": n.id.level,
+                    "i": n.id.index,
+                    "h": hex::encode(n.hash),
+                    "g": n.global_position,
+                })
+            })
+            .collect();
+        let json = [before, after, new_nodes].map(|rows| serde_json::Value::from(rows).to_string());
+        Ok(Growth {
+            accounts,
+            nodes,
+            json,
+        })
+    }
+
+    /// Whether [`Growth::push_guarded`] stays within a statement's bound values.
+    pub(super) fn fits_one_statement(&self, already_bound: usize) -> bool {
+        already_bound + 4 <= GUARDED_VALUES
+    }
+
+    /// The accounts' heads once grown.
+    pub(super) fn into_heads(self) -> impl Iterator<Item = (String, Head)> + 'a {
+        self.accounts
+            .into_iter()
+            .map(|a| (a.account_id.to_string(), a.after))
+    }
+
+    /// PostgreSQL common table expressions, to follow `WITH ` or a comma: `mk` (one row, `ok`:
+    /// whether every account's stored tree is the one this growth starts from, a row-less
+    /// account counting as the empty tree), then the new nodes and heads, written only if
+    /// `ok`. Appends hold the ledger head lock, so nothing changes the trees between the
+    /// check and the writes. The rows travel as three JSON values, so the text is the same
+    /// for every growth and PostgreSQL prepares and plans it once per connection.
+    pub(super) fn push_guarded(&'a self, s: &mut Statement<'a>) {
+        s.push("mk AS (SELECT COUNT(*) = ");
+        s.int(Some(self.accounts.len() as i64));
+        s.push(" AS ok FROM json_to_recordset(");
+        s.text(Some(&self.json[0]));
+        s.push(
+            "::json) AS v (account_id text, tree_size bigint, frontier text) \
+             LEFT JOIN merkle_heads m ON m.account_id = v.account_id \
+             WHERE COALESCE(m.tree_size, 0) = v.tree_size \
+             AND COALESCE(m.frontier, '') = v.frontier), \
+             mh AS (INSERT INTO merkle_heads (account_id, tree_size, last_global_position, \
+             frontier) SELECT account_id, tree_size, last_global_position, frontier \
+             FROM json_to_recordset(",
+        );
+        s.text(Some(&self.json[1]));
+        s.push(
+            "::json) AS v (account_id text, tree_size bigint, last_global_position bigint, \
+             frontier text) WHERE (SELECT ok FROM mk) ON CONFLICT (account_id) DO UPDATE \
+             SET tree_size = excluded.tree_size, \
+             last_global_position = excluded.last_global_position, \
+             frontier = excluded.frontier), \
+             mn AS (INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) \
+             SELECT a, l, i, decode(h, 'hex'), g FROM json_to_recordset(",
+        );
+        s.text(Some(&self.json[2]));
+        s.push(
+            "::json) AS v (a text, l bigint, i bigint, h text, g bigint) \
+             WHERE (SELECT ok FROM mk))",
+        );
+    }
+}
+
+/// Adds appended events (in global order, any accounts) to their accounts' trees as
+/// stored, inside the append transaction: one read of the accounts' frontiers, then the new
+/// nodes (about two per event) and the new frontiers, each in one statement. The accounts'
+/// heads once grown.
 pub(super) async fn append_leaves(
     conn: &mut AnyConnection,
     leaves: &[Leaf<'_>],
-) -> Result<(), StoreError> {
+) -> Result<Vec<(String, Head)>, StoreError> {
     if leaves.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
     let mut accounts: Vec<&str> = Vec::new();
     for leaf in leaves {
@@ -189,37 +408,51 @@ pub(super) async fn append_leaves(
             accounts.push(leaf.account_id);
         }
     }
-    let mut frontiers = read_frontiers(conn, &accounts).await?;
-    let mut stored: Vec<(NodeId, Hash)> = Vec::new();
-    let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() * 2);
-    for leaf in leaves {
-        let (frontier, last) = frontiers
-            .entry(leaf.account_id.to_string())
-            .or_insert_with(|| (Frontier::empty(), 0));
-        stored.clear();
-        frontier.push(leaf_of(leaf.account_id, leaf.hash)?, &mut stored);
-        *last = leaf.global_position;
-        for (id, hash) in &stored {
-            nodes.push(NewNode {
-                account_id: leaf.account_id,
-                id: *id,
-                hash: *hash,
-                global_position: (id.level == 0).then_some(leaf.global_position),
-            });
-        }
-    }
-    write_nodes(conn, &nodes, false).await?;
-    let heads: Vec<(&str, &Frontier, i64)> = accounts
+    let mut read = read_frontiers(conn, &accounts).await?;
+    let starts: HashMap<&str, Head> = accounts
         .iter()
-        .map(|a| {
-            let (frontier, last) = &frontiers[*a];
-            (*a, frontier, *last)
-        })
+        .filter_map(|a| read.remove(*a).map(|head| (*a, head)))
         .collect();
-    write_heads(conn, &heads).await
+    let growth = Growth::from(leaves, starts)?;
+    write_nodes(conn, &growth.nodes, false).await?;
+    let heads: Vec<(&str, &Frontier, i64)> = growth
+        .accounts
+        .iter()
+        .map(|a| (a.account_id, &a.after.0, a.after.1))
+        .collect();
+    write_heads(conn, &heads).await?;
+    Ok(growth.into_heads().collect())
+}
+
+/// Grows the trees by `leaves` with one guarded statement (see [`Growth::push_guarded`]) if
+/// `known` has every account's head; `None` if it has not, or they were not the stored ones
+/// and nothing was written.
+pub(super) async fn append_known_leaves(
+    conn: &mut AnyConnection,
+    leaves: &[Leaf<'_>],
+    known: impl Fn(&str) -> Option<Head>,
+) -> Result<Option<Vec<(String, Head)>>, StoreError> {
+    let Some(growth) = Growth::from_known(leaves, known)? else {
+        return Ok(None);
+    };
+    if !growth.fits_one_statement(0) {
+        return Ok(None);
+    }
+    let mut s = Statement::default();
+    s.push("WITH ");
+    growth.push_guarded(&mut s);
+    s.push(" SELECT ok FROM mk");
+    let ok: bool = sqlx::Row::try_get(&s.query().fetch_one(&mut *conn).await?, 0)?;
+    Ok(ok.then(|| growth.into_heads().collect()))
 }
 
 impl Store {
+    /// How many appends through this store (and its clones) read their trees' heads from
+    /// the database instead of growing them from the heads this process wrote last.
+    pub fn tree_heads_read(&self) -> u64 {
+        self.frontiers.lock().expect("the frontiers lock").reads
+    }
+
     /// The account's tree as of its last append (an empty tree if it has no events).
     pub async fn tree_head(&self, account_id: &str) -> Result<TreeHead, StoreError> {
         let mut conn = self.pool.acquire().await?;
@@ -455,6 +688,11 @@ impl Store {
         }
         write_heads(tx.conn(), &[(account_id, &frontier, last)]).await?;
         tx.commit().await?;
+        // What this process remembered of the tree may be what the rebuild replaced.
+        self.frontiers
+            .lock()
+            .expect("the frontiers lock")
+            .forget(account_id);
         Ok(done)
     }
 }

@@ -40,6 +40,7 @@ pub use platform::{
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
 pub use search::EventFilter;
 pub use snapshots::TaskTail;
+pub use stream::HistoryRange;
 pub use verify::{VerifyFailure, VerifyReport, VERIFY_NAMED_MAX};
 
 use std::str::FromStr;
@@ -121,6 +122,11 @@ pub struct Store {
     /// The ledger head (last position, its recorded_at) as this process last committed it:
     /// on PostgreSQL an append takes the head in its BEGIN statement while it is still so.
     head: std::sync::Arc<std::sync::Mutex<append::KnownHead>>,
+    /// The accounts' Merkle tree heads as this process last wrote them (a guess the append
+    /// checks, sparing it their read).
+    frontiers: std::sync::Arc<std::sync::Mutex<merkle::KnownFrontiers>>,
+    /// Events read to find where tasks stood before a relay batch ([`Store::task_state_events_read`]).
+    task_state_reads: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// On PostgreSQL, a native pool (connected on first use) for what the Any driver
     /// cannot do: `COPY` into the shadow tables a replay fills.
     native: Option<sqlx::PgPool>,
@@ -181,6 +187,8 @@ impl Store {
             backend,
             merkle_trees: true,
             head: Default::default(),
+            frontiers: Default::default(),
+            task_state_reads: Default::default(),
             native,
         })
     }

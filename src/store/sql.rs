@@ -86,3 +86,53 @@ impl Savepoint {
         self.release(conn).await
     }
 }
+
+/// One bound value.
+enum Value<'a> {
+    Text(Option<&'a str>),
+    Int(Option<i64>),
+}
+
+/// SQL with `$n` placeholders numbered as values are pushed.
+#[derive(Default)]
+pub(super) struct Statement<'a> {
+    sql: String,
+    values: Vec<Value<'a>>,
+}
+
+impl<'a> Statement<'a> {
+    pub(super) fn text(&mut self, v: Option<&'a str>) -> &mut Self {
+        self.values.push(Value::Text(v));
+        self.placeholder()
+    }
+
+    pub(super) fn int(&mut self, v: Option<i64>) -> &mut Self {
+        self.values.push(Value::Int(v));
+        self.placeholder()
+    }
+
+    fn placeholder(&mut self) -> &mut Self {
+        self.sql.push('$');
+        self.sql.push_str(&self.values.len().to_string());
+        self
+    }
+
+    /// How many values are bound so far (PostgreSQL takes at most 65,535).
+    pub(super) fn values(&self) -> usize {
+        self.values.len()
+    }
+
+    pub(super) fn push(&mut self, sql: &str) -> &mut Self {
+        self.sql.push_str(sql);
+        self
+    }
+
+    pub(super) fn query(&'a self) -> AnyQuery<'a> {
+        self.values
+            .iter()
+            .fold(sqlx::query(&self.sql), |q, v| match v {
+                Value::Text(t) => q.bind(*t),
+                Value::Int(i) => q.bind(*i),
+            })
+    }
+}

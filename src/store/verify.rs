@@ -522,7 +522,7 @@ fn content_problems(rows: &[EventRow]) -> Vec<Option<String>> {
 /// not the hash of what is stored, or its payload is not in the canonical form every reader
 /// recomputes the hash from.
 fn content_problem(row: &EventRow) -> Option<String> {
-    let envelope = match row.envelope() {
+    let mut envelope = match row.envelope() {
         Ok(e) => e,
         Err(e) => return Some(format!("does not decode: {e}")),
     };
@@ -539,8 +539,9 @@ fn content_problem(row: &EventRow) -> Option<String> {
             "the stored payload is not canonical JSON: readers would hash it differently".into(),
         );
     }
-    envelope
-        .ledger_event()
+    // The payload is moved, not cloned, into the decoder: it is not needed afterwards.
+    let event_type = std::mem::take(&mut envelope.event_type);
+    taskledger_events::LedgerEvent::decode(&event_type, envelope.event_version, envelope.payload)
         .err()
         .map(|e| format!("payload does not decode: {e}"))
 }

@@ -1004,7 +1004,113 @@ async fn keys_from_before_keys_were_recorded_get_their_events_once(backend: Back
     assert_ledger_intact(&t.store).await;
 }
 
+/// The account's tree, as stored, is exactly the tree of its events: its head, every leaf,
+/// and the root the stored interior nodes give.
+async fn assert_tree_exact(store: &taskledger::store::Store, account_id: &str, what: &str) {
+    let head = store.tree_head(account_id).await.unwrap();
+    let events = store
+        .events_after(0, 10_000, Some(account_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        head.tree_size,
+        events.len() as u64,
+        "{what}: every event is a leaf"
+    );
+    let recomputed = store.recompute_tree(account_id, 0).await.unwrap();
+    assert_eq!(recomputed.root, head.root, "{what}: the head's root");
+    assert_eq!(recomputed.first_changed_leaf, None, "{what}: the leaves");
+    let stored_root = store
+        .tree_answer(
+            account_id,
+            &taskledger::audit::tree::Plan::root(head.tree_size),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stored_root,
+        vec![head.root],
+        "{what}: the stored nodes' root"
+    );
+}
+
+/// Each process remembers the tree heads it wrote, to spare the append their read: two
+/// processes appending to one account in turns, one command at a time and in group commits
+/// of several accounts, with refused commands and rolled-back transactions between, must
+/// never grow a tree from a head the other one moved.
+async fn two_processes_appending_to_one_account_in_turns_keep_its_tree_exact(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let other_store = t.db.store().await;
+    let other = taskledger::ledger::Ledger::start(
+        other_store.clone(),
+        taskledger::ledger::LedgerSettings::with_max_batch(64),
+        taskledger::metrics::Metrics::new(),
+    );
+    let globex = t.store.ensure_account("globex").await.unwrap();
+    let customer = t.customer();
+    let create = || crate::helpers::categorization(None);
+    for round in 0..4 {
+        // This process, alone: it remembers the head it wrote, and on PostgreSQL grows the
+        // tree from it without reading it back.
+        let mine = t.create(None).await;
+        let reads = t.store.tree_heads_read();
+        t.set_metadata(&mine, json!({ "round": round })).await;
+        if backend == Backend::Postgres {
+            assert_eq!(t.store.tree_heads_read(), reads, "the head was known");
+        }
+        assert_tree_exact(&t.store, &t.account_id, "after this process").await;
+        // The other process, alone, then several of its commands at once (a group commit).
+        other.create(&customer, create(), None).await.unwrap();
+        let many: Vec<_> = (0..5)
+            .map(|_| other.create(&customer, create(), None))
+            .collect();
+        for created in futures::future::join_all(many).await {
+            created.unwrap();
+        }
+        assert_tree_exact(&other_store, &t.account_id, "after the other process").await;
+        // Back to this process, whose remembered head is now stale: it finds out, and
+        // reads the head.
+        let reads = t.store.tree_heads_read();
+        t.set_metadata(&mine, json!({ "round": round, "again": true }))
+            .await;
+        assert_eq!(
+            t.store.tree_heads_read(),
+            reads + 1,
+            "the stale head was read"
+        );
+        assert_tree_exact(&t.store, &t.account_id, "this process again").await;
+        // A group commit of two accounts through the other store, straight.
+        let writes = vec![
+            new_task_write(&t.account_id),
+            new_task_write(&globex),
+            new_task_write(&t.account_id),
+        ];
+        let results = other_store.commit_batch(writes).await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        // A command decided on a stale version is refused and its transaction rolled
+        // back: nothing of it may be remembered as written.
+        let mut stale = t.decided_write(&mine, Vec::new()).await;
+        stale.expected_sequence -= 1;
+        stale.events = vec![TaskEvent::TaskMetadataSet(
+            taskledger_events::TaskMetadataSet {
+                metadata: json!({ "stale": round }),
+            },
+        )];
+        let refused = t.store.commit_batch(vec![stale]).await.unwrap();
+        assert!(refused[0].is_err(), "a stale command is refused");
+        let results = t
+            .store
+            .commit_batch(vec![new_task_write(&globex), new_task_write(&t.account_id)])
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok));
+        assert_tree_exact(&t.store, &t.account_id, "after both group commits").await;
+        assert_tree_exact(&t.store, &globex, "the other account").await;
+    }
+}
+
 on_both_backends!(
+    two_processes_appending_to_one_account_in_turns_keep_its_tree_exact,
     one_group_commit_of_many_accounts_grows_each_accounts_tree,
     keys_from_before_keys_were_recorded_get_their_events_once,
     every_event_filter_is_read_through_an_index,

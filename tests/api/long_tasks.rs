@@ -6,7 +6,8 @@ use serde_json::json;
 use taskledger::domain::{Tags, TaskAction, TaskId};
 use taskledger::ledger::{Ledger, SNAPSHOT_EVERY};
 use taskledger::store::Store;
-use taskledger_events::{Scope, TaskEvent, TaskMetadataSet};
+use taskledger::task_state::TaskStates;
+use taskledger_events::{EventEnvelope, Scope, TaskEvent, TaskMetadataSet};
 
 use crate::helpers::{assert_ledger_intact, context, on_both_backends, Backend, TestLedger};
 
@@ -131,7 +132,86 @@ async fn an_unreadable_snapshot_is_ignored_and_replaced(backend: Backend) {
     assert_ledger_intact(&t.store).await;
 }
 
+/// The state records the relay's task-state step makes for `batch`, starting with nothing
+/// kept (a relay just started), and how many earlier events it read for them.
+async fn relayed_states(store: &Store, batch: &[EventEnvelope]) -> (Vec<Option<String>>, u64) {
+    let before = store.task_state_events_read();
+    let values = TaskStates::default()
+        .after_each(store, batch)
+        .await
+        .expect("the task-state step");
+    (values, store.task_state_events_read() - before)
+}
+
+async fn the_relay_states_a_long_task_from_its_snapshot_with_a_bounded_read(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let long = t.create(None).await;
+    grow(&t, &long, 3000).await;
+    t.set_metadata(&long, json!({"step": "snapshot"})).await;
+    assert_eq!(snapshot_sequence(&t.store, &long).await, Some(3002));
+    // Ten events past the snapshot without a new one, then a command.
+    grow(&t, &long, 10).await;
+    t.set_metadata(&long, json!({"step": "last"})).await;
+    let short = t.create(None).await;
+    for i in 0..4 {
+        t.set_metadata(&short, json!({ "i": i })).await;
+    }
+    let long_events = t.events_of(&long).await;
+    let short_events = t.events_of(&short).await;
+    assert_eq!(long_events.len(), 3013);
+    // What the states must be: every event of both tasks folded from the start, in one batch.
+    let mut all: Vec<EventEnvelope> = long_events.iter().chain(&short_events).cloned().collect();
+    all.sort_by_key(|e| e.global_position);
+    let (expected, read) = relayed_states(&t.store, &all).await;
+    assert_eq!(
+        read, 0,
+        "a batch holding whole histories reads nothing more"
+    );
+    let expected_of = |e: &EventEnvelope| {
+        expected[all.iter().position(|a| a.event_id == e.event_id).unwrap()].clone()
+    };
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(
+            expected_of(&long_events[3012]).as_deref().unwrap()
+        )
+        .unwrap(),
+        t.view_body(&long).await,
+        "the last state record is the task as GET serves it"
+    );
+
+    // A relay batch of the long task's last events and the short task's: the long one starts
+    // from its snapshot (sequence 3002) and reads only the events after it (3003 to 3009).
+    let batch: Vec<EventEnvelope> = vec![
+        long_events[3009].clone(),
+        long_events[3010].clone(),
+        short_events[4].clone(),
+        long_events[3011].clone(),
+        long_events[3012].clone(),
+    ];
+    let mut batch = batch;
+    batch.sort_by_key(|e| e.global_position);
+    let (values, read) = relayed_states(&t.store, &batch).await;
+    assert_eq!(
+        read,
+        7 + 4,
+        "the events after the snapshot, and the short task's"
+    );
+    for (e, value) in batch.iter().zip(&values) {
+        assert_eq!(value, &expected_of(e), "the state after {}", e.sequence);
+    }
+
+    // A batch from before the snapshot (a relay catching up) cannot use it: the history is
+    // read a bounded page at a time, and the states are still exact.
+    let early: Vec<EventEnvelope> = long_events[2500..2503].to_vec();
+    let (values, read) = relayed_states(&t.store, &early).await;
+    assert_eq!(read, 2500, "the events before the batch, each once");
+    for (e, value) in early.iter().zip(&values) {
+        assert_eq!(value, &expected_of(e), "the state after {}", e.sequence);
+    }
+}
+
 on_both_backends!(
+    the_relay_states_a_long_task_from_its_snapshot_with_a_bounded_read,
     a_task_with_thousands_of_events_takes_commands_on_its_exact_version,
     an_unreadable_snapshot_is_ignored_and_replaced,
 );

@@ -13,7 +13,8 @@ use taskledger::store::{ListQuery, RebuildReport, Store};
 use taskledger_events::Scope;
 
 use crate::helpers::{
-    categorization, context, on_both_backends, projection_snapshot, Backend, TestDb, TestLedger,
+    categorization, context, eventually, ok_if, on_both_backends, projection_snapshot, Backend,
+    TestDb, TestLedger, PATIENCE,
 };
 
 /// Runs `replay --check` and asserts it names no mismatch; its report for what else a
@@ -260,7 +261,16 @@ async fn replay_check_names_each_task_whose_row_tags_or_unique_id_differ(backend
     let check = t.store.replay(true, |_| {}).await.unwrap();
     let mut expected = vec![a.to_string(), b.to_string(), c.to_string()];
     expected.sort();
-    assert_eq!(check.mismatches, expected);
+    // The tag written behind the ledger's back is not in the per-tag counts either.
+    let (counts, tasks): (Vec<String>, Vec<String>) = check
+        .mismatches
+        .into_iter()
+        .partition(|m| m.starts_with("task_counts"));
+    assert_eq!(tasks, expected);
+    assert!(
+        counts.len() == 1 && counts[0].contains("\"extra\""),
+        "{counts:?}"
+    );
 
     let rebuilt = t.store.replay(false, |_| {}).await.unwrap();
     assert_eq!((rebuilt.tasks, rebuilt.events), (12, 24));
@@ -548,8 +558,10 @@ async fn list_totals_are_exact_for_each_counted_filter_as_tasks_change(backend: 
 async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(backend: Backend) {
     let t = TestLedger::new(backend).await;
     seed(&t, 5).await;
+    // A tag with another filter is counted from the tasks on the walk's first page.
     let q = ListQuery {
         tags: vec!["s0".into()],
+        updated_after_us: Some(0),
         limit: 10,
         ..Default::default()
     };
@@ -578,6 +590,21 @@ async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(
         t.store.list_tasks(&t.account_id, &q).await.unwrap().total,
         3
     );
+    // A tag alone is counted by the projection: exact on every page, whatever is carried.
+    let tag_alone = ListQuery {
+        tags: vec!["s0".into()],
+        known_total: Some(2),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        t.store
+            .list_tasks(&t.account_id, &tag_alone)
+            .await
+            .unwrap()
+            .total,
+        3
+    );
     // Every tag asked for must be carried, on the page and in the total alike.
     t.run(
         &task,
@@ -592,6 +619,7 @@ async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(
         (vec!["s0", "x"], 1),
         (vec!["x", "s0", "x"], 1),
         (vec!["s0", "s1"], 0),
+        (vec!["s0", "never"], 0),
     ] {
         let q = ListQuery {
             tags: tags.iter().map(|t| t.to_string()).collect(),
@@ -607,6 +635,148 @@ async fn a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries(
     }
 }
 
+/// Waits (polling the clock, not sleeping a fixed time) until the clock is past the finest
+/// creation-time bucket (2^20 µs) it is in now.
+async fn the_next_creation_bucket() {
+    let unit = 1i64 << 20;
+    let next = (chrono::Utc::now().timestamp_micros() / unit + 1) * unit;
+    eventually(PATIENCE, "the next creation-time bucket", async || {
+        let now = chrono::Utc::now().timestamp_micros();
+        ok_if(now > next, now)
+    })
+    .await;
+}
+
+async fn list_totals_of_a_tag_or_a_creation_time_range_are_exact_and_rebuilt_by_replay(
+    backend: Backend,
+) {
+    let t = TestLedger::new(backend).await;
+    let customer = t.customer();
+    // Tasks in three finest buckets at least, so ranges take whole buckets and partial ends.
+    let mut created: Vec<(TaskId, i64)> = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            the_next_creation_bucket().await;
+        }
+        for _ in 0..3 {
+            let committed = t
+                .ledger
+                .create(&customer, categorization(None), None)
+                .await
+                .unwrap();
+            created.push((
+                TaskId::parse(&committed.view.task_id).unwrap(),
+                committed.view.created_at.timestamp_micros(),
+            ));
+        }
+    }
+    // Tags move: added, replaced and removed.
+    for (i, (task, _)) in created.iter().enumerate() {
+        let tags: Vec<String> = match i % 3 {
+            0 => vec!["red".into(), "blue".into()],
+            1 => vec!["red".into()],
+            _ => vec!["green".into()],
+        };
+        t.run(
+            task,
+            Scope::Customer,
+            TaskAction::AddTags {
+                tags: Tags::try_from(tags).unwrap(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    t.run(
+        &created[0].0,
+        Scope::Customer,
+        TaskAction::SetTags {
+            tags: Tags::try_from(vec!["green".to_string(), "blue".to_string()]).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    t.run(
+        &created[1].0,
+        Scope::Customer,
+        TaskAction::RemoveTags {
+            tags: Tags::try_from(vec!["red".to_string()]).unwrap(),
+        },
+    )
+    .await
+    .unwrap();
+    // red: tasks 3, 4, 6, 7; blue: 0, 3, 6; green: 0, 2, 5, 8.
+    let tagged = |tag: &str, n: i64| {
+        (
+            ListQuery {
+                tags: vec![tag.into()],
+                ..Default::default()
+            },
+            n,
+        )
+    };
+    let times: Vec<i64> = created.iter().map(|(_, at)| *at).collect();
+    let (first, last) = (times[0], times[8]);
+    let year = 365 * 24 * 3600 * 1_000_000;
+    let mut cases = vec![
+        tagged("red", 4),
+        tagged("blue", 3),
+        tagged("green", 4),
+        tagged("never", 0),
+    ];
+    let ranges = [
+        (Some(first), Some(last)),
+        (Some(first + 1), Some(last - 1)),
+        (Some(times[3]), None),
+        (Some(times[4]), Some(times[4])),
+        (None, Some(times[5])),
+        (Some(0), Some(last + year)),
+        (Some(first - year), Some(times[2])),
+        (Some(last + 1), None),
+        (Some(last), Some(first)),
+    ];
+    for (from, to) in ranges {
+        let n = times
+            .iter()
+            .filter(|at| from.is_none_or(|f| **at >= f) && to.is_none_or(|t| **at <= t))
+            .count();
+        cases.push((
+            ListQuery {
+                created_from_us: from,
+                created_to_us: to,
+                ..Default::default()
+            },
+            n as i64,
+        ));
+    }
+    let page = |q: &ListQuery| ListQuery {
+        limit: 2,
+        ..q.clone()
+    };
+    for (q, expected) in &cases {
+        let (total, walked) = total_and_walk(&t, &page(q)).await;
+        assert_eq!((total, walked), (*expected, *expected as usize), "{q:?}");
+    }
+
+    // replay --check compares the new counts, replay rebuilds them.
+    sqlx::query("UPDATE task_counts SET n = n + 1 WHERE dimension IN ('tag', 'created.3')")
+        .execute(t.store.pool())
+        .await
+        .unwrap();
+    let check = t.store.replay(true, |_| {}).await.unwrap();
+    assert!(
+        check.mismatches.iter().any(|m| m.contains("created.3"))
+            && check.mismatches.iter().any(|m| m.contains("\"red\"")),
+        "{:?}",
+        check.mismatches
+    );
+    t.store.replay(false, |_| {}).await.unwrap();
+    for (q, expected) in &cases {
+        assert_eq!(total_and_walk(&t, &page(q)).await.0, *expected, "{q:?}");
+    }
+    assert_check_finds_nothing(&t.store).await;
+}
+
 on_both_backends!(
     replay_runs_while_a_writer_keeps_committing_and_ends_equal_to_a_fresh_rebuild,
     replay_check_names_each_task_whose_row_tags_or_unique_id_differ,
@@ -614,6 +784,7 @@ on_both_backends!(
     verify_names_a_missing_position_and_the_chain_it_breaks,
     list_totals_are_exact_for_each_counted_filter_as_tasks_change,
     a_later_page_of_an_uncounted_filter_takes_the_total_the_caller_carries,
+    list_totals_of_a_tag_or_a_creation_time_range_are_exact_and_rebuilt_by_replay,
     a_long_history_is_read_a_page_at_a_time_in_sequence_order,
     verify_and_replay_walk_across_page_ends_without_losing_an_event,
 );

@@ -17,14 +17,14 @@
 use sqlx::AnyConnection;
 use taskledger_projections::UniqueIdChange;
 
-use super::EVENT_COLUMNS;
 use super::{
-    leaves_of, name_refusal, AppendTx, CommandWrite, Committed, Prepared, Refused, WriteError,
+    is_refusal, known_head_of, leaves_of, name_refusal, push_events_cte, AppendTx, CommandWrite,
+    Committed, Prepared, Refused, WriteError,
 };
 use crate::store::counts::CountDeltas;
-use crate::store::merkle::append_leaves;
+use crate::store::merkle::Growth;
 use crate::store::projection::{TaskRow, TASK_COLUMNS};
-use crate::store::sql::AnyQuery;
+use crate::store::sql::Statement;
 use crate::store::{now_micros, Backend, Store, StoreError};
 use taskledger_events::SealedEvent;
 
@@ -95,6 +95,9 @@ impl Store {
             known_head: self.head.clone(),
             finished_batches: Vec::new(),
             recorded_beyond_reserve: false,
+            backend: self.backend,
+            known_frontiers: self.frontiers.clone(),
+            grown: Default::default(),
         };
         let prepared = match tx.prepare(write.clone())? {
             Ok(p) => p,
@@ -135,51 +138,6 @@ impl Store {
     }
 }
 
-/// One bound value.
-enum Value<'a> {
-    Text(Option<&'a str>),
-    Int(Option<i64>),
-}
-
-/// SQL with `$n` placeholders numbered as values are pushed.
-#[derive(Default)]
-struct Statement<'a> {
-    sql: String,
-    values: Vec<Value<'a>>,
-}
-
-impl<'a> Statement<'a> {
-    fn text(&mut self, v: Option<&'a str>) -> &mut Self {
-        self.values.push(Value::Text(v));
-        self.placeholder()
-    }
-
-    fn int(&mut self, v: Option<i64>) -> &mut Self {
-        self.values.push(Value::Int(v));
-        self.placeholder()
-    }
-
-    fn placeholder(&mut self) -> &mut Self {
-        self.sql.push('$');
-        self.sql.push_str(&self.values.len().to_string());
-        self
-    }
-
-    fn push(&mut self, sql: &str) -> &mut Self {
-        self.sql.push_str(sql);
-        self
-    }
-
-    fn query(&'a self) -> AnyQuery<'a> {
-        self.values
-            .iter()
-            .fold(sqlx::query(&self.sql), |q, v| match v {
-                Value::Text(t) => q.bind(*t),
-                Value::Int(i) => q.bind(*i),
-            })
-    }
-}
-
 impl Prepared {
     /// Whether [`AppendTx::apply_in_one_statement`] can write this command.
     pub(super) fn fits_one_statement(&self) -> bool {
@@ -203,10 +161,7 @@ impl AppendTx {
     ) -> Result<Result<(), Refused>, StoreError> {
         let row = TaskRow::of(&p.write.account_id, p.version(), &p.view);
         let mut counts = CountDeltas::default();
-        if let Some(prior) = &p.write.prior_view {
-            counts.view(&p.write.account_id, prior, -1);
-        }
-        counts.view(&p.write.account_id, &p.view, 1);
+        counts.change(&p.write.account_id, p.write.prior_view.as_ref(), &p.view);
         let deltas = counts.nonzero();
         let event_ids: Vec<String> = p
             .sealed
@@ -259,35 +214,37 @@ impl AppendTx {
                  DO UPDATE SET n = task_counts.n + excluded.n)",
             );
         }
-        s.push(&format!(
-            ", e AS (INSERT INTO events ({EVENT_COLUMNS}) VALUES "
-        ));
-        for (i, sealed) in p.sealed.iter().enumerate() {
-            let e = &sealed.envelope;
-            s.push(if i == 0 { "(" } else { ", (" });
-            s.int(Some(e.global_position)).push(", ");
-            s.text(Some(&event_ids[i])).push(", ");
-            s.text(Some(&e.task_id)).push(", ");
-            s.text(Some(&e.account_id)).push(", ");
-            s.int(Some(e.sequence)).push(", ");
-            s.text(Some(&e.event_type)).push(", ");
-            s.int(Some(i64::from(e.event_version))).push(", ");
-            s.text(Some(&sealed.payload_json)).push(", ");
-            s.int(Some(e.recorded_at.timestamp_micros())).push(", ");
-            s.text(Some(&e.actor.account_id)).push(", ");
-            s.text(e.actor.key_id.as_deref()).push(", ");
-            s.text(Some(e.actor.scope.as_str())).push(", ");
-            s.text(e.request_id.as_deref()).push(", ");
-            s.text(Some(&e.prev_hash)).push(", ");
-            s.text(Some(&e.hash)).push(", ");
-            s.int(Some(i64::from(e.hash_version))).push(")");
+        s.push(", ");
+        let events: Vec<&SealedEvent> = p.sealed.iter().collect();
+        push_events_cte(&mut s, &events, &event_ids);
+        // The account's Merkle tree grows in the same statement when this process knows its
+        // head: the statement checks that it is still the stored one, and writes the tree
+        // only then.
+        let leaves = leaves_of(&events);
+        let growth = if self.merkle_trees {
+            let (grown, known) = (&self.grown, &self.known_frontiers);
+            Growth::from_known(&leaves, |account_id| {
+                known_head_of(grown, known, account_id)
+            })?
+            .filter(|g| g.fits_one_statement(s.values()))
+        } else {
+            None
+        };
+        match &growth {
+            Some(growth) => {
+                s.push(", ");
+                growth.push_guarded(&mut s);
+                s.push(" SELECT (SELECT COUNT(*) FROM t), (SELECT ok FROM mk)");
+            }
+            None => {
+                s.push(" SELECT (SELECT COUNT(*) FROM t), false");
+            }
         }
-        s.push(") SELECT COUNT(*) FROM t");
-        let conn: &mut AnyConnection = self.conn();
-        let written: i64 = match s.query().fetch_one(conn).await {
-            Ok(row) => sqlx::Row::try_get(&row, 0)?,
+        let conn: &mut AnyConnection = &mut self.tx;
+        let (written, grew): (i64, bool) = match s.query().fetch_one(conn).await {
+            Ok(row) => (sqlx::Row::try_get(&row, 0)?, sqlx::Row::try_get(&row, 1)?),
             // The task id exists already, or its (task, sequence) slot was taken.
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(sqlx::Error::Database(e)) if is_refusal(e.as_ref()) => {
                 return Ok(Err(Refused::Conflict))
             }
             Err(e) => return Err(e.into()),
@@ -295,10 +252,11 @@ impl AppendTx {
         if written != 1 {
             return Ok(Err(Refused::Conflict));
         }
-        // The account's Merkle tree grows in the same transaction, as on every other path.
-        if self.merkle_trees {
-            let events: Vec<&SealedEvent> = p.sealed.iter().collect();
-            append_leaves(self.conn(), &leaves_of(&events)).await?;
+        match growth {
+            Some(growth) if grew => self.grown.extend(growth.into_heads()),
+            // Not known, or not the stored head: read it, as on every other path.
+            _ if self.merkle_trees => self.grow_stored_trees(&leaves).await?,
+            _ => {}
         }
         Ok(Ok(()))
     }

@@ -11,6 +11,8 @@ mod lone;
 
 pub(super) use lone::KnownHead;
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Any, AnyConnection, Transaction};
 use taskledger_events::{
@@ -20,13 +22,13 @@ use taskledger_projections::{fold, FoldError, TaskView, UniqueIdChange};
 
 use super::counts::CountDeltas;
 use super::idempotency::record_answer;
-use super::merkle::{append_leaves, Leaf};
+use super::merkle::{append_known_leaves, append_leaves, Growth, Head, KnownFrontiers, Leaf};
 use super::projection::{
     insert_task_rows, release_unique_ids, replace_tags, reserve_unique_ids, update_task_row,
     Reservation, TaskRow, TaskTags,
 };
 use super::read::{holder_of, EVENT_COLUMNS};
-use super::sql::{insert_rows, unique_violation_as_false, Savepoint};
+use super::sql::{insert_rows, unique_violation_as_false, Savepoint, Statement};
 use super::{now_micros, Backend, Store, StoreError};
 
 /// Events per INSERT: 16 parameters each stays far below both backends' limits.
@@ -118,6 +120,11 @@ pub struct AppendTx {
     /// Events were recorded beyond those the head was moved over in advance: the head is
     /// written at commit after all.
     recorded_beyond_reserve: bool,
+    backend: Backend,
+    /// The store's record of the trees' heads, given this transaction's once it commits.
+    known_frontiers: std::sync::Arc<std::sync::Mutex<KnownFrontiers>>,
+    /// The heads of the trees this transaction grew, as they are in it.
+    grown: HashMap<String, Head>,
 }
 
 impl Store {
@@ -153,6 +160,9 @@ impl Store {
             known_head: self.head.clone(),
             finished_batches: Vec::new(),
             recorded_beyond_reserve: false,
+            backend: self.backend,
+            known_frontiers: self.frontiers.clone(),
+            grown: HashMap::new(),
         })
     }
 
@@ -329,9 +339,7 @@ impl AppendTx {
         if !insert_events(self.conn(), &events).await? {
             return Ok(false);
         }
-        if self.merkle_trees {
-            append_leaves(self.conn(), &leaves_of(&events)).await?;
-        }
+        self.grow_trees(&events).await?;
         if let Some(last) = sealed.last() {
             self.last_position = last.envelope.global_position;
             self.last_recorded_us = last.envelope.recorded_at.timestamp_micros();
@@ -365,6 +373,95 @@ impl AppendTx {
             .lock()
             .expect("the head lock")
             .committed(self.last_position, self.last_recorded_us);
+        let mut known = self.known_frontiers.lock().expect("the frontiers lock");
+        for (account_id, head) in self.grown {
+            known.remember(account_id, head);
+        }
+        Ok(())
+    }
+
+    /// Adds recorded events to their accounts' trees. On PostgreSQL, from the heads this
+    /// transaction or this process last wrote, checked against the stored ones and written
+    /// in one statement; otherwise, or if they were not the stored ones, read first.
+    async fn grow_trees(&mut self, events: &[&SealedEvent]) -> Result<(), StoreError> {
+        if !self.merkle_trees || events.is_empty() {
+            return Ok(());
+        }
+        let leaves = leaves_of(events);
+        if self.backend == Backend::Postgres {
+            let (grown, known) = (&self.grown, &self.known_frontiers);
+            let heads = append_known_leaves(&mut self.tx, &leaves, |account_id| {
+                known_head_of(grown, known, account_id)
+            })
+            .await?;
+            if let Some(heads) = heads {
+                self.grown.extend(heads);
+                return Ok(());
+            }
+        }
+        self.grow_stored_trees(&leaves).await
+    }
+
+    /// Inserts the events; on PostgreSQL, when this process knows their trees' heads, the
+    /// trees grow in the same statement (guarded as [`AppendTx::grow_trees`] is), so a group
+    /// commit pays no round trip of its own for them.
+    async fn insert_events_growing_trees(
+        &mut self,
+        events: &[&SealedEvent],
+    ) -> Result<Inserted, StoreError> {
+        let growth = if self.backend == Backend::Postgres
+            && self.merkle_trees
+            && !events.is_empty()
+            && events.len() <= EVENTS_PER_INSERT
+        {
+            let (grown, known) = (&self.grown, &self.known_frontiers);
+            let leaves = leaves_of(events);
+            Growth::from_known(&leaves, |account_id| {
+                known_head_of(grown, known, account_id)
+            })?
+            .filter(|g| g.fits_one_statement(events.len() * 16))
+        } else {
+            None
+        };
+        let Some(growth) = growth else {
+            return Ok(if insert_events(self.conn(), events).await? {
+                Inserted::EventsOnly
+            } else {
+                Inserted::Refused
+            });
+        };
+        let event_ids: Vec<String> = events
+            .iter()
+            .map(|s| s.envelope.event_id.to_string())
+            .collect();
+        let mut s = Statement::default();
+        s.push("WITH ");
+        growth.push_guarded(&mut s);
+        s.push(", ");
+        push_events_cte(&mut s, events, &event_ids);
+        s.push(" SELECT ok FROM mk");
+        let ok: bool = match s.query().fetch_one(&mut *self.tx).await {
+            Ok(row) => sqlx::Row::try_get(&row, 0)?,
+            Err(sqlx::Error::Database(e)) if is_refusal(e.as_ref()) => {
+                return Ok(Inserted::Refused)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(if ok {
+            Inserted::TreesGrown(growth.into_heads().collect())
+        } else {
+            Inserted::EventsOnly
+        })
+    }
+
+    /// [`AppendTx::grow_trees`] from the heads as stored.
+    async fn grow_stored_trees(&mut self, leaves: &[Leaf<'_>]) -> Result<(), StoreError> {
+        let heads = append_leaves(self.conn(), leaves).await?;
+        self.known_frontiers
+            .lock()
+            .expect("the frontiers lock")
+            .read_back();
+        self.grown.extend(heads);
         Ok(())
     }
 
@@ -459,19 +556,15 @@ impl AppendTx {
         replace_tags(self.conn(), &retagged).await?;
         let mut counts = CountDeltas::default();
         for p in &changing {
-            if let Some(prior) = &p.write.prior_view {
-                counts.view(&p.write.account_id, prior, -1);
-            }
-            counts.view(&p.write.account_id, &p.view, 1);
+            counts.change(&p.write.account_id, p.write.prior_view.as_ref(), &p.view);
         }
         counts.write(self.conn(), "task_counts").await?;
         let events: Vec<&SealedEvent> = changing.iter().flat_map(|p| &p.sealed).collect();
-        if !insert_events(self.conn(), &events).await? {
-            return Ok(Err(Refused::Conflict));
-        }
-        if self.merkle_trees {
-            append_leaves(self.conn(), &leaves_of(&events)).await?;
-        }
+        let grown = match self.insert_events_growing_trees(&events).await? {
+            Inserted::Refused => return Ok(Err(Refused::Conflict)),
+            Inserted::TreesGrown(heads) => Some(heads),
+            Inserted::EventsOnly => None,
+        };
         for p in prepared {
             if let Some(idem) = &p.write.idempotency {
                 let body = p.view.to_json();
@@ -483,6 +576,12 @@ impl AppendTx {
                     return Ok(Err(Refused::ClaimLost));
                 }
             }
+        }
+        // Last, once nothing can be refused: the heads grown are this transaction's only
+        // if no savepoint rolls the writes back.
+        match grown {
+            Some(heads) => self.grown.extend(heads),
+            None => self.grow_trees(&events).await?,
         }
         Ok(Ok(()))
     }
@@ -503,6 +602,66 @@ async fn batch_takes_tasks(
             .fetch_all(conn)
             .await?;
     Ok(statuses.is_empty() || statuses.iter().any(|s| s == "staging"))
+}
+
+/// What [`AppendTx::insert_events_growing_trees`] did.
+enum Inserted {
+    /// A (task, sequence) slot was taken: nothing was written.
+    Refused,
+    /// The events, and the trees grown to these heads.
+    TreesGrown(Vec<(String, Head)>),
+    /// The events only: the trees are still to grow.
+    EventsOnly,
+}
+
+/// Whether a unique violation is a command's refusal (its task or a slot of it was taken),
+/// not a tree node met where none should be, which is the ledger's damage and an error.
+fn is_refusal(e: &dyn sqlx::error::DatabaseError) -> bool {
+    e.is_unique_violation() && e.constraint() != Some("merkle_nodes_pkey")
+}
+
+/// `e AS (INSERT INTO events ...)`, a PostgreSQL common table expression; `event_ids` are
+/// the events' ids as text.
+fn push_events_cte<'a>(s: &mut Statement<'a>, events: &[&'a SealedEvent], event_ids: &'a [String]) {
+    s.push(&format!(
+        "e AS (INSERT INTO events ({EVENT_COLUMNS}) VALUES "
+    ));
+    for (i, sealed) in events.iter().enumerate() {
+        let e = &sealed.envelope;
+        s.push(if i == 0 { "(" } else { ", (" });
+        s.int(Some(e.global_position)).push(", ");
+        s.text(Some(&event_ids[i])).push(", ");
+        s.text(Some(&e.task_id)).push(", ");
+        s.text(Some(&e.account_id)).push(", ");
+        s.int(Some(e.sequence)).push(", ");
+        s.text(Some(&e.event_type)).push(", ");
+        s.int(Some(i64::from(e.event_version))).push(", ");
+        s.text(Some(&sealed.payload_json)).push(", ");
+        s.int(Some(e.recorded_at.timestamp_micros())).push(", ");
+        s.text(Some(&e.actor.account_id)).push(", ");
+        s.text(e.actor.key_id.as_deref()).push(", ");
+        s.text(Some(e.actor.scope.as_str())).push(", ");
+        s.text(e.request_id.as_deref()).push(", ");
+        s.text(Some(&e.prev_hash)).push(", ");
+        s.text(Some(&e.hash)).push(", ");
+        s.int(Some(i64::from(e.hash_version))).push(")");
+    }
+    s.push(")");
+}
+
+/// An account's tree head as this transaction grew it, or else as this process last wrote it.
+fn known_head_of(
+    grown: &HashMap<String, Head>,
+    known: &std::sync::Mutex<KnownFrontiers>,
+    account_id: &str,
+) -> Option<Head> {
+    grown.get(account_id).cloned().or_else(|| {
+        known
+            .lock()
+            .expect("the frontiers lock")
+            .get(account_id)
+            .cloned()
+    })
 }
 
 /// The events' leaves, in global order.

@@ -139,37 +139,29 @@ async fn compare(
     Ok(())
 }
 
-/// Compares the counts projection with what the stored task rows add up to (the rows
-/// themselves are compared with the events task by task): set-based, one query each.
+/// Compares the counts projection with what the stored task rows and tags add up to (the
+/// rows themselves are compared with the events task by task): set-based, in the database,
+/// so only differences reach this process, however many counts there are (one per
+/// creation-time bucket, tag, project or batch).
 async fn compare_counts(
     conn: &mut AnyConnection,
     mismatches: &mut Vec<String>,
 ) -> Result<(), StoreError> {
-    type Count = (String, String, String, i64);
-    let stored: Vec<Count> =
-        sqlx::query_as("SELECT account_id, dimension, value, n FROM task_counts WHERE n <> 0")
-            .fetch_all(&mut *conn)
-            .await?;
-    let expected: Vec<Count> = sqlx::query_as(&counts_of(LIVE.tasks))
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut stored: HashMap<(String, String, String), i64> = stored
-        .into_iter()
-        .map(|(a, d, v, n)| ((a, d, v), n))
-        .collect();
-    for (account, dimension, value, n) in expected {
-        let key = (account, dimension, value);
-        let found = stored.remove(&key).unwrap_or(0);
-        if found != n {
-            mismatches.push(format!(
-                "task_counts of account {} has {} = {:?}: {found}, the tasks {n}",
-                key.0, key.1, key.2
-            ));
-        }
-    }
-    for ((account, dimension, value), n) in stored {
+    let same = "s.account_id = e.account_id AND s.dimension = e.dimension AND s.value = e.value";
+    let sql = format!(
+        "WITH e AS ({expected}) \
+         SELECT e.account_id, e.dimension, e.value, COALESCE(s.n, 0), e.n FROM e \
+         LEFT JOIN task_counts s ON {same} WHERE COALESCE(s.n, 0) <> e.n \
+         UNION ALL \
+         SELECT s.account_id, s.dimension, s.value, s.n, 0 FROM task_counts s \
+         WHERE s.n <> 0 AND NOT EXISTS (SELECT 1 FROM e WHERE {same})",
+        expected = counts_of(LIVE.tasks, LIVE.tags)
+    );
+    let differing: Vec<(String, String, String, i64, i64)> =
+        sqlx::query_as(&sql).fetch_all(&mut *conn).await?;
+    for (account, dimension, value, found, n) in differing {
         mismatches.push(format!(
-            "task_counts of account {account} has {dimension} = {value:?}: {n}, the tasks 0"
+            "task_counts of account {account} has {dimension} = {value:?}: {found}, the tasks {n}"
         ));
     }
     Ok(())

@@ -1,5 +1,7 @@
 //! Folding pages of events, in (task, sequence) order, into one view per task.
 
+use chrono::DateTime;
+use taskledger_events::TaskEvent;
 use taskledger_projections::{fold, TaskView};
 
 use crate::store::read::EventRow;
@@ -40,14 +42,18 @@ impl Folder {
         let broken = current.version > 0 && prior.is_none();
         current.version = row.sequence;
         if !broken {
-            let folded = row
-                .envelope()
-                .map_err(|e| e.to_string())
-                .and_then(|envelope| {
-                    let event = envelope.event().map_err(|e| e.to_string())?;
-                    fold(prior, &envelope.task_id, envelope.recorded_at, &event)
-                        .map_err(|e| e.to_string())
-                });
+            // Only what folding reads is decoded: the event and its time (verify checks
+            // the rest of the envelope).
+            let folded = (|| {
+                let recorded_at = DateTime::from_timestamp_micros(row.recorded_at_us)
+                    .ok_or_else(|| format!("recorded_at {} out of range", row.recorded_at_us))?;
+                let version =
+                    u32::try_from(row.event_version).map_err(|e| format!("event_version: {e}"))?;
+                let payload = serde_json::from_str(&row.payload).map_err(|e| e.to_string())?;
+                let event = TaskEvent::decode(&row.event_type, version, payload)
+                    .map_err(|e| e.to_string())?;
+                fold(prior, &row.task_id, recorded_at, &event).map_err(|e| e.to_string())
+            })();
             match folded {
                 Ok(view) => current.view = Some(view),
                 Err(message) => {

@@ -16,7 +16,8 @@ use crate::store::read::{EventRow, EVENT_COLUMNS};
 use crate::store::verify::ChainPager;
 use crate::store::{Backend, Store, StoreError};
 
-/// A task's counted columns: account, type, status, project, batch, review status.
+/// A task's counted columns: account, type, status, project, batch, review status,
+/// creation time.
 type CountedRow = (
     String,
     String,
@@ -24,6 +25,7 @@ type CountedRow = (
     Option<String>,
     Option<String>,
     Option<String>,
+    i64,
 );
 
 impl Store {
@@ -93,7 +95,7 @@ impl Store {
             progress(report.events);
             page = next?;
         }
-        fill_counts(&mut conn, SHADOW.tasks, SHADOW.counts).await?;
+        fill_counts(&mut conn, SHADOW.tasks, SHADOW.tags, SHADOW.counts).await?;
         build_secondary_indexes(self, &mut conn).await?;
         if self.backend == Backend::Postgres {
             // Statistics belong to the table: the planner must know the shadow's before it
@@ -268,8 +270,8 @@ async fn catch_up(
     for chunk in ids.chunks(IDS_PER_STATEMENT) {
         // What the changed tasks counted for so far is taken out of the counts.
         let sql = format!(
-            "SELECT account_id, task_type, status, project, batch, customer_review_status \
-             FROM {} WHERE task_id IN ({})",
+            "SELECT account_id, task_type, status, project, batch, customer_review_status, \
+             created_at_us FROM {} WHERE task_id IN ({})",
             SHADOW.tasks,
             placeholders(1, chunk.len())
         );
@@ -278,8 +280,22 @@ async fn catch_up(
             .fold(sqlx::query_as(&sql), |q, id| q.bind(*id))
             .fetch_all(&mut *conn)
             .await?;
+        let sql = format!(
+            "SELECT account_id, tag FROM {} WHERE task_id IN ({})",
+            SHADOW.tags,
+            placeholders(1, chunk.len())
+        );
+        let tagged: Vec<(String, String)> = chunk
+            .iter()
+            .fold(sqlx::query_as(&sql), |q, id| q.bind(*id))
+            .fetch_all(&mut *conn)
+            .await?;
         let mut counts = CountDeltas::default();
-        for (account, task_type, status, project, batch, review) in &counted {
+        for (account, tag) in &tagged {
+            counts.add(account, "tag", tag, -1);
+        }
+        for (account, task_type, status, project, batch, review, created) in &counted {
+            counts.created(account, *created, -1);
             counts.task(
                 account,
                 task_type,
