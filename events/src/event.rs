@@ -42,14 +42,14 @@ pub struct TaskCreated {
     pub unique_id: Option<String>,
     #[serde(default)]
     pub clear_unique_id_on_error: bool,
-    /// Test data, created with a test-mode key. Absent for a live task, so every live
-    /// task's payload (and hash) is what it was before test mode existed.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub is_test: bool,
     /// The version of its project's params the task inherited from; absent when it has no
     /// project or the project had no params.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_param_version: Option<u32>,
+    /// Test data, created with a test-mode key. Absent for a live task, so every live
+    /// task's payload (and hash) is what it was before test mode existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub is_test: bool,
 }
 
 /// A pending task was canceled.

@@ -17,8 +17,8 @@ fn created() -> TaskEvent {
         tags: vec!["a".into()],
         unique_id: Some("u-1".into()),
         clear_unique_id_on_error: false,
-        is_test: false,
         project_param_version: None,
+        is_test: false,
     })
 }
 

@@ -87,10 +87,10 @@ pub struct CreateTask {
     pub tags: Tags,
     pub clear_unique_id_on_error: bool,
     pub params: Params,
-    /// Created with a test-mode key; set by the ledger from the command's ledger.
-    pub is_test: bool,
     /// The project params version the task inherited from.
     pub project_param_version: Option<u32>,
+    /// Created with a test-mode key; set by the ledger from the command's ledger.
+    pub is_test: bool,
 }
 
 impl TaskCommand {

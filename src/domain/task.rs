@@ -369,8 +369,8 @@ fn created(create: CreateTask) -> Result<TaskEvent, TaskError> {
         tags: create.tags.into_strings(),
         unique_id: create.unique_id.map(|u| u.into_string()),
         clear_unique_id_on_error: create.clear_unique_id_on_error,
-        is_test: create.is_test,
         project_param_version: create.project_param_version,
+        is_test: create.is_test,
     }))
 }
 

@@ -193,8 +193,8 @@ fn created_fact(task_type: &str, params: Value) -> TaskCreated {
         tags: vec![],
         unique_id: None,
         clear_unique_id_on_error: false,
-        is_test: false,
         project_param_version: None,
+        is_test: false,
     }
 }
 

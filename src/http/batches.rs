@@ -261,7 +261,7 @@ async fn list_batches(
         .state
         .ledger
         .store()
-        .batches(&read.caller.ledger(), who.is_test, &query)
+        .batches(who.account(), who.is_test, &query)
         .await?;
     let has_more = offset + (rows.len() as i64) < total;
     Ok(Json(BatchPageOut {
@@ -291,7 +291,7 @@ async fn get_batch(
     read.state
         .ledger
         .store()
-        .batch(&read.caller.ledger(), who.is_test, &batch)
+        .batch(who.account(), who.is_test, &batch)
         .await?
         .map(|r| Json(r.into()))
         .ok_or_else(not_found)
@@ -349,10 +349,10 @@ async fn batch_status(
     let who = platform_actor(&read)?;
     let store = read.state.ledger.store();
     let row = store
-        .batch(&read.caller.ledger(), who.is_test, &batch)
+        .batch(who.account(), who.is_test, &batch)
         .await?
         .ok_or_else(not_found)?;
-    let counts = store.batch_counts(&read.caller.ledger(), &batch).await?;
+    let counts = store.batch_counts(who.account(), &batch).await?;
     Ok(Json(BatchStatusOut {
         status: row.status,
         pending: counts.pending,

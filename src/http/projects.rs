@@ -178,7 +178,7 @@ async fn list_projects(read: AccountRead) -> Result<Json<Vec<ProjectOut>>, ApiEr
         .state
         .ledger
         .store()
-        .projects(&read.caller.ledger(), who.is_test)
+        .projects(who.account(), who.is_test)
         .await?;
     Ok(Json(rows.into_iter().map(ProjectOut::from).collect()))
 }
@@ -201,7 +201,7 @@ async fn get_project(
     read.state
         .ledger
         .store()
-        .project(&read.caller.ledger(), who.is_test, &project)
+        .project(who.account(), who.is_test, &project)
         .await?
         .map(|r| Json(r.into()))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Project not found."))

@@ -217,7 +217,7 @@ pub(super) fn seal_stream(
             prev_hash: prev_hash.clone(),
             hash: String::new(),
             hash_version: CURRENT_HASH_VERSION,
-            is_test: taskledger_events::is_test_ledger(account_id),
+            is_test: who.is_test,
         };
         envelope.hash = envelope
             .expected_hash_of(&payload_json)
@@ -419,7 +419,8 @@ pub struct PlatformActor {
 }
 
 impl PlatformActor {
-    fn account(&self) -> &str {
+    /// The ledger the actor acts in: the account's, or its test ledger for a test key.
+    pub fn account(&self) -> &str {
         &self.actor.account_id
     }
 }

@@ -895,8 +895,8 @@ fn new_task_write(account_id: &str) -> CommandWrite {
             tags: Vec::new(),
             unique_id: None,
             clear_unique_id_on_error: false,
-            is_test: false,
             project_param_version: None,
+            is_test: false,
         })],
         idempotency: None,
     }

@@ -287,8 +287,8 @@ async fn a_refused_command_in_a_batch_leaves_nothing_and_spares_the_others(backe
             tags: vec!["x".into()],
             unique_id: create.unique_id.map(|u| u.into_string()),
             clear_unique_id_on_error: false,
-            is_test: false,
             project_param_version: None,
+            is_test: false,
         });
         t.decided_write(&TaskId::generate(), vec![created]).await
     };

@@ -411,8 +411,8 @@ fn created_with_tags(tags: &[&str]) -> TaskEvent {
         tags: tags.iter().map(|t| t.to_string()).collect(),
         unique_id: None,
         clear_unique_id_on_error: false,
-        is_test: false,
         project_param_version: None,
+        is_test: false,
     })
 }
 

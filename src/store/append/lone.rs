@@ -93,11 +93,11 @@ impl Store {
             reserved_recorded_us: Some(recorded_us),
             merkle_trees: self.merkle_trees,
             known_head: self.head.clone(),
+            finished_batches: Vec::new(),
+            recorded_beyond_reserve: false,
             backend: self.backend,
             known_frontiers: self.frontiers.clone(),
             grown: Default::default(),
-            finished_batches: Vec::new(),
-            recorded_beyond_reserve: false,
         };
         let prepared = match tx.prepare(write.clone())? {
             Ok(p) => p,

@@ -114,17 +114,17 @@ pub struct AppendTx {
     merkle_trees: bool,
     /// The store's record of the head, set to this transaction's once it commits.
     known_head: std::sync::Arc<std::sync::Mutex<KnownHead>>,
-    backend: Backend,
-    /// The store's record of the trees' heads, given this transaction's once it commits.
-    known_frontiers: std::sync::Arc<std::sync::Mutex<KnownFrontiers>>,
-    /// The heads of the trees this transaction grew, as they are in it.
-    grown: HashMap<String, Head>,
     /// (account, batch) of each batch a task of this transaction finished in: checked for
     /// completion before the transaction commits.
     finished_batches: Vec<(String, String)>,
     /// Events were recorded beyond those the head was moved over in advance: the head is
     /// written at commit after all.
     recorded_beyond_reserve: bool,
+    backend: Backend,
+    /// The store's record of the trees' heads, given this transaction's once it commits.
+    known_frontiers: std::sync::Arc<std::sync::Mutex<KnownFrontiers>>,
+    /// The heads of the trees this transaction grew, as they are in it.
+    grown: HashMap<String, Head>,
 }
 
 impl Store {
@@ -158,11 +158,11 @@ impl Store {
             reserved_recorded_us: (events > 0).then_some(last_recorded_us),
             merkle_trees: self.merkle_trees,
             known_head: self.head.clone(),
+            finished_batches: Vec::new(),
+            recorded_beyond_reserve: false,
             backend: self.backend,
             known_frontiers: self.frontiers.clone(),
             grown: HashMap::new(),
-            finished_batches: Vec::new(),
-            recorded_beyond_reserve: false,
         })
     }
 
@@ -587,6 +587,23 @@ impl AppendTx {
     }
 }
 
+/// Whether a new task may join `batch`: it is staging, or it is no batch of the ledger's
+/// (a name no batch was created under: tasks carried free batch names before batches were
+/// recorded). A name used by a live and a test batch takes tasks if either is staging.
+async fn batch_takes_tasks(
+    conn: &mut AnyConnection,
+    account_id: &str,
+    batch: &str,
+) -> Result<bool, StoreError> {
+    let statuses: Vec<String> =
+        sqlx::query_scalar("SELECT status FROM batches WHERE account_id = $1 AND name = $2")
+            .bind(account_id)
+            .bind(batch)
+            .fetch_all(conn)
+            .await?;
+    Ok(statuses.is_empty() || statuses.iter().any(|s| s == "staging"))
+}
+
 /// What [`AppendTx::insert_events_growing_trees`] did.
 enum Inserted {
     /// A (task, sequence) slot was taken: nothing was written.
@@ -645,23 +662,6 @@ fn known_head_of(
             .get(account_id)
             .cloned()
     })
-}
-
-/// Whether a new task may join `batch`: it is staging, or it is no batch of the ledger's
-/// (a name no batch was created under: tasks carried free batch names before batches were
-/// recorded). A name used by a live and a test batch takes tasks if either is staging.
-async fn batch_takes_tasks(
-    conn: &mut AnyConnection,
-    account_id: &str,
-    batch: &str,
-) -> Result<bool, StoreError> {
-    let statuses: Vec<String> =
-        sqlx::query_scalar("SELECT status FROM batches WHERE account_id = $1 AND name = $2")
-            .bind(account_id)
-            .bind(batch)
-            .fetch_all(conn)
-            .await?;
-    Ok(statuses.is_empty() || statuses.iter().any(|s| s == "staging"))
 }
 
 /// The events' leaves, in global order.
