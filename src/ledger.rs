@@ -17,7 +17,9 @@ use uuid::Uuid;
 
 use crate::domain::{CreateTask, TaskAction, TaskCommand, TaskError, TaskId};
 use crate::metrics::Metrics;
-use crate::store::{CommandWrite, Committed, IdempotencyWrite, Store, StoreError, WriteError};
+use crate::store::{
+    CommandWrite, Committed, IdempotencyWrite, PlatformCreate, Store, StoreError, WriteError,
+};
 
 mod snapshot;
 
@@ -195,8 +197,21 @@ impl Ledger {
     pub async fn create(
         &self,
         ctx: &CommandContext,
+        create: CreateTask,
+        idempotency: Option<IdempotencyWrite>,
+    ) -> Result<Committed, LedgerError> {
+        self.create_placed(ctx, create, idempotency, Vec::new())
+            .await
+    }
+
+    /// Creates a task with a fresh id, with the project and batch it names that do not exist
+    /// yet, in one transaction.
+    pub async fn create_placed(
+        &self,
+        ctx: &CommandContext,
         mut create: CreateTask,
         idempotency: Option<IdempotencyWrite>,
+        placement: Vec<PlatformCreate>,
     ) -> Result<Committed, LedgerError> {
         // The ledger the command acts in decides the mode, so no route can forget it.
         create.is_test = taskledger_events::is_test_ledger(&ctx.actor.account_id);
@@ -206,7 +221,13 @@ impl Ledger {
                 // A new id on every attempt: the only conflict a create can meet is an id clash.
                 let task_id = TaskId::generate();
                 match self
-                    .attempt(ctx, &task_id, command.clone(), idempotency.clone())
+                    .attempt(
+                        ctx,
+                        &task_id,
+                        command.clone(),
+                        idempotency.clone(),
+                        placement.clone(),
+                    )
                     .await?
                 {
                     Some(done) => return Ok(done),
@@ -235,7 +256,13 @@ impl Ledger {
             let _serialized = self.task_locks[stripe].lock().await;
             for attempt in 0..MAX_ATTEMPTS {
                 if let Some(done) = self
-                    .attempt(ctx, task_id, command.clone(), idempotency.clone())
+                    .attempt(
+                        ctx,
+                        task_id,
+                        command.clone(),
+                        idempotency.clone(),
+                        Vec::new(),
+                    )
                     .await?
                 {
                     return Ok(done);
@@ -269,6 +296,7 @@ impl Ledger {
         task_id: &TaskId,
         command: TaskCommand,
         idempotency: Option<IdempotencyWrite>,
+        placement: Vec<PlatformCreate>,
     ) -> Result<Option<Committed>, LedgerError> {
         let current = if command.is_create() {
             Current::default()
@@ -304,6 +332,10 @@ impl Ledger {
             prior_view: current.view.clone(),
             events: decided,
             idempotency,
+            placement: placement
+                .into_iter()
+                .map(|create| create.by_task(task_id.as_str()))
+                .collect(),
         };
         let result = self.submit(write).await;
         if let Ok(committed) = &result {
@@ -320,9 +352,9 @@ impl Ledger {
                 format!("task {task_id} does not fold after the command"),
                 e,
             )),
-            Err(CommitFailure::Refused(e @ WriteError::BatchClosed { .. })) => {
-                Err(LedgerError::Rejected(TaskError::Invalid(e.to_string())))
-            }
+            Err(CommitFailure::Refused(
+                e @ (WriteError::BatchClosed { .. } | WriteError::Placement(_)),
+            )) => Err(LedgerError::Rejected(TaskError::Invalid(e.to_string()))),
             Err(CommitFailure::Refused(WriteError::IdempotencyClaimLost)) => {
                 Err(LedgerError::IdempotencyClaimLost)
             }

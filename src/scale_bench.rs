@@ -342,6 +342,7 @@ async fn long_task(
                 })
                 .collect(),
             idempotency: None,
+            placement: Vec::new(),
         };
         let mut results = store.commit_batch(vec![write]).await?;
         results

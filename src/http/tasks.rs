@@ -161,37 +161,39 @@ async fn create_task(
     let task_type = TaskType::parse(&request.segment).map_err(|e| ApiError::bad_request(e.0))?;
     let mut body = body;
     let mut project_param_version = None;
+    let mut placement = Vec::new();
     if body.project().is_some() || body.batch().is_some() {
         let who = crate::store::PlatformActor {
             actor: request.caller.context().actor,
             request_id: request.caller.request_id.clone(),
             is_test: request.caller.is_test(),
         };
-        let placement = request
+        let placed = request
             .state
             .ledger
             .store()
             .place_task(&who, task_type, body.project(), body.batch())
             .await?;
         if body.project().is_none() {
-            if let Some(project) = placement.project {
+            if let Some(project) = placed.project {
                 body.set_project(
                     crate::domain::Identifier::parse(project)
                         .map_err(|e| ApiError::bad_request(e.0))?,
                 );
             }
         }
-        if let Some((version, params)) = &placement.params {
+        if let Some((version, params)) = &placed.params {
             body.inherit(params)?;
             project_param_version = Some(*version);
         }
+        placement = placed.creates;
     }
     let mut create = body.into_command(task_type)?;
     create.project_param_version = project_param_version;
     let committed = request
         .state
         .ledger
-        .create(&request.caller.context(), create, request.idem)
+        .create_placed(&request.caller.context(), create, request.idem, placement)
         .await?;
     Ok(task_json(committed.view.to_json()))
 }

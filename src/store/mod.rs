@@ -34,8 +34,8 @@ pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
 pub use merkle::{RecomputedTree, TreeHead};
 pub use platform::{
-    BatchQuery, BatchRecord, Placement, PlatformActor, PlatformWriteError, ProjectRecord,
-    BATCH_STREAM_PREFIX,
+    BatchQuery, BatchRecord, Placement, PlatformActor, PlatformCreate, PlatformWriteError,
+    ProjectRecord, BATCH_STREAM_PREFIX,
 };
 pub use rebuild::{RebuildReport, REPLAY_LOCK};
 pub use search::EventFilter;

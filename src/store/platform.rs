@@ -754,19 +754,89 @@ impl Store {
     }
 }
 
-/// Where a new task goes: its project's latest params (version and fields) to inherit.
+/// Where a new task goes: its project's latest params (version and fields) to inherit,
+/// and the project and batch to create with it.
 #[derive(Debug, Clone, Default)]
 pub struct Placement {
     /// The project the task is in (the batch's when the task named only a batch).
     pub project: Option<String>,
     pub params: Option<(u32, Map<String, Value>)>,
+    /// Recorded in the task's own transaction, before the task ([`CommandWrite::placement`]).
+    ///
+    /// [`CommandWrite::placement`]: super::CommandWrite::placement
+    pub creates: Vec<PlatformCreate>,
+}
+
+/// A project or batch a new task names that does not exist yet, to create in the task's
+/// transaction by the task's actor.
+#[derive(Debug, Clone)]
+pub enum PlatformCreate {
+    Project {
+        who: PlatformActor,
+        name: String,
+        command: ProjectCommand,
+    },
+    Batch {
+        who: PlatformActor,
+        name: String,
+        command: BatchCommand,
+    },
+}
+
+impl PlatformCreate {
+    /// The same creation, naming the task that makes it (`created_by_task` in its event).
+    pub fn by_task(mut self, task_id: &str) -> PlatformCreate {
+        match &mut self {
+            PlatformCreate::Project {
+                command:
+                    ProjectCommand::Create {
+                        created_by_task, ..
+                    },
+                ..
+            }
+            | PlatformCreate::Batch {
+                command:
+                    BatchCommand::Create {
+                        created_by_task, ..
+                    },
+                ..
+            } => *created_by_task = Some(task_id.to_string()),
+            _ => {}
+        }
+        self
+    }
+}
+
+impl AppendTx {
+    /// Records one [`PlatformCreate`]. One created meanwhile by another request (this
+    /// transaction holds the head, so it committed before) is used as it is; any other
+    /// refusal refuses the task.
+    pub(super) async fn create_placed(
+        &mut self,
+        create: &PlatformCreate,
+    ) -> Result<Result<(), super::WriteError>, StoreError> {
+        let refused = match create {
+            PlatformCreate::Project { who, name, command } => self
+                .project_command(who, name, command.clone())
+                .await?
+                .err(),
+            PlatformCreate::Batch { who, name, command } => {
+                self.batch_command(who, name, command.clone()).await?.err()
+            }
+        };
+        Ok(match refused {
+            None | Some(PlatformError::AlreadyExists(_)) => Ok(()),
+            Some(refused) => Err(super::WriteError::Placement(refused.to_string())),
+        })
+    }
 }
 
 impl Store {
-    /// Readies the project and batch a new task names: a missing project is created with
-    /// the task's type and no params, a missing batch in `staging` in the task's project
-    /// (each recorded by the task's actor), and a batch that is no longer staging, or of
-    /// another project, refuses the task.
+    /// Readies the project and batch a new task names, writing nothing: a missing project
+    /// is to be created with the task's type and no params, a missing batch in `staging` in
+    /// the task's project (each by the task's actor, in the task's transaction: see
+    /// [`Placement::creates`]), and a batch that is no longer staging, or of another
+    /// project, refuses the task.
     pub async fn place_task(
         &self,
         who: &PlatformActor,
@@ -793,25 +863,22 @@ impl Store {
         let Some(project) = project else {
             return Ok(Placement::default());
         };
-        let mut project_row = self.project(account, who.is_test, &project).await?;
+        let project_row = self.project(account, who.is_test, &project).await?;
+        let mut creates = Vec::new();
         if project_row.is_none() {
             let name = crate::domain::Identifier::parse(project.clone())
                 .map_err(|e| PlatformError::Invalid(format!("project {}", e.0)))?;
-            let create = ProjectCommand::Create {
-                name,
-                task_type,
-                params: None,
-                is_test: who.is_test,
-                created_by_task: None,
-            };
-            project_row = match self.project_command(who, &project, create).await {
-                Ok(row) => Some(row),
-                // Created meanwhile by another request: use that one.
-                Err(PlatformWriteError::Refused(PlatformError::AlreadyExists(_))) => {
-                    self.project(account, who.is_test, &project).await?
-                }
-                Err(e) => return Err(e),
-            };
+            creates.push(PlatformCreate::Project {
+                who: who.clone(),
+                name: project.clone(),
+                command: ProjectCommand::Create {
+                    name,
+                    task_type,
+                    params: None,
+                    is_test: who.is_test,
+                    created_by_task: None,
+                },
+            });
         }
         match (batch, batch_row) {
             (Some(_), Some(row)) => {
@@ -835,16 +902,18 @@ impl Store {
                     is_test: who.is_test,
                     created_by_task: None,
                 };
-                match self.batch_command(who, b, create).await {
-                    Ok(_) | Err(PlatformWriteError::Refused(PlatformError::AlreadyExists(_))) => {}
-                    Err(e) => return Err(e),
-                }
+                creates.push(PlatformCreate::Batch {
+                    who: who.clone(),
+                    name: b.to_string(),
+                    command: create,
+                });
             }
             _ => {}
         }
         Ok(Placement {
             params: project_row.and_then(|r| r.latest_params()),
             project: Some(project),
+            creates,
         })
     }
 }

@@ -899,6 +899,7 @@ fn new_task_write(account_id: &str) -> CommandWrite {
             is_test: false,
         })],
         idempotency: None,
+        placement: Vec::new(),
     }
 }
 

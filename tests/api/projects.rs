@@ -147,6 +147,62 @@ async fn a_task_naming_a_missing_project_creates_it_by_the_same_actor(backend: B
     assert_eq!(created.len(), 1);
     let task_created = events_of_type(&app, &app.key, "TaskCreated").await;
     assert_eq!(created[0]["actor"], task_created[0]["actor"]);
+    assert_eq!(created[0]["request_id"], task_created[0]["request_id"]);
+    assert_eq!(
+        created[0]["payload"]["created_by_task"],
+        task.body["task_id"]
+    );
+    // One transaction: the project's event comes right before the task's.
+    assert_eq!(
+        created[0]["global_position"].as_i64().unwrap() + 1,
+        task_created[0]["global_position"].as_i64().unwrap()
+    );
+    assert_ledger_intact(&app.store).await;
+}
+
+/// The project and batch a task creates are recorded in the task's transaction: a task
+/// refused at commit (its unique_id is taken) leaves neither behind, and nothing of them
+/// reaches the feed, the tree or the views.
+async fn a_refused_task_leaves_no_project_or_batch_it_would_have_created(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let first = app.create(json!({"unique_id": "u-1"})).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let events_before = events_of_type(&app, &app.key, "TaskCreated").await.len();
+    let refused = app
+        .create(json!({"unique_id": "u-1", "project": "ghost", "batch": "ghost-batch"}))
+        .await;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert_eq!(app.get("/v1/projects/ghost").await.status, 404);
+    assert_eq!(app.get("/v1/batches/ghost-batch").await.status, 404);
+    assert!(events_of_type(&app, &app.key, "ProjectCreated")
+        .await
+        .is_empty());
+    assert!(events_of_type(&app, &app.key, "BatchCreated")
+        .await
+        .is_empty());
+    assert_eq!(
+        events_of_type(&app, &app.key, "TaskCreated").await.len(),
+        events_before
+    );
+    assert_ledger_intact(&app.store).await;
+
+    // The same request without the clash creates all three, and the tree stays exact.
+    let placed = app
+        .create(json!({"unique_id": "u-2", "project": "ghost", "batch": "ghost-batch"}))
+        .await;
+    assert_eq!(placed.status, 200, "{}", placed.body);
+    assert_eq!(app.get("/v1/projects/ghost").await.status, 200);
+    let batch = app.get("/v1/batches/ghost-batch").await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    assert_eq!(batch.body["status"], "staging");
+    let digest = app.get("/v1/ledger/digest").await;
+    assert_eq!(digest.status, 200, "{}", digest.body);
+    let feed = app.get("/v1/events?limit=1000").await;
+    assert_eq!(
+        digest.body["tree_size"],
+        json!(feed.body["events"].as_array().unwrap().len())
+    );
+    assert_ledger_intact(&app.store).await;
 }
 
 async fn test_mode_projects_and_live_projects_never_mix(backend: Backend) {
@@ -207,6 +263,7 @@ async fn replay_rebuilds_the_project_views_from_their_events(backend: Backend) {
 }
 
 on_both_backends!(
+    a_refused_task_leaves_no_project_or_batch_it_would_have_created,
     a_project_is_created_read_listed_and_versioned_by_set_params,
     a_second_project_of_the_same_name_is_409_and_bad_input_is_400,
     a_task_inherits_what_it_leaves_out_from_its_projects_latest_params,

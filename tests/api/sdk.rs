@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use crate::helpers::{on_sqlite, spawn_app, Backend};
+use crate::helpers::{on_both_backends, spawn_app, Backend};
 
 static VENV_LOCK: Mutex<()> = Mutex::new(());
 
@@ -74,4 +74,4 @@ async fn the_published_sdk_runs_its_workflows_unmodified(backend: Backend) {
     );
 }
 
-on_sqlite!(the_published_sdk_runs_its_workflows_unmodified);
+on_both_backends!(the_published_sdk_runs_its_workflows_unmodified);

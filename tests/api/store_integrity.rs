@@ -357,6 +357,7 @@ async fn an_event_written_by_the_previous_release_verifies_after_the_upgrade(bac
             prior_view: None,
             events: vec![created_with_tags(&["new"])],
             idempotency: None,
+            placement: Vec::new(),
         }])
         .await
         .unwrap();
@@ -429,6 +430,7 @@ async fn a_tag_given_twice_is_stored_once_alone_and_in_a_batch(backend: Backend)
         prior_view: None,
         events: vec![created_with_tags(&["x", "y", "x", "x"])],
         idempotency: None,
+        placement: Vec::new(),
     };
     let alone = t.store.commit_batch(vec![write()]).await.unwrap();
     assert!(alone[0].is_ok(), "{alone:?}");

@@ -33,6 +33,10 @@ impl AppendTx {
         &mut self,
         writes: &[CommandWrite],
     ) -> Result<Option<Vec<Committed>>, StoreError> {
+        if writes.iter().any(|w| !w.placement.is_empty()) {
+            // A task creating its project or batch is recorded with them in a savepoint.
+            return Ok(None);
+        }
         let mut tasks = HashSet::new();
         if !writes.iter().all(|w| tasks.insert(w.task_id.as_str())) {
             // Two commands on one task: the second was decided on a stale version.

@@ -70,7 +70,7 @@ impl Store {
         write: &CommandWrite,
     ) -> Result<Option<Result<Committed, WriteError>>, StoreError> {
         let events = write.events.len() as i64;
-        if self.backend != Backend::Postgres || events == 0 {
+        if self.backend != Backend::Postgres || events == 0 || !write.placement.is_empty() {
             return Ok(None);
         }
         let Some((position, recorded_us)) = self.head.lock().expect("the head lock").usable()

@@ -50,6 +50,9 @@ pub struct CommandWrite {
     /// What the aggregate decided; may be empty (a no-op still stores its idempotency record).
     pub events: Vec<TaskEvent>,
     pub idempotency: Option<IdempotencyWrite>,
+    /// The project and batch a new task names that do not exist yet: created in the task's
+    /// transaction, before it, so both are recorded or neither is.
+    pub placement: Vec<super::platform::PlatformCreate>,
 }
 
 /// The stored answer of a request carrying an `Idempotency-Key`; on success it is the task
@@ -85,6 +88,9 @@ pub enum WriteError {
     /// A new task names a batch that stopped taking tasks before the task could commit.
     #[error("Batch {batch:?} is {status}: tasks may join a batch only while it is staging.")]
     BatchClosed { batch: String, status: String },
+    /// The project or batch the new task was to create was refused.
+    #[error("{0}")]
+    Placement(String),
 }
 
 /// Why [`AppendTx::apply`] wrote nothing; which command it was is the caller's to find out.
@@ -172,6 +178,13 @@ impl Store {
         writes: Vec<CommandWrite>,
     ) -> Result<Vec<Result<Committed, WriteError>>, StoreError> {
         let only = match <[CommandWrite; 1]>::try_from(writes) {
+            // A task creating its project or batch: the head moves over all their events.
+            Ok([only]) if !only.placement.is_empty() => {
+                let mut tx = self.begin_append().await?;
+                let results = tx.write_all(vec![only]).await?;
+                tx.commit().await?;
+                return Ok(results);
+            }
             Ok([only]) => only,
             Err(writes) => {
                 let mut tx = self.begin_append().await?;
@@ -270,6 +283,9 @@ impl AppendTx {
         &mut self,
         write: CommandWrite,
     ) -> Result<Result<Committed, WriteError>, StoreError> {
+        if !write.placement.is_empty() {
+            return self.write_placed(write).await;
+        }
         let prepared = match self.prepare(write)? {
             Ok(p) => p,
             Err(refused) => return Ok(Err(refused)),
@@ -294,6 +310,64 @@ impl AppendTx {
                 .await?))
             }
         }
+    }
+
+    /// Records a new task with the project and batch it creates, all inside one savepoint:
+    /// a task refused takes its project and batch with it, and what this transaction
+    /// remembered of them (the head, the trees grown) is forgotten too.
+    async fn write_placed(
+        &mut self,
+        mut write: CommandWrite,
+    ) -> Result<Result<Committed, WriteError>, StoreError> {
+        let placement = std::mem::take(&mut write.placement);
+        let before = (
+            self.last_position,
+            self.last_recorded_us,
+            self.dirty,
+            self.recorded_beyond_reserve,
+            self.grown.clone(),
+        );
+        let savepoint = Savepoint::open(self.conn(), "placed").await?;
+        let mut refusal = None;
+        for create in &placement {
+            if let Err(refused) = self.create_placed(create).await? {
+                refusal = Some(refused);
+                break;
+            }
+        }
+        let prepared = match refusal {
+            Some(refused) => Err(refused),
+            None => self.prepare(write)?,
+        };
+        let refused = match prepared {
+            Err(refused) => Err(refused),
+            Ok(prepared) => match self.apply(std::slice::from_ref(&prepared)).await? {
+                Ok(()) => {
+                    savepoint.release(self.conn()).await?;
+                    let committed = prepared.into_committed();
+                    self.advance(&committed);
+                    return Ok(Ok(committed));
+                }
+                Err(refused) => Ok((refused, prepared)),
+            },
+        };
+        // Rolled back first: on PostgreSQL a refused statement leaves the transaction
+        // unusable until then, and the refusal is named with a read.
+        savepoint.roll_back(self.conn()).await?;
+        (
+            self.last_position,
+            self.last_recorded_us,
+            self.dirty,
+            self.recorded_beyond_reserve,
+            self.grown,
+        ) = before;
+        Ok(Err(match refused {
+            Err(refused) => refused,
+            Ok((refused, prepared)) => {
+                let account_id = prepared.write.account_id.clone();
+                name_refusal(self.conn(), &account_id, refused, &prepared).await?
+            }
+        }))
     }
 
     /// Notes the batch of a task the command finished (completed, errored, canceled).

@@ -131,6 +131,7 @@ impl TestLedger {
             prior_view,
             events,
             idempotency: None,
+            placement: Vec::new(),
         }
     }
 
