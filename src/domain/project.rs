@@ -32,6 +32,15 @@ pub struct Project {
 }
 
 impl Project {
+    /// The state of an existing project as its view row holds it (the version of its
+    /// latest params), so a command need not fold the project's stream.
+    pub fn from_view(params_version: u32) -> Project {
+        Project {
+            exists: true,
+            params_version,
+        }
+    }
+
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a ProjectEvent>) -> Project {
         let mut project = Project::default();
         for e in events {
@@ -146,6 +155,25 @@ mod tests {
             })
             .unwrap();
         assert!(matches!(&set[0], ProjectEvent::ProjectParamsSet(p) if p.version == 1));
+    }
+
+    #[test]
+    fn a_project_rebuilt_from_its_view_decides_as_the_one_folded_from_its_events() {
+        let mut commands = vec![create(None)];
+        for n in 1..=3u32 {
+            commands.push(ProjectCommand::SetParams {
+                params: json!({ "n": n }).as_object().unwrap().clone(),
+            });
+        }
+        let command = ProjectCommand::SetParams { params: Map::new() };
+        assert_eq!(
+            Project::from_view(3).handle(command.clone()).unwrap(),
+            given(commands).handle(command).unwrap()
+        );
+        assert!(matches!(
+            Project::from_view(3).handle(create(None)),
+            Err(PlatformError::AlreadyExists(_))
+        ));
     }
 
     #[test]

@@ -231,20 +231,6 @@ pub(super) fn seal_stream(
     Ok(sealed)
 }
 
-/// A stream's events, oldest first, read in the transaction.
-async fn stream_events(
-    conn: &mut AnyConnection,
-    stream_id: &str,
-) -> Result<Vec<EventEnvelope>, StoreError> {
-    let rows: Vec<EventRow> = sqlx::query_as(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE task_id = $1 ORDER BY sequence"
-    ))
-    .bind(stream_id)
-    .fetch_all(conn)
-    .await?;
-    rows.iter().map(EventRow::envelope).collect()
-}
-
 fn decode(envelope: &EventEnvelope) -> Result<LedgerEvent, StoreError> {
     envelope.ledger_event().map_err(|e| StoreError::Corrupt {
         event_id: envelope.event_id.to_string(),
@@ -435,20 +421,16 @@ impl AppendTx {
         command: ProjectCommand,
     ) -> Result<Result<ProjectRecord, PlatformError>, StoreError> {
         let row = project_row(self.conn(), who.account(), who.is_test, name).await?;
-        let (stream, history) = match &row {
+        // Decided on the view row, which holds the whole state: a command costs the same
+        // whatever the length of the project's stream.
+        let (stream, project) = match &row {
             Some(r) => (
                 r.stream_id.clone(),
-                stream_events(self.conn(), &r.stream_id).await?,
+                Project::from_view(r.latest_params().map_or(0, |(version, _)| version)),
             ),
-            None => (stream_id("proj"), Vec::new()),
+            None => (stream_id("proj"), Project::default()),
         };
-        let mut events = Vec::new();
-        for e in &history {
-            if let LedgerEvent::Project(p) = decode(e)? {
-                events.push(p);
-            }
-        }
-        let decided = match Project::from_events(&events).handle(command) {
+        let decided = match project.handle(command) {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
@@ -497,20 +479,22 @@ impl AppendTx {
         row: Option<BatchRecord>,
         command: BatchCommand,
     ) -> Result<Result<BatchRecord, PlatformError>, StoreError> {
-        let (stream, history) = match &row {
-            Some(r) => (
-                r.stream_id.clone(),
-                stream_events(self.conn(), &r.stream_id).await?,
-            ),
-            None => (stream_id("batch"), Vec::new()),
-        };
-        let mut events = Vec::new();
-        for e in &history {
-            if let LedgerEvent::Batch(b) = decode(e)? {
-                events.push(b);
+        // Decided on the view row, which holds the whole state (name, project, status): a
+        // command costs the same whatever the length of the batch's stream.
+        let (stream, batch) = match &row {
+            Some(r) => {
+                let status = BatchStatus::parse(&r.status).ok_or_else(|| StoreError::Corrupt {
+                    event_id: r.stream_id.clone(),
+                    message: format!("batch status {:?}", r.status),
+                })?;
+                (
+                    r.stream_id.clone(),
+                    Batch::from_view(&r.name, &r.project, status),
+                )
             }
-        }
-        let decided = match Batch::from_events(&events).handle(command) {
+            None => (stream_id("batch"), Batch::default()),
+        };
+        let decided = match batch.handle(command) {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
