@@ -3,7 +3,6 @@
 
 use futures::future::join_all;
 use serde_json::{json, Value};
-use taskledger_events::Scope;
 
 use crate::callbacks::{app_for_callbacks, receiver, Step};
 use crate::helpers::{
@@ -215,11 +214,7 @@ async fn racing_completions_of_a_batchs_last_tasks_record_one_batch_completed(ba
 
 async fn test_mode_batches_and_live_batches_never_mix(backend: Backend) {
     let app = with_project(backend).await;
-    let (_, test) = app
-        .store
-        .create_key_in_mode("acme", Scope::Customer, None, true)
-        .await
-        .unwrap();
+    let test = app.test_key().await;
     batch(&app, "live-batch").await;
     app.as_key(&test)
         .post(
@@ -262,20 +257,8 @@ async fn replay_rebuilds_the_batch_views_from_their_events(backend: Backend) {
     app.complete(&id).await;
     let before = app.get("/v1/batches").await.body;
     assert_eq!(before["docs"][0]["status"], "completed");
-    sqlx::query("UPDATE batches SET status = 'staging'")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    assert!(!app
-        .store
-        .replay(true, |_| {})
-        .await
-        .unwrap()
-        .mismatches
-        .is_empty());
-    app.store.replay(false, |_| {}).await.unwrap();
-    assert_eq!(app.get("/v1/batches").await.body, before);
-    assert_ledger_intact(&app.store).await;
+    app.assert_replay_repairs("/v1/batches", "UPDATE batches SET status = 'staging'")
+        .await;
 }
 
 async fn a_completed_batch_calls_its_callback_through_the_durable_signed_deliveries(

@@ -618,11 +618,7 @@ async fn a_test_task_calls_back_signed_with_the_accounts_secret(backend: Backend
     let since = chrono::Utc::now().timestamp();
     let (url, log) = receiver(vec![]).await;
     let app = app_for_callbacks(backend, 3, 50).await;
-    let (_, test_key) = app
-        .store
-        .create_key_in_mode("acme", taskledger_events::Scope::Customer, None, true)
-        .await
-        .unwrap();
+    let test_key = app.test_key().await;
     let tester = app.as_key(&test_key);
     let mut body = crate::helpers::task_body();
     body["callback_url"] = json!(url);

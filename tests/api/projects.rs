@@ -2,18 +2,8 @@
 //! project a task creates by naming it, and test-mode isolation.
 
 use serde_json::{json, Value};
-use taskledger_events::Scope;
 
 use crate::helpers::{assert_ledger_intact, on_both_backends, spawn_app, Backend, TestApp};
-
-async fn test_key(app: &TestApp) -> String {
-    let (_, key) = app
-        .store
-        .create_key_in_mode("acme", Scope::Customer, None, true)
-        .await
-        .unwrap();
-    key
-}
 
 async fn events_of_type(app: &TestApp, key: &str, event_type: &str) -> Vec<Value> {
     let reply = app
@@ -207,7 +197,7 @@ async fn a_refused_task_leaves_no_project_or_batch_it_would_have_created(backend
 
 async fn test_mode_projects_and_live_projects_never_mix(backend: Backend) {
     let app = spawn_app(backend).await;
-    let test = test_key(&app).await;
+    let test = app.test_key().await;
     let body = json!({"type": "categorization", "name": "kittens"});
     assert_eq!(app.post("/v1/projects", body.clone()).await.status, 200);
     let in_test = app.as_key(&test).post("/v1/projects", body).await;
@@ -245,21 +235,8 @@ async fn replay_rebuilds_the_project_views_from_their_events(backend: Backend) {
         json!({"instruction": "b"}),
     )
     .await;
-    let before = app.get("/v1/projects").await.body;
-    sqlx::query("DELETE FROM projects")
-        .execute(app.store.pool())
-        .await
-        .unwrap();
-    assert!(!app
-        .store
-        .replay(true, |_| {})
-        .await
-        .unwrap()
-        .mismatches
-        .is_empty());
-    app.store.replay(false, |_| {}).await.unwrap();
-    assert_eq!(app.get("/v1/projects").await.body, before);
-    assert_ledger_intact(&app.store).await;
+    app.assert_replay_repairs("/v1/projects", "DELETE FROM projects")
+        .await;
 }
 
 on_both_backends!(

@@ -154,11 +154,7 @@ async fn every_record_has_cloudevents_headers_and_validates_against_the_served_s
     .await;
     every_kind_of_change(&app).await;
     // Test data is on the stream too, marked so a consumer drops it by header.
-    let (_, test_key) = app
-        .store
-        .create_key_in_mode("acme", taskledger_events::Scope::Customer, None, true)
-        .await
-        .unwrap();
+    let test_key = app.test_key().await;
     let tested = app
         .as_key(&test_key)
         .post(crate::helpers::CREATE, crate::helpers::task_body())

@@ -8,15 +8,6 @@ use taskledger_events::Scope;
 use crate::helpers::{on_both_backends, spawn_app, Backend, TestApp};
 
 /// acme's test-mode customer key.
-async fn test_key(app: &TestApp) -> String {
-    let (_, key) = app
-        .store
-        .create_key_in_mode("acme", Scope::Customer, None, true)
-        .await
-        .unwrap();
-    key
-}
-
 async fn feed(app: &TestApp, key: &str, query: &str) -> Vec<EventEnvelope> {
     let reply = app
         .as_key(key)
@@ -51,7 +42,7 @@ fn categorization(extra: Value) -> Value {
 
 async fn a_test_key_and_a_live_key_never_see_each_others_tasks_on_any_read(backend: Backend) {
     let app = spawn_app(backend).await;
-    let test = test_key(&app).await;
+    let test = app.test_key().await;
     let live_task = app
         .post(
             "/v1/task/categorization",
@@ -127,7 +118,7 @@ async fn a_test_key_and_a_live_key_never_see_each_others_tasks_on_any_read(backe
 
 async fn the_merkle_tree_a_digest_signs_is_exactly_the_callers_feed(backend: Backend) {
     let app = spawn_app(backend).await;
-    let test = test_key(&app).await;
+    let test = app.test_key().await;
     app.create(json!({})).await.task_id();
     for _ in 0..3 {
         app.as_key(&test)
@@ -162,7 +153,7 @@ async fn the_merkle_tree_a_digest_signs_is_exactly_the_callers_feed(backend: Bac
 
 async fn the_accounts_contributor_keys_complete_test_tasks_as_usual(backend: Backend) {
     let app = spawn_app(backend).await;
-    let test = test_key(&app).await;
+    let test = app.test_key().await;
     let id = app
         .as_key(&test)
         .post("/v1/task/categorization", categorization(json!({})))
@@ -210,7 +201,7 @@ async fn the_accounts_contributor_keys_complete_test_tasks_as_usual(backend: Bac
 
 async fn verify_and_replay_keep_each_modes_tree_and_views(backend: Backend) {
     let app = spawn_app(backend).await;
-    let test = test_key(&app).await;
+    let test = app.test_key().await;
     let live = app.create(json!({})).await.task_id();
     let tested = app
         .as_key(&test)

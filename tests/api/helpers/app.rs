@@ -260,6 +260,34 @@ impl TestApp {
         self.as_key(&self.key).history(id).await
     }
 
+    /// A new test-mode customer key of acme.
+    pub async fn test_key(&self) -> String {
+        let (_, key) = self
+            .store
+            .create_key_in_mode("acme", taskledger_events::Scope::Customer, None, true)
+            .await
+            .unwrap();
+        key
+    }
+
+    /// Damages a view behind the ledger's back with `damage`: `replay --check` must find it
+    /// and `replay` must bring what `path` answers back to what it was.
+    pub async fn assert_replay_repairs(&self, path: &str, damage: &str) {
+        let before = self.get(path).await.body;
+        sqlx::query(damage)
+            .execute(self.store.pool())
+            .await
+            .unwrap();
+        let checked = self.store.replay(true, |_| {}).await.unwrap();
+        assert!(
+            !checked.mismatches.is_empty(),
+            "replay --check finds {damage:?}"
+        );
+        self.store.replay(false, |_| {}).await.unwrap();
+        assert_eq!(self.get(path).await.body, before, "replay repairs {path}");
+        crate::helpers::assert_ledger_intact(&self.store).await;
+    }
+
     pub async fn history_len(&self, id: &str) -> usize {
         self.history(id).await.len()
     }
