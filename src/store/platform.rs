@@ -412,8 +412,33 @@ impl PlatformActor {
 }
 
 impl AppendTx {
-    /// Decides `command` on the project named (folded from its stream) and records it with
-    /// its view row; the updated row.
+    /// Seals the events an aggregate decided after its view row's last event (`last`: its
+    /// sequence and hash, none for a new stream), and folds the row over them.
+    fn seal_and_fold<R>(
+        &self,
+        who: &PlatformActor,
+        stream: &str,
+        last: (i64, Option<String>),
+        payloads: &[(&'static str, Value)],
+        fold: impl Fn(Option<R>, &EventEnvelope, usize) -> Option<R>,
+        row: Option<R>,
+    ) -> Result<(Vec<SealedEvent>, R), StoreError> {
+        let (last_sequence, prev_hash) = last;
+        let prev_hash = prev_hash.unwrap_or_else(|| GENESIS_HASH.to_string());
+        let sealed = seal_stream(self, who, stream, payloads, last_sequence, &prev_hash)?;
+        let mut view = row;
+        for (i, s) in sealed.iter().enumerate() {
+            view = fold(view, &s.envelope, i);
+        }
+        let view = view.ok_or_else(|| StoreError::Corrupt {
+            event_id: stream.to_string(),
+            message: "the stream's events do not fold into its view".into(),
+        })?;
+        Ok((sealed, view))
+    }
+
+    /// Decides `command` on the project named and records it with its view row; the updated
+    /// row.
     pub(super) async fn project_command(
         &mut self,
         who: &PlatformActor,
@@ -434,23 +459,20 @@ impl AppendTx {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
-        let payloads: Vec<(&'static str, Value)> = decided
+        let last_sequence = row.as_ref().map_or(0, |r| r.version);
+        let prev_hash = row.as_ref().map(|r| r.last_hash.clone());
+        let payloads: Vec<_> = decided
             .iter()
             .map(|e| (e.event_type(), e.payload()))
             .collect();
-        let (last_sequence, prev_hash) = row
-            .as_ref()
-            .map(|r| (r.version, r.last_hash.clone()))
-            .unwrap_or((0, GENESIS_HASH.to_string()));
-        let sealed = seal_stream(self, who, &stream, &payloads, last_sequence, &prev_hash)?;
-        let mut view = row;
-        for (s, e) in sealed.iter().zip(&decided) {
-            view = fold_project(view, &s.envelope, e);
-        }
-        let view = view.ok_or_else(|| StoreError::Corrupt {
-            event_id: stream.clone(),
-            message: "the project's events do not fold".into(),
-        })?;
+        let (sealed, view) = self.seal_and_fold(
+            who,
+            &stream,
+            (last_sequence, prev_hash),
+            &payloads,
+            |view, envelope, i| fold_project(view, envelope, &decided[i]),
+            row,
+        )?;
         if !write_project_row(self.conn(), "projects", &view, last_sequence).await?
             || !self.record_sealed(&sealed).await?
         {
@@ -501,23 +523,20 @@ impl AppendTx {
         if decided.is_empty() {
             return Ok(row.ok_or_else(|| PlatformError::NotFound("Batch not found.".into())));
         }
-        let payloads: Vec<(&'static str, Value)> = decided
+        let last_sequence = row.as_ref().map_or(0, |r| r.version);
+        let prev_hash = row.as_ref().map(|r| r.last_hash.clone());
+        let payloads: Vec<_> = decided
             .iter()
             .map(|e| (e.event_type(), e.payload()))
             .collect();
-        let (last_sequence, prev_hash) = row
-            .as_ref()
-            .map(|r| (r.version, r.last_hash.clone()))
-            .unwrap_or((0, GENESIS_HASH.to_string()));
-        let sealed = seal_stream(self, who, &stream, &payloads, last_sequence, &prev_hash)?;
-        let mut view = row;
-        for (s, e) in sealed.iter().zip(&decided) {
-            view = fold_batch(view, &s.envelope, e);
-        }
-        let view = view.ok_or_else(|| StoreError::Corrupt {
-            event_id: stream.clone(),
-            message: "the batch's events do not fold".into(),
-        })?;
+        let (sealed, view) = self.seal_and_fold(
+            who,
+            &stream,
+            (last_sequence, prev_hash),
+            &payloads,
+            |view, envelope, i| fold_batch(view, envelope, &decided[i]),
+            row,
+        )?;
         if !write_batch_row(self.conn(), "batches", &view, last_sequence).await?
             || !self.record_sealed(&sealed).await?
         {
