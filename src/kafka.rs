@@ -42,6 +42,36 @@ impl DeliveryError {
     }
 }
 
+/// Bytes a published record needs beyond its JSON value: the key (the stream id is counted
+/// apart), the routing headers and the record's own framing, with room to spare.
+const RECORD_OVERHEAD_BYTES: usize = 1024;
+
+/// The size of the record `envelope` becomes on the event topic, counted without holding its
+/// encoding; `usize::MAX` for one that cannot be encoded (it cannot be published either).
+/// An event whose record exceeds the topic's limit would halt the relay for every account,
+/// so every append path refuses one before it is recorded.
+pub fn record_size(envelope: &EventEnvelope) -> usize {
+    let mut counter = ByteCounter(0);
+    match serde_json::to_writer(&mut counter, envelope) {
+        Ok(()) => counter.0 + envelope.task_id.len() + RECORD_OVERHEAD_BYTES,
+        Err(_) => usize::MAX,
+    }
+}
+
+/// Counts what is written, to size a JSON encoding without holding it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The Kafka record of an event: key = task id (one partition per task keeps its order),
 /// value = the JSON envelope, headers for routing without parsing.
 pub fn record_parts(envelope: &EventEnvelope) -> (String, OwnedHeaders) {

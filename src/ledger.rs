@@ -44,10 +44,6 @@ pub struct CommandContext {
 /// A cause kept for the logs; never shown to a client.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Bytes a published record needs beyond its JSON value: the key (the task id is counted
-/// apart), the routing headers and the record's own framing, with room to spare.
-const RECORD_OVERHEAD_BYTES: usize = 1024;
-
 /// How the ledger records.
 #[derive(Debug, Clone)]
 pub struct LedgerSettings {
@@ -428,29 +424,10 @@ fn largest_record(ctx: &CommandContext, task_id: &TaskId, events: &[TaskEvent]) 
                 hash_version: taskledger_events::CURRENT_HASH_VERSION,
                 is_test: taskledger_events::is_test_ledger(&ctx.actor.account_id),
             };
-            let mut counter = ByteCounter(0);
-            match serde_json::to_writer(&mut counter, &envelope) {
-                Ok(()) => counter.0 + task_id.as_str().len() + RECORD_OVERHEAD_BYTES,
-                // Not encodable is not publishable either.
-                Err(_) => usize::MAX,
-            }
+            crate::kafka::record_size(&envelope)
         })
         .max()
         .unwrap_or(0)
-}
-
-/// Counts what is written, to size a JSON encoding without holding it.
-struct ByteCounter(usize);
-
-impl std::io::Write for ByteCounter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0 += buf.len();
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// The events a committed transaction appended, for the metrics.

@@ -41,7 +41,8 @@ impl Application {
         let sqlite_owner = own_sqlite_ledger(&db.database_url)?;
         let store = Store::open(&db.database_url, db.db_connections)
             .await
-            .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))?;
+            .with_context(|| format!("opening the ledger at {}", redact(&db.database_url)))?
+            .with_max_record_bytes(serve.relay.kafka_message_max_bytes);
         store
             .ensure_trees()
             .await

@@ -56,4 +56,7 @@ pub enum PlatformError {
     /// 409: the name is taken in this account and mode.
     #[error("{0}")]
     AlreadyExists(String),
+    /// 413: an event of the command would not fit in one record of the event topic.
+    #[error("{0}")]
+    TooLarge(String),
 }

@@ -106,6 +106,9 @@ impl From<PlatformWriteError> for ApiError {
             PlatformWriteError::Refused(PlatformError::AlreadyExists(m)) => {
                 ApiError::new(StatusCode::CONFLICT, m)
             }
+            PlatformWriteError::Refused(PlatformError::TooLarge(m)) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, m)
+            }
             PlatformWriteError::Store(e) => e.into(),
         }
     }

@@ -119,6 +119,9 @@ pub struct Store {
     /// Whether appends maintain the accounts' Merkle trees: always, except in the benchmark
     /// that measures what the trees cost ([`Store::without_merkle_trees`]).
     merkle_trees: bool,
+    /// The largest Kafka record a project or batch event may become
+    /// ([`Store::with_max_record_bytes`]).
+    max_record_bytes: usize,
     /// The ledger head (last position, its recorded_at) as this process last committed it:
     /// on PostgreSQL an append takes the head in its BEGIN statement while it is still so.
     head: std::sync::Arc<std::sync::Mutex<append::KnownHead>>,
@@ -186,6 +189,7 @@ impl Store {
             pool,
             backend,
             merkle_trees: true,
+            max_record_bytes: 1_000_000,
             head: Default::default(),
             frontiers: Default::default(),
             task_state_reads: Default::default(),
@@ -219,6 +223,15 @@ impl Store {
     /// to measure what the trees cost; a ledger written so fails `verify --digest`.
     pub fn without_merkle_trees(mut self) -> Store {
         self.merkle_trees = false;
+        self
+    }
+
+    /// This store refusing a project or batch event whose record would exceed `bytes` (the
+    /// relay's `KAFKA_MESSAGE_MAX_BYTES`): recorded, it could never be published, and the
+    /// relay would stop for every account. Task commands are held to the same limit by the
+    /// ledger.
+    pub fn with_max_record_bytes(mut self, bytes: usize) -> Store {
+        self.max_record_bytes = bytes;
         self
     }
 

@@ -422,10 +422,22 @@ impl AppendTx {
         payloads: &[(&'static str, Value)],
         fold: impl Fn(Option<R>, &EventEnvelope, usize) -> Option<R>,
         row: Option<R>,
-    ) -> Result<(Vec<SealedEvent>, R), StoreError> {
+    ) -> Result<Result<(Vec<SealedEvent>, R), PlatformError>, StoreError> {
         let (last_sequence, prev_hash) = last;
         let prev_hash = prev_hash.unwrap_or_else(|| GENESIS_HASH.to_string());
         let sealed = seal_stream(self, who, stream, payloads, last_sequence, &prev_hash)?;
+        let largest = sealed
+            .iter()
+            .map(|s| crate::kafka::record_size(&s.envelope))
+            .max()
+            .unwrap_or(0);
+        if largest > self.max_record_bytes {
+            return Ok(Err(PlatformError::TooLarge(format!(
+                "The event this would record is {largest} bytes as a stream record, more than \
+                 the {} bytes one record may hold (KAFKA_MESSAGE_MAX_BYTES).",
+                self.max_record_bytes
+            ))));
+        }
         let mut view = row;
         for (i, s) in sealed.iter().enumerate() {
             view = fold(view, &s.envelope, i);
@@ -434,7 +446,7 @@ impl AppendTx {
             event_id: stream.to_string(),
             message: "the stream's events do not fold into its view".into(),
         })?;
-        Ok((sealed, view))
+        Ok(Ok((sealed, view)))
     }
 
     /// Decides `command` on the project named and records it with its view row; the updated
@@ -465,14 +477,17 @@ impl AppendTx {
             .iter()
             .map(|e| (e.event_type(), e.payload()))
             .collect();
-        let (sealed, view) = self.seal_and_fold(
+        let (sealed, view) = match self.seal_and_fold(
             who,
             &stream,
             (last_sequence, prev_hash),
             &payloads,
             |view, envelope, i| fold_project(view, envelope, &decided[i]),
             row,
-        )?;
+        )? {
+            Ok(done) => done,
+            Err(refused) => return Ok(Err(refused)),
+        };
         if !write_project_row(self.conn(), "projects", &view, last_sequence).await?
             || !self.record_sealed(&sealed).await?
         {
@@ -529,14 +544,17 @@ impl AppendTx {
             .iter()
             .map(|e| (e.event_type(), e.payload()))
             .collect();
-        let (sealed, view) = self.seal_and_fold(
+        let (sealed, view) = match self.seal_and_fold(
             who,
             &stream,
             (last_sequence, prev_hash),
             &payloads,
             |view, envelope, i| fold_batch(view, envelope, &decided[i]),
             row,
-        )?;
+        )? {
+            Ok(done) => done,
+            Err(refused) => return Ok(Err(refused)),
+        };
         if !write_batch_row(self.conn(), "batches", &view, last_sequence).await?
             || !self.record_sealed(&sealed).await?
         {

@@ -258,7 +258,63 @@ async fn an_event_over_kafka_message_max_bytes_answers_413_even_without_a_relay(
     .assert_error(413, "5000 bytes");
 }
 
+/// Projects and batches take bodies up to the server's body limit, far above a stream record:
+/// a params or metadata too large to publish is refused before it is recorded, so it can never
+/// stop the relay for every account.
+async fn a_project_or_batch_event_over_kafka_message_max_bytes_answers_413_and_writes_nothing(
+    backend: Backend,
+) {
+    let app = spawn_app_with(backend, |s| s.relay.kafka_message_max_bytes = 5_000).await;
+    let big = json!({"instruction": "x".repeat(6_000)});
+    app.post(
+        "/v1/projects",
+        json!({"type": "categorization", "name": "big", "params": big}),
+    )
+    .await
+    .assert_error(413, "KAFKA_MESSAGE_MAX_BYTES");
+    assert_eq!(app.get("/v1/projects/big").await.status, 404);
+
+    let made = app
+        .post(
+            "/v1/projects",
+            json!({"type": "categorization", "name": "p"}),
+        )
+        .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    app.post("/v1/projects/p/setParams", big.clone())
+        .await
+        .assert_error(413, "5000 bytes");
+    let batch = app
+        .post("/v1/batches", json!({"project": "p", "name": "b"}))
+        .await;
+    assert_eq!(batch.status, 200, "{}", batch.body);
+    app.post(
+        "/v1/batches/b/setMetadata",
+        json!({"blob": "y".repeat(6_000)}),
+    )
+    .await
+    .assert_error(413, "5000 bytes");
+
+    let events: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE event_type NOT LIKE 'ApiKey%' ORDER BY global_position",
+    )
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        events,
+        vec!["ProjectCreated", "BatchCreated"],
+        "nothing else was written"
+    );
+    assert_eq!(
+        app.get("/v1/projects/p").await.body["param_history"],
+        json!([])
+    );
+    assert_eq!(app.get("/v1/batches/b").await.body["metadata"], json!({}));
+}
+
 on_both_backends!(
+    a_project_or_batch_event_over_kafka_message_max_bytes_answers_413_and_writes_nothing,
     a_create_of_one_and_a_half_megabytes_is_refused_and_writes_nothing,
     an_event_over_kafka_message_max_bytes_answers_413_even_without_a_relay,
 );

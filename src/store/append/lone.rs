@@ -92,6 +92,7 @@ impl Store {
             dirty: false,
             reserved_recorded_us: Some(recorded_us),
             merkle_trees: self.merkle_trees,
+            max_record_bytes: self.max_record_bytes,
             known_head: self.head.clone(),
             finished_batches: Vec::new(),
             recorded_beyond_reserve: false,

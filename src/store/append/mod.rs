@@ -118,6 +118,8 @@ pub struct AppendTx {
     reserved_recorded_us: Option<i64>,
     /// Whether appended events go into their accounts' Merkle trees ([`Store::without_merkle_trees`]).
     merkle_trees: bool,
+    /// See [`Store::with_max_record_bytes`].
+    pub(in crate::store) max_record_bytes: usize,
     /// The store's record of the head, set to this transaction's once it commits.
     known_head: std::sync::Arc<std::sync::Mutex<KnownHead>>,
     /// (account, batch) of each batch a task of this transaction finished in: checked for
@@ -163,6 +165,7 @@ impl Store {
             dirty: false,
             reserved_recorded_us: (events > 0).then_some(last_recorded_us),
             merkle_trees: self.merkle_trees,
+            max_record_bytes: self.max_record_bytes,
             known_head: self.head.clone(),
             finished_batches: Vec::new(),
             recorded_beyond_reserve: false,
