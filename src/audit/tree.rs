@@ -2,19 +2,64 @@
 //!
 //! Only complete subtrees are ever stored: node `(level, index)` is the root of the
 //! `2^level` leaves starting at `index << level`, and it never changes once its last leaf is
-//! appended. An append stores the new leaf and every subtree it completes (one on average,
-//! `log2 n` at most), computed from the account's frontier: the roots of the complete
-//! subtrees that make up the tree, largest first (one per set bit of its size).
+//! appended. An append computes every subtree it completes (one on average, `log2 n` at
+//! most) from the account's frontier: the roots of the complete subtrees that make up the
+//! tree, largest first (one per set bit of its size). Of those it stores only the ones of
+//! [`STORED_FROM_LEVEL`] and up, about `2^(1 - STORED_FROM_LEVEL)` rows per event instead of
+//! two: the rows are what the trees cost the append path. A node below that level is
+//! recomputed when a proof needs it, from the leaves of its *block* (the `2^STORED_FROM_LEVEL`
+//! leaves under one stored node of that level), which are the account's events' hashes.
 //!
 //! Any tree of a size `n` up to the current one, and any proof about it, is made of the
 //! complete subtrees along the right edge of `n` plus siblings along one path: `O(log n)`
-//! stored nodes, fetched in one read. The proofs follow the recursive definitions of RFC 6962
+//! stored nodes, fetched in one read, and the leaves of at most two blocks. The proofs follow the recursive definitions of RFC 6962
 //! section 2.1 (`PATH` and `PROOF`); the verifiers in `taskledger_events::merkle` follow the
 //! iterative algorithms of RFC 9162 instead, so the two check each other.
 
 use std::collections::{BTreeSet, HashMap};
 
 use taskledger_events::merkle::{empty_root, node_hash, Hash};
+
+/// The lowest level of the tree that is stored. Level 4 writes an eighth of a row per event
+/// and makes a proof read at most two blocks of 16 events.
+pub const STORED_FROM_LEVEL: u32 = 4;
+
+/// Leaves in a block: the leaves under one node of [`STORED_FROM_LEVEL`].
+pub const BLOCK_LEAVES: u64 = 1 << STORED_FROM_LEVEL;
+
+/// Whether a node is stored, rather than recomputed from its block's leaves.
+pub fn is_stored(id: NodeId) -> bool {
+    id.level >= STORED_FROM_LEVEL
+}
+
+/// The block whose leaves a node below [`STORED_FROM_LEVEL`] is made of.
+pub fn block_of(id: NodeId) -> u64 {
+    id.index >> (STORED_FROM_LEVEL - id.level)
+}
+
+/// Every complete subtree below [`STORED_FROM_LEVEL`] of a block, from its leaves in order
+/// (all of them, or the first ones of a block not yet complete).
+pub fn block_nodes(block: u64, leaves: &[Hash]) -> Vec<(NodeId, Hash)> {
+    let mut frontier = Frontier::empty();
+    let mut nodes = Vec::with_capacity(leaves.len() * 2);
+    for leaf in leaves.iter().take(BLOCK_LEAVES as usize) {
+        frontier.push(*leaf, &mut nodes);
+    }
+    nodes
+        .into_iter()
+        .filter(|(id, _)| id.level < STORED_FROM_LEVEL)
+        .map(|(id, hash)| {
+            let shift = STORED_FROM_LEVEL - id.level;
+            (
+                NodeId {
+                    level: id.level,
+                    index: (block << shift) + id.index,
+                },
+                hash,
+            )
+        })
+        .collect()
+}
 
 /// A stored complete subtree: the `2^level` leaves from `index << level`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -109,6 +154,12 @@ impl Frontier {
         }
         self.hashes.push(hash);
         self.size += 1;
+    }
+
+    /// The hashes of the frontier's subtrees below [`STORED_FROM_LEVEL`], largest first.
+    pub fn low_hashes(&self) -> &[Hash] {
+        let low = (self.size % BLOCK_LEAVES).count_ones() as usize;
+        &self.hashes[self.hashes.len() - low..]
     }
 
     /// The tree's root (the empty tree's for size 0).
@@ -268,6 +319,17 @@ impl Plan {
         recorder.0.into_iter().collect()
     }
 
+    /// The nodes the answer needs that are stored, and the blocks whose leaves give the rest
+    /// (see [`block_nodes`]), in order.
+    pub fn needed_split(&self) -> (Vec<NodeId>, Vec<u64>) {
+        let (stored, below): (Vec<NodeId>, Vec<NodeId>) =
+            self.needed().into_iter().partition(|id| is_stored(*id));
+        let mut blocks: Vec<u64> = below.into_iter().map(block_of).collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        (stored, blocks)
+    }
+
     /// The answer (a root: one hash; a proof: its hashes in order) from the fetched nodes.
     pub fn run(&self, nodes: &HashMap<NodeId, Hash>) -> Result<Vec<Hash>, TreeError> {
         let mut fetched = Fetched {
@@ -387,6 +449,77 @@ mod tests {
                 verify_consistency(from, size, &proof, &root(from), &root(size))
                     .unwrap_or_else(|e| panic!("{from} to {size}: {e}"));
             }
+        }
+    }
+
+    /// What the store keeps: the nodes of [`STORED_FROM_LEVEL`] and up.
+    fn build_stored(leaves: &[Hash]) -> HashMap<NodeId, Hash> {
+        build(leaves)
+            .0
+            .into_iter()
+            .filter(|(id, _)| is_stored(*id))
+            .collect()
+    }
+
+    /// The nodes a plan needs, from the stored ones and the leaves of the blocks it names.
+    fn fetch(
+        plan: &Plan,
+        stored: &HashMap<NodeId, Hash>,
+        leaves: &[Hash],
+    ) -> HashMap<NodeId, Hash> {
+        let (ids, blocks) = plan.needed_split();
+        let mut nodes: HashMap<NodeId, Hash> = ids
+            .iter()
+            .filter_map(|id| stored.get(id).map(|h| (*id, *h)))
+            .collect();
+        for block in blocks {
+            let start = (block * BLOCK_LEAVES) as usize;
+            let end = (start + BLOCK_LEAVES as usize).min(leaves.len());
+            nodes.extend(block_nodes(block, &leaves[start..end]));
+        }
+        nodes
+    }
+
+    #[test]
+    fn proofs_from_the_stored_levels_and_recomputed_blocks_are_the_full_trees_proofs() {
+        let leaves: Vec<Hash> = (0u32..70).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let (all, _) = build(&leaves);
+        let stored = build_stored(&leaves);
+        assert!(stored.len() < leaves.len() / 4, "{}", stored.len());
+        let check = |plan: Plan| {
+            let (_, blocks) = plan.needed_split();
+            assert!(blocks.len() <= 2, "{blocks:?}");
+            let nodes = fetch(&plan, &stored, &leaves);
+            assert_eq!(answer(plan_clone(&plan), &nodes), answer(plan, &all));
+        };
+        for size in 1..=70u64 {
+            check(Plan::root(size));
+            for leaf in 0..size {
+                check(Plan::inclusion(leaf, size).unwrap());
+            }
+            for from in 0..=size {
+                check(Plan::consistency(from, size).unwrap());
+            }
+        }
+    }
+
+    fn plan_clone(plan: &Plan) -> Plan {
+        match plan.kind {
+            PlanKind::Root { size } => Plan::root(size),
+            PlanKind::Inclusion { leaf, size } => Plan::inclusion(leaf, size).unwrap(),
+            PlanKind::Consistency { from, to } => Plan::consistency(from, to).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_block_not_yet_complete_gives_only_its_complete_subtrees() {
+        let leaves: Vec<Hash> = (0u32..21).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        let (all, _) = build(&leaves);
+        let partial = block_nodes(1, &leaves[16..21]);
+        // Leaves 16..21: five leaves, two pairs and one quadruple.
+        assert_eq!(partial.len(), 5 + 2 + 1);
+        for (id, hash) in partial {
+            assert_eq!(all[&id], hash, "{id:?}");
         }
     }
 

@@ -93,10 +93,21 @@ pub(super) async fn verify_digest(
         ));
     }
     if events.root_at != Some(root) {
-        let named = match (&events.first_changed_leaf, &events.first_bad_hash) {
-            (Some((event_id, leaf)), _) if *leaf < size => format!(
-                "; event {event_id} (leaf {leaf}) no longer matches the leaf it was appended as"
-            ),
+        let named = match (&events.first_changed_leaves, &events.first_bad_hash) {
+            (Some(changed), _) if changed.first_leaf < size => match &changed.event_ids[..] {
+                [event_id] => format!(
+                    "; event {event_id} (leaf {}) no longer matches the leaf it was appended as",
+                    changed.first_leaf
+                ),
+                ids => format!(
+                    "; one of the {} events at leaves {} to {} no longer matches the leaf it \
+                     was appended as: {}",
+                    ids.len(),
+                    changed.first_leaf,
+                    changed.first_leaf + ids.len() as u64 - 1,
+                    ids.join(", ")
+                ),
+            },
             (_, Some(event_id)) => format!("; event {event_id}'s hash does not match its content"),
             _ => String::new(),
         };

@@ -8,13 +8,15 @@ use taskledger_events::merkle::{event_leaf_hash, Hash};
 
 use super::sql::Statement;
 use super::{Store, StoreError};
-use crate::audit::tree::{Frontier, NodeId, Plan, TreeError};
+use crate::audit::tree::{
+    block_nodes, is_stored, Frontier, NodeId, Plan, TreeError, BLOCK_LEAVES, STORED_FROM_LEVEL,
+};
 
 /// Nodes per INSERT: 5 parameters each.
 const NODES_PER_INSERT: usize = 1000;
 /// Events read per page when a tree is rebuilt or recomputed.
 const PAGE: i64 = 5000;
-/// Leaves read per round when an event's leaf is searched for.
+/// Blocks read per round when an event's leaf is searched for.
 const SEARCH_PROBES: u64 = 32;
 
 /// One appended event, as its account's tree sees it.
@@ -47,7 +49,8 @@ struct NewNode<'a> {
     account_id: &'a str,
     id: NodeId,
     hash: Hash,
-    global_position: Option<i64>,
+    /// The global position of the node's last leaf: blocks are searched by it.
+    global_position: i64,
 }
 
 fn corrupt_tree(account_id: &str, e: impl std::fmt::Display) -> StoreError {
@@ -59,6 +62,31 @@ fn corrupt_tree(account_id: &str, e: impl std::fmt::Display) -> StoreError {
 
 fn leaf_of(account_id: &str, hash: &str) -> Result<Hash, StoreError> {
     event_leaf_hash(hash).map_err(|e| corrupt_tree(account_id, e))
+}
+
+/// Where a block's leaves start: after the last leaf of the stored node before it, which
+/// `fetched` must hold.
+fn block_start(
+    account_id: &str,
+    fetched: &HashMap<NodeId, (Hash, i64)>,
+    block: u64,
+) -> Result<i64, StoreError> {
+    if block == 0 {
+        return Ok(0);
+    }
+    let id = NodeId {
+        level: STORED_FROM_LEVEL,
+        index: block - 1,
+    };
+    fetched.get(&id).map(|(_, last)| *last).ok_or_else(|| {
+        corrupt_tree(
+            account_id,
+            TreeError::MissingNode {
+                level: id.level,
+                index: id.index,
+            },
+        )
+    })
 }
 
 /// The frontiers of `accounts` as stored (an account without a tree has an empty one).
@@ -262,7 +290,7 @@ impl<'a> Growth<'a> {
         mut starts: HashMap<&'a str, Head>,
     ) -> Result<Growth<'a>, StoreError> {
         let mut accounts: Vec<GrownAccount> = Vec::new();
-        let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() * 2);
+        let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() / 4 + 1);
         let mut stored: Vec<(NodeId, Hash)> = Vec::new();
         for leaf in leaves {
             let i = match accounts
@@ -288,12 +316,12 @@ impl<'a> Growth<'a> {
             stored.clear();
             frontier.push(leaf_of(leaf.account_id, leaf.hash)?, &mut stored);
             *last = leaf.global_position;
-            for (id, hash) in &stored {
+            for (id, hash) in stored.iter().filter(|(id, _)| is_stored(*id)) {
                 nodes.push(NewNode {
                     account_id: leaf.account_id,
                     id: *id,
                     hash: *hash,
-                    global_position: (id.level == 0).then_some(leaf.global_position),
+                    global_position: leaf.global_position,
                 });
             }
         }
@@ -393,7 +421,7 @@ impl<'a> Growth<'a> {
 
 /// Adds appended events (in global order, any accounts) to their accounts' trees as
 /// stored, inside the append transaction: one read of the accounts' frontiers, then the new
-/// nodes (about two per event) and the new frontiers, each in one statement. The accounts'
+/// stored nodes (an eighth of one per event) and the new frontiers, each in one statement. The accounts'
 /// heads once grown.
 pub(super) async fn append_leaves(
     conn: &mut AnyConnection,
@@ -469,17 +497,45 @@ impl Store {
         })
     }
 
-    /// Runs a root or proof plan over the account's stored nodes: one read of `O(log n)` rows.
+    /// Runs a root or proof plan over the account's tree: one read of the `O(log n)` stored
+    /// nodes it needs (with the nodes that say where its blocks start), then one read of each
+    /// block's leaves (at most two blocks of [`BLOCK_LEAVES`] events).
     pub async fn tree_answer(
         &self,
         account_id: &str,
         plan: &Plan,
     ) -> Result<Vec<Hash>, StoreError> {
-        let needed = plan.needed();
-        let mut nodes: HashMap<NodeId, Hash> = HashMap::with_capacity(needed.len());
-        for chunk in needed.chunks(200) {
+        let (mut wanted, blocks) = plan.needed_split();
+        // A block starts after the last leaf of the stored node before it.
+        wanted.extend(blocks.iter().filter(|b| **b > 0).map(|b| NodeId {
+            level: STORED_FROM_LEVEL,
+            index: b - 1,
+        }));
+        wanted.sort_unstable();
+        wanted.dedup();
+        let fetched = self.stored_nodes(account_id, &wanted).await?;
+        let mut nodes: HashMap<NodeId, Hash> =
+            fetched.iter().map(|(id, (hash, _))| (*id, *hash)).collect();
+        for block in blocks {
+            let after = block_start(account_id, &fetched, block)?;
+            let leaves = self.block_leaves(account_id, after).await?;
+            nodes.extend(block_nodes(block, &leaves));
+        }
+        plan.run(&nodes)
+            .map_err(|e: TreeError| corrupt_tree(account_id, e))
+    }
+
+    /// The stored nodes among `ids`, with the global position of each one's last leaf.
+    async fn stored_nodes(
+        &self,
+        account_id: &str,
+        ids: &[NodeId],
+    ) -> Result<HashMap<NodeId, (Hash, i64)>, StoreError> {
+        let mut nodes = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(200) {
             let mut sql = String::from(
-                "SELECT level, idx, hash FROM merkle_nodes WHERE account_id = $1 AND (",
+                "SELECT level, idx, hash, global_position FROM merkle_nodes \
+                 WHERE account_id = $1 AND (",
             );
             for i in 0..chunk.len() {
                 if i > 0 {
@@ -492,14 +548,14 @@ impl Store {
                 ));
             }
             sql.push(')');
-            let rows: Vec<(i64, i64, Vec<u8>)> = chunk
+            let rows: Vec<(i64, i64, Vec<u8>, Option<i64>)> = chunk
                 .iter()
                 .fold(sqlx::query_as(&sql).bind(account_id), |q, id| {
                     q.bind(i64::from(id.level)).bind(id.index as i64)
                 })
                 .fetch_all(&self.pool)
                 .await?;
-            for (level, idx, hash) in rows {
+            for (level, idx, hash, position) in rows {
                 let hash: Hash = hash
                     .try_into()
                     .map_err(|_| corrupt_tree(account_id, "a node is not 32 bytes"))?;
@@ -508,18 +564,34 @@ impl Store {
                         level: level as u32,
                         index: idx as u64,
                     },
-                    hash,
+                    (hash, position.unwrap_or(0)),
                 );
             }
         }
-        plan.run(&nodes)
-            .map_err(|e: TreeError| corrupt_tree(account_id, e))
+        Ok(nodes)
+    }
+
+    /// The leaves of the block that starts after global position `after`: the hashes of the
+    /// account's next [`BLOCK_LEAVES`] events (fewer for the block not yet complete).
+    async fn block_leaves(&self, account_id: &str, after: i64) -> Result<Vec<Hash>, StoreError> {
+        let hashes: Vec<String> = sqlx::query_scalar(
+            "SELECT hash FROM events WHERE account_id = $1 AND global_position > $2 \
+             ORDER BY global_position LIMIT $3",
+        )
+        .bind(account_id)
+        .bind(after)
+        .bind(BLOCK_LEAVES as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        hashes.iter().map(|h| leaf_of(account_id, h)).collect()
     }
 
     /// The leaf index and global position of one of the account's events, if it is in the
-    /// account's tree. Leaves are in global order, so the leaf is found by searching them:
-    /// each round reads [`SEARCH_PROBES`] leaves by primary key and narrows the range that
-    /// many times, so a tree of a billion leaves takes six rounds.
+    /// account's tree. Leaves are in global order, and each stored node of the lowest stored
+    /// level knows the position of its block's last leaf, so the event's block is found by
+    /// searching those: each round reads [`SEARCH_PROBES`] of them by primary key and narrows
+    /// the range that many times (six rounds for a billion leaves), then one read of the
+    /// block's events places it.
     pub async fn leaf_of_event(
         &self,
         account_id: &str,
@@ -535,57 +607,62 @@ impl Store {
         let Some(position) = position else {
             return Ok(None);
         };
-        // The leaves [lo, hi) may hold it.
-        let (mut lo, mut hi) = (0u64, self.tree_head(account_id).await?.tree_size);
+        let size = self.tree_head(account_id).await?.tree_size;
+        // The event's block is the first complete one whose last leaf is at or after it, or
+        // the block not yet complete: it is in [lo, hi], where hi = blocks is that last one.
+        let blocks = size / BLOCK_LEAVES;
+        let (mut lo, mut hi) = (0u64, blocks);
         while lo < hi {
             let step = (hi - lo).div_ceil(SEARCH_PROBES).max(1);
             let probes: Vec<u64> = (lo..hi).step_by(step as usize).collect();
-            let mut sql = String::from(
-                "SELECT idx, global_position FROM merkle_nodes WHERE account_id = $1 \
-                 AND level = 0 AND idx IN (",
-            );
-            for i in 0..probes.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("${}", i + 2));
-            }
-            sql.push_str(") ORDER BY idx");
-            let found: Vec<(i64, Option<i64>)> = probes
+            let ids: Vec<NodeId> = probes
                 .iter()
-                .fold(sqlx::query_as(&sql).bind(account_id), |q, p| {
-                    q.bind(*p as i64)
+                .map(|index| NodeId {
+                    level: STORED_FROM_LEVEL,
+                    index: *index,
                 })
-                .fetch_all(&self.pool)
-                .await?;
-            if found.len() != probes.len() {
-                return Err(corrupt_tree(
-                    account_id,
-                    "a leaf below the tree's size is missing",
-                ));
-            }
-            // The last probe at or before the position bounds the range from below.
-            let mut next = (lo, hi);
-            for (i, (idx, leaf_position)) in found.iter().enumerate() {
-                let leaf_position = leaf_position.unwrap_or(i64::MAX);
-                if leaf_position == position {
-                    return Ok(Some((*idx as u64, position)));
+                .collect();
+            let found = self.stored_nodes(account_id, &ids).await?;
+            let mut next = (probes[probes.len() - 1] + 1, hi);
+            for (i, id) in ids.iter().enumerate() {
+                let (_, last) = found.get(id).ok_or_else(|| {
+                    corrupt_tree(account_id, "a stored node below the tree's size is missing")
+                })?;
+                if *last >= position {
+                    next = (if i == 0 { lo } else { probes[i - 1] + 1 }, probes[i]);
+                    break;
                 }
-                if leaf_position < position {
-                    next.0 = *idx as u64 + 1;
-                    next.1 = probes.get(i + 1).copied().unwrap_or(hi);
-                }
-            }
-            if next.0 == lo
-                && found
-                    .first()
-                    .is_some_and(|(_, p)| p.unwrap_or(i64::MAX) > position)
-            {
-                return Ok(None);
             }
             (lo, hi) = next;
         }
-        Ok(None)
+        let block = lo;
+        let mut before = 0;
+        if block > 0 {
+            let id = NodeId {
+                level: STORED_FROM_LEVEL,
+                index: block - 1,
+            };
+            let found = self.stored_nodes(account_id, &[id]).await?;
+            before = found
+                .get(&id)
+                .ok_or_else(|| corrupt_tree(account_id, "a stored node is missing"))?
+                .1;
+        }
+        let positions: Vec<i64> = sqlx::query_scalar(
+            "SELECT global_position FROM events WHERE account_id = $1 AND global_position > $2 \
+             ORDER BY global_position LIMIT $3",
+        )
+        .bind(account_id)
+        .bind(before)
+        .bind(BLOCK_LEAVES as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(positions
+            .iter()
+            .position(|p| *p == position)
+            .map(|offset| block * BLOCK_LEAVES + offset as u64)
+            .filter(|leaf| *leaf < size)
+            .map(|leaf| (leaf, position)))
     }
 
     /// The accounts with events at global positions in `(after, until]`: one range read of
@@ -717,16 +794,16 @@ async fn fold_page(
     .fetch_all(&mut *conn)
     .await?;
     let mut stored = Vec::new();
-    let mut nodes = Vec::with_capacity(rows.len() * 2);
+    let mut nodes = Vec::with_capacity(rows.len() / 4 + 1);
     for (position, hash) in &rows {
-        let from = stored.len();
+        stored.clear();
         frontier.push(leaf_of(account_id, hash)?, &mut stored);
-        for (id, hash) in &stored[from..] {
+        for (id, hash) in stored.iter().filter(|(id, _)| is_stored(*id)) {
             nodes.push(NewNode {
                 account_id,
                 id: *id,
                 hash: *hash,
-                global_position: (id.level == 0).then_some(*position),
+                global_position: *position,
             });
         }
         *last = *position;
@@ -745,8 +822,18 @@ pub struct RecomputedTree {
     pub root: Hash,
     /// The first event whose stored hash is not the hash of its content.
     pub first_bad_hash: Option<String>,
-    /// The first event whose leaf differs from the stored leaf at its index.
-    pub first_changed_leaf: Option<(String, u64)>,
+    /// The first stored subtree the events no longer give.
+    pub first_changed_leaves: Option<ChangedLeaves>,
+}
+
+/// Leaves of which at least one differs from what was appended. Only subtrees of
+/// [`STORED_FROM_LEVEL`] and up are kept, with the frontier's smaller ones at the tree's
+/// right edge, so a change is placed within at most a block of [`BLOCK_LEAVES`] events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangedLeaves {
+    pub first_leaf: u64,
+    /// The events at those leaves, in order.
+    pub event_ids: Vec<String>,
 }
 
 impl Store {
@@ -763,7 +850,7 @@ impl Store {
             root_at: (at == 0).then(taskledger_events::merkle::empty_root),
             root: taskledger_events::merkle::empty_root(),
             first_bad_hash: None,
-            first_changed_leaf: None,
+            first_changed_leaves: None,
         };
         let mut after = 0;
         let sql = format!(
@@ -772,6 +859,8 @@ impl Store {
             super::read::EVENT_COLUMNS
         );
         let mut scratch = Vec::new();
+        // The events of the block being walked: a change is named by them.
+        let mut block: Vec<String> = Vec::with_capacity(BLOCK_LEAVES as usize);
         loop {
             let rows: Vec<super::read::EventRow> = sqlx::query_as(&sql)
                 .bind(account_id)
@@ -782,15 +871,17 @@ impl Store {
             if rows.is_empty() {
                 break;
             }
-            // The stored leaves at the same indexes, one primary-key range read.
-            let first = frontier.size() as i64;
+            // The stored nodes of the blocks these events complete, one primary-key range read.
+            let first = frontier.size() / BLOCK_LEAVES;
+            let end = (frontier.size() + rows.len() as u64) / BLOCK_LEAVES;
             let stored: HashMap<i64, Vec<u8>> = sqlx::query_as(
-                "SELECT idx, hash FROM merkle_nodes WHERE account_id = $1 AND level = 0 \
-                 AND idx >= $2 AND idx < $3",
+                "SELECT idx, hash FROM merkle_nodes WHERE account_id = $1 AND level = $2 \
+                 AND idx >= $3 AND idx < $4",
             )
             .bind(account_id)
-            .bind(first)
-            .bind(first + rows.len() as i64)
+            .bind(i64::from(STORED_FROM_LEVEL))
+            .bind(first as i64)
+            .bind(end as i64)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
@@ -805,22 +896,74 @@ impl Store {
                 if !content_matches && out.first_bad_hash.is_none() {
                     out.first_bad_hash = Some(e.event_id.clone());
                 }
-                let leaf = leaf_of(account_id, &e.hash)?;
-                let index = frontier.size();
-                if out.first_changed_leaf.is_none()
-                    && stored.get(&(index as i64)).map(Vec::as_slice) != Some(&leaf[..])
-                {
-                    out.first_changed_leaf = Some((e.event_id.clone(), index));
-                }
+                block.push(e.event_id.clone());
                 scratch.clear();
-                frontier.push(leaf, &mut scratch);
+                frontier.push(leaf_of(account_id, &e.hash)?, &mut scratch);
+                for (id, hash) in &scratch {
+                    if id.level != STORED_FROM_LEVEL {
+                        continue;
+                    }
+                    if out.first_changed_leaves.is_none()
+                        && stored.get(&(id.index as i64)).map(Vec::as_slice) != Some(&hash[..])
+                    {
+                        out.first_changed_leaves = Some(ChangedLeaves {
+                            first_leaf: id.index * BLOCK_LEAVES,
+                            event_ids: block.clone(),
+                        });
+                    }
+                    block.clear();
+                }
                 if frontier.size() == at {
                     out.root_at = Some(frontier.root());
                 }
             }
         }
+        if out.first_changed_leaves.is_none() {
+            out.first_changed_leaves = self
+                .changed_in_last_block(account_id, &frontier, &block)
+                .await?;
+        }
         out.events = frontier.size();
         out.root = frontier.root();
         Ok(out)
+    }
+
+    /// The first of the smaller subtrees of the block not yet complete that differs from the
+    /// stored frontier's, when the stored tree has as many leaves as the events (otherwise
+    /// the sizes already say what broke).
+    async fn changed_in_last_block(
+        &self,
+        account_id: &str,
+        frontier: &Frontier,
+        block: &[String],
+    ) -> Result<Option<ChangedLeaves>, StoreError> {
+        let stored = read_frontiers(&mut *self.pool.acquire().await?, &[account_id]).await?;
+        let Some((stored, _)) = stored.get(account_id) else {
+            return Ok(None);
+        };
+        if stored.size() != frontier.size() {
+            return Ok(None);
+        }
+        let size = frontier.size();
+        // The frontier's subtrees, largest first, one per set bit of the size; those below
+        // the stored level cover the block's events in order.
+        let mut first_leaf = size - size % BLOCK_LEAVES;
+        let mut offset = 0usize;
+        for (level, (mine, theirs)) in (0..STORED_FROM_LEVEL)
+            .rev()
+            .filter(|level| size & (1 << level) != 0)
+            .zip(frontier.low_hashes().iter().zip(stored.low_hashes()))
+        {
+            let leaves = 1usize << level;
+            if mine != theirs {
+                return Ok(Some(ChangedLeaves {
+                    first_leaf,
+                    event_ids: block[offset..offset + leaves].to_vec(),
+                }));
+            }
+            first_leaf += leaves as u64;
+            offset += leaves;
+        }
+        Ok(None)
     }
 }

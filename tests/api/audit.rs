@@ -16,6 +16,7 @@ use taskledger_events::{
     GENESIS_HASH,
 };
 
+use taskledger::audit::tree::Plan;
 use taskledger::audit::watch::{DigestWatcher, Verdict};
 
 use crate::helpers::process::taskledger;
@@ -464,8 +465,16 @@ fn run(db: &TestDb, key_file: &Path, args: &[&str]) -> std::process::Output {
 /// A ledger with a few of acme's tasks, a signing key file and a digest of acme saved to a
 /// file, which `verify --digest` accepts.
 async fn digested_ledger(backend: Backend) -> (TestLedger, tempfile::TempDir, std::path::PathBuf) {
+    digested_ledger_of(backend, 3).await
+}
+
+/// [`digested_ledger`] with `tasks` tasks, each created then given metadata.
+async fn digested_ledger_of(
+    backend: Backend,
+    tasks: usize,
+) -> (TestLedger, tempfile::TempDir, std::path::PathBuf) {
     let t = TestLedger::new(backend).await;
-    for i in 0..3 {
+    for i in 0..tasks {
         let task = t.create(None).await;
         t.set_metadata(&task, json!({"x": i})).await;
     }
@@ -601,6 +610,143 @@ async fn verify_digest_catches_a_rewritten_and_rehashed_tail(backend: Backend) {
     assert!(stdout(&refused).contains("signature") || stdout(&refused).contains("tree_size"));
 }
 
+/// Below the lowest stored level the tree is recomputed from the events, so a rewritten event
+/// in a complete block is placed within its block: the events it may be are all named.
+async fn verify_digest_names_the_block_of_an_event_rewritten_deep_in_the_log(backend: Backend) {
+    let (t, dir, saved) = digested_ledger_of(backend, 20).await;
+    let key_file = dir.path().join("signing-key.json");
+    let events = t
+        .store
+        .events_after(0, 1000, Some(&t.account_id))
+        .await
+        .unwrap();
+    assert!(events.len() > 40, "{} events: several blocks", events.len());
+    // The first metadata change is the last event of its task, so its chain still holds once
+    // it is rehashed; it is in the first block of 16 leaves.
+    let (leaf, target) = events
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.event_type == "TaskMetadataSet")
+        .map(|(i, e)| (i, e.clone()))
+        .unwrap();
+    assert!(leaf < 16, "leaf {leaf}");
+    let mut forged = target.clone();
+    forged.payload = json!({"metadata": {"x": "forged"}});
+    let payload = canonical_json(&forged.payload);
+    let hash = forged.expected_hash_of(&payload).unwrap();
+    behind_the_ledgers_back(
+        &t,
+        &[(
+            "UPDATE events SET payload = $1, hash = $2 WHERE global_position = $3",
+            vec![json!(payload), json!(hash), json!(target.global_position)],
+        )],
+    )
+    .await;
+    let plain = taskledger(&t.db.url, &["verify"]);
+    assert!(
+        plain.status.success(),
+        "plain verify passes: {}",
+        stdout(&plain)
+    );
+    let recomputed = t.store.recompute_tree(&t.account_id, 0).await.unwrap();
+    let changed = recomputed
+        .first_changed_leaves
+        .expect("the change is placed");
+    assert_eq!(changed.first_leaf, 0);
+    assert_eq!(changed.event_ids.len(), 16);
+    assert!(changed.event_ids.contains(&target.event_id.to_string()));
+    let caught = run(
+        &t.db,
+        &key_file,
+        &["verify", "--digest", saved.to_str().unwrap()],
+    );
+    assert_eq!(caught.status.code(), Some(1), "{}", stdout(&caught));
+    let said = stdout(&caught);
+    assert!(said.contains("REWRITTEN"), "{said}");
+    assert!(said.contains("leaves 0 to 15"), "{said}");
+    assert!(
+        said.contains(&target.event_id.to_string()),
+        "names the event among its block's: {said}"
+    );
+}
+
+/// Proofs over a tree of several blocks, at every size: the stored nodes (level 4 and up)
+/// and the blocks recomputed from the events give what the independent verifier accepts.
+async fn proofs_of_a_tree_of_several_blocks_verify_at_every_size(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let writes: Vec<CommandWrite> = (0..70).map(|_| new_task_write(&t.account_id)).collect();
+    for chunk in writes.chunks(9) {
+        let results = t.store.commit_batch(chunk.to_vec()).await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+    let events = t
+        .store
+        .events_after(0, 1000, Some(&t.account_id))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 70);
+    let leaves: Vec<[u8; 32]> = events
+        .iter()
+        .map(|e| event_leaf_hash(&e.hash).unwrap())
+        .collect();
+    let answer = |plan| {
+        let store = t.store.clone();
+        let account = t.account_id.clone();
+        async move { store.tree_answer(&account, &plan).await.unwrap() }
+    };
+    let mut roots = vec![taskledger_events::merkle::empty_root()];
+    for size in 1..=70u64 {
+        let root = answer(Plan::root(size)).await[0];
+        let recomputed = t.store.recompute_tree(&t.account_id, size).await.unwrap();
+        assert_eq!(recomputed.root_at, Some(root), "root at {size}");
+        roots.push(root);
+    }
+    for size in [1u64, 15, 16, 17, 31, 32, 33, 47, 48, 63, 64, 65, 70] {
+        for leaf in [0, size / 3, size / 2, size.saturating_sub(2), size - 1] {
+            if leaf >= size {
+                continue;
+            }
+            let path = answer(Plan::inclusion(leaf, size).unwrap()).await;
+            verify_inclusion(
+                leaf,
+                size,
+                &leaves[leaf as usize],
+                &path,
+                &roots[size as usize],
+            )
+            .unwrap_or_else(|e| panic!("leaf {leaf} of {size}: {e}"));
+            let id = events[leaf as usize].event_id.to_string();
+            let found = t.store.leaf_of_event(&t.account_id, &id).await.unwrap();
+            assert_eq!(found.map(|f| f.0), Some(leaf));
+        }
+        for from in [0, 1, 5, 16, 17, 32, 40, size] {
+            if from > size {
+                continue;
+            }
+            let proof = answer(Plan::consistency(from, size).unwrap()).await;
+            verify_consistency(
+                from,
+                size,
+                &proof,
+                &roots[from as usize],
+                &roots[size as usize],
+            )
+            .unwrap_or_else(|e| panic!("{from} to {size}: {e}"));
+        }
+    }
+    // Nothing below level 4 is stored: about an eighth of a row per event.
+    let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM merkle_nodes WHERE account_id = $1")
+        .bind(&t.account_id)
+        .fetch_one(t.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        4 + 2 + 1,
+        "blocks 0-3, two pairs of them, one of four"
+    );
+}
+
 async fn replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once(backend: Backend) {
     let t = TestLedger::new(backend).await;
     for _ in 0..5 {
@@ -632,7 +778,7 @@ async fn replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once(backend
     let recomputed = t.store.recompute_tree(&t.account_id, 10).await.unwrap();
     assert_eq!(recomputed.root_at, Some(before.root));
     assert_eq!(recomputed.root, grown.root);
-    assert_eq!(recomputed.first_changed_leaf, None);
+    assert_eq!(recomputed.first_changed_leaves, None);
 }
 
 async fn a_python_auditor_verifies_a_digest_and_a_proof_with_a_common_ed25519_library(
@@ -860,7 +1006,7 @@ async fn bench_measures_the_trees_cost_and_leaves_them_whole() {
     );
     let recomputed = store.recompute_tree(&bench, 0).await.unwrap();
     assert_eq!(recomputed.root, head.root);
-    assert_eq!(recomputed.first_changed_leaf, None);
+    assert_eq!(recomputed.first_changed_leaves, None);
     // An event's leaf is found by searching the leaves, a few rounds for 300 of them.
     let events = store.events_after(0, 1000, Some(&bench)).await.unwrap();
     for i in [0, 1, 31, 32, 33, 150, 298, 299] {
@@ -927,7 +1073,7 @@ async fn one_group_commit_of_many_accounts_grows_each_accounts_tree(backend: Bac
         assert_eq!(head.tree_size, 6);
         let recomputed = t.store.recompute_tree(account, 6).await.unwrap();
         assert_eq!(recomputed.root_at, Some(head.root), "{account}");
-        assert_eq!(recomputed.first_changed_leaf, None);
+        assert_eq!(recomputed.first_changed_leaves, None);
     }
     // A leaf is found only in its own account's tree.
     let first = t
@@ -1020,7 +1166,7 @@ async fn assert_tree_exact(store: &taskledger::store::Store, account_id: &str, w
     );
     let recomputed = store.recompute_tree(account_id, 0).await.unwrap();
     assert_eq!(recomputed.root, head.root, "{what}: the head's root");
-    assert_eq!(recomputed.first_changed_leaf, None, "{what}: the leaves");
+    assert_eq!(recomputed.first_changed_leaves, None, "{what}: the leaves");
     let stored_root = store
         .tree_answer(
             account_id,
@@ -1120,6 +1266,8 @@ on_both_backends!(
     digests_and_proofs_verify_with_the_independent_verifier,
     verify_digest_catches_a_truncated_log_that_plain_verify_passes,
     verify_digest_catches_a_rewritten_and_rehashed_tail,
+    verify_digest_names_the_block_of_an_event_rewritten_deep_in_the_log,
+    proofs_of_a_tree_of_several_blocks_verify_at_every_size,
     replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once,
 );
 
