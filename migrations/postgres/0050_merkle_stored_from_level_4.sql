@@ -8,3 +8,6 @@ UPDATE merkle_nodes SET global_position = (
     WHERE l.account_id = merkle_nodes.account_id AND l.level = 0 AND l.idx = merkle_nodes.idx * 16 + 15
 ) WHERE level = 4;
 DELETE FROM merkle_nodes WHERE level < 4;
+-- Nor is there a head row for every append to rewrite: a tree's head is its stored nodes
+-- and the events of its last, incomplete block.
+DROP TABLE merkle_heads;

@@ -156,12 +156,6 @@ impl Frontier {
         self.size += 1;
     }
 
-    /// The hashes of the frontier's subtrees below [`STORED_FROM_LEVEL`], largest first.
-    pub fn low_hashes(&self) -> &[Hash] {
-        let low = (self.size % BLOCK_LEAVES).count_ones() as usize;
-        &self.hashes[self.hashes.len() - low..]
-    }
-
     /// The tree's root (the empty tree's for size 0).
     pub fn root(&self) -> Hash {
         let mut hashes = self.hashes.iter().rev();

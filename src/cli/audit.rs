@@ -10,7 +10,7 @@ use taskledger_events::SignedDigest;
 
 use crate::audit::signing::SigningKeys;
 use crate::audit::tree::Plan;
-use crate::store::Store;
+use crate::store::{ChangedLeaves, Store};
 
 #[derive(Debug, Subcommand)]
 pub enum SigningKeyCommand {
@@ -93,22 +93,20 @@ pub(super) async fn verify_digest(
         ));
     }
     if events.root_at != Some(root) {
-        let named = match (&events.first_changed_leaves, &events.first_bad_hash) {
-            (Some(changed), _) if changed.first_leaf < size => match &changed.event_ids[..] {
-                [event_id] => format!(
-                    "; event {event_id} (leaf {}) no longer matches the leaf it was appended as",
-                    changed.first_leaf
-                ),
-                ids => format!(
-                    "; one of the {} events at leaves {} to {} no longer matches the leaf it \
-                     was appended as: {}",
-                    ids.len(),
-                    changed.first_leaf,
-                    changed.first_leaf + ids.len() as u64 - 1,
-                    ids.join(", ")
-                ),
-            },
-            (_, Some(event_id)) => format!("; event {event_id}'s hash does not match its content"),
+        let changed = events
+            .first_changed_leaves
+            .as_ref()
+            .filter(|changed| changed.first_leaf < size);
+        let named = match (changed, &events.unstored_at, &events.first_bad_hash) {
+            (Some(changed), _, _) => format!("; {}", among(changed)),
+            // Every stored block of the digest's leaves still matches its events.
+            (None, Some(unstored), _) => format!(
+                "; no stored block of those events differs from them, so {}",
+                among(unstored)
+            ),
+            (_, _, Some(event_id)) => {
+                format!("; event {event_id}'s hash does not match its content")
+            }
             _ => String::new(),
         };
         return broken(format!(
@@ -140,4 +138,22 @@ pub(super) async fn verify_digest(
         digest.signed_at, digest.key_id, head.tree_size
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names changed leaves: the event itself, or the events it is one of.
+fn among(changed: &ChangedLeaves) -> String {
+    match &changed.event_ids[..] {
+        [event_id] => format!(
+            "event {event_id} (leaf {}) no longer matches the leaf it was appended as",
+            changed.first_leaf
+        ),
+        ids => format!(
+            "one of the {} events at leaves {} to {} no longer matches the leaf it was \
+             appended as: {}",
+            ids.len(),
+            changed.first_leaf,
+            changed.first_leaf + ids.len() as u64 - 1,
+            ids.join(", ")
+        ),
+    }
 }

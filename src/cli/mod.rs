@@ -100,9 +100,13 @@ pub enum Command {
         #[arg(long, default_value_t = 256)]
         max_batch: usize,
         /// Also measure what the Merkle trees cost: task creations with and without them,
-        /// alternated over two rounds each (then the trees are rebuilt).
+        /// alternated over `--merkle-rounds` rounds (then the trees are rebuilt).
         #[arg(long)]
         merkle: bool,
+        /// Rounds of `--merkle`: each runs `--commands` creations with the trees and as many
+        /// without, in alternating order.
+        #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=100))]
+        merkle_rounds: u64,
         /// Instead: fill the database to `--tasks` tasks and print every scale figure beside
         /// its anchor (list pages, replay, verify, HTTP create and GET, long tasks, memory).
         #[command(flatten)]
@@ -171,13 +175,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             concurrency,
             max_batch,
             merkle,
+            merkle_rounds,
             ..
         } => {
             let code = bench::throughput(db, commands, concurrency, max_batch).await?;
             if !merkle {
                 return Ok(code);
             }
-            crate::audit::bench::report(db, commands, concurrency, max_batch).await
+            crate::audit::bench::report(
+                db,
+                commands,
+                concurrency,
+                max_batch,
+                merkle_rounds as usize,
+            )
+            .await
         }
         Command::Soak(settings) => bench::soak(db, &settings).await,
         Command::Tail {

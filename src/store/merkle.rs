@@ -37,14 +37,6 @@ pub struct TreeHead {
     pub root: Hash,
 }
 
-#[derive(sqlx::FromRow)]
-struct HeadRow {
-    account_id: String,
-    tree_size: i64,
-    last_global_position: i64,
-    frontier: String,
-}
-
 struct NewNode<'a> {
     account_id: &'a str,
     id: NodeId,
@@ -89,46 +81,166 @@ fn block_start(
     })
 }
 
-/// The frontiers of `accounts` as stored (an account without a tree has an empty one).
-async fn read_frontiers(
+/// The account's tree head as stored, over its events before global position `before`: the
+/// stored nodes of its complete blocks (the last block's node says where its leaves end),
+/// then the events after them, folded in. There is no head row to keep on every append: the
+/// leaves below the stored level are the events themselves.
+///
+/// A stored block beyond the account's events (left by events removed behind the ledger's
+/// back) is not taken: the tree is the events'. More than a block of events after the last
+/// stored block (a tree that fell behind) are folded all the same, and with `write` their
+/// complete blocks are stored, so that the tree catches up.
+async fn stored_head(
     conn: &mut AnyConnection,
-    accounts: &[&str],
-) -> Result<HashMap<String, (Frontier, i64)>, StoreError> {
-    let mut sql = String::from(
-        "SELECT account_id, tree_size, last_global_position, frontier FROM merkle_heads \
-         WHERE account_id IN (",
-    );
-    for i in 0..accounts.len() {
-        if i > 0 {
-            sql.push_str(", ");
+    account_id: &str,
+    before: i64,
+    write: bool,
+) -> Result<Head, StoreError> {
+    let last: Option<(i64, Option<i64>)> = sqlx::query_as(
+        "SELECT idx, global_position FROM merkle_nodes WHERE account_id = $1 AND level = $2 \
+         AND global_position <= (SELECT MAX(global_position) FROM events \
+         WHERE account_id = $1 AND global_position < $3) \
+         ORDER BY idx DESC LIMIT 1",
+    )
+    .bind(account_id)
+    .bind(i64::from(STORED_FROM_LEVEL))
+    .bind(before)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let (blocks, mut after) = match last {
+        Some((idx, position)) => (idx as u64 + 1, position.unwrap_or(0)),
+        None => (0, 0),
+    };
+    let size = blocks * BLOCK_LEAVES;
+    // The complete subtrees that make up the first `size` leaves, largest first: all stored.
+    let mut edge = Vec::new();
+    let mut start = 0u64;
+    for level in (STORED_FROM_LEVEL..64).rev() {
+        if size & (1 << level) != 0 {
+            edge.push(NodeId {
+                level,
+                index: start >> level,
+            });
+            start += 1 << level;
         }
-        sql.push_str(&format!("${}", i + 1));
     }
-    sql.push(')');
-    let rows: Vec<HeadRow> = accounts
+    let found = nodes_by_id(conn, account_id, &edge).await?;
+    let hashes = edge
         .iter()
-        .fold(sqlx::query_as(&sql), |q, a| q.bind(*a))
+        .map(|id| {
+            found.get(id).map(|(hash, _)| *hash).ok_or_else(|| {
+                corrupt_tree(
+                    account_id,
+                    TreeError::MissingNode {
+                        level: id.level,
+                        index: id.index,
+                    },
+                )
+            })
+        })
+        .collect::<Result<Vec<Hash>, StoreError>>()?;
+    let mut frontier =
+        Frontier::from_parts(size, hashes).map_err(|e| corrupt_tree(account_id, e))?;
+    let mut last_position = after;
+    let mut stored = Vec::new();
+    loop {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT global_position, hash FROM events WHERE account_id = $1 \
+             AND global_position > $2 AND global_position < $3 ORDER BY global_position LIMIT $4",
+        )
+        .bind(account_id)
+        .bind(after)
+        .bind(before)
+        .bind(PAGE)
         .fetch_all(&mut *conn)
         .await?;
-    rows.into_iter()
-        .map(|r| {
-            let frontier = Frontier::from_stored(r.tree_size as u64, &r.frontier)
-                .map_err(|e| corrupt_tree(&r.account_id, e))?;
-            Ok((r.account_id, (frontier, r.last_global_position)))
-        })
-        .collect()
+        let mut nodes = Vec::new();
+        for (position, hash) in &rows {
+            stored.clear();
+            frontier.push(leaf_of(account_id, hash)?, &mut stored);
+            nodes.extend(
+                stored
+                    .iter()
+                    .filter(|(id, _)| is_stored(*id))
+                    .map(|(id, hash)| NewNode {
+                        account_id,
+                        id: *id,
+                        hash: *hash,
+                        global_position: *position,
+                    }),
+            );
+            last_position = *position;
+        }
+        if !nodes.is_empty() {
+            if write {
+                write_nodes(conn, &nodes).await?;
+            } else {
+                tracing::warn!(
+                    account_id,
+                    "the account's stored tree is behind its events; `taskledger replay` \
+                     rebuilds it (its next append catches it up)"
+                );
+            }
+        }
+        after = last_position;
+        if (rows.len() as i64) < PAGE {
+            break;
+        }
+    }
+    Ok((frontier, last_position))
 }
 
-/// Writes new nodes. The append path inserts (`replace` false): a plain INSERT is what keeps
-/// the trees' cost small on PostgreSQL, and an append never meets a stored node. A rebuild
-/// overwrites (`replace` true): a node is a function of the events below it, so this writes
-/// the same value again, except over the leftovers of a ledger whose events were removed
-/// behind its back, which `verify --digest` reports and a rebuild clears.
-async fn write_nodes(
+/// The stored nodes among `ids`, with the global position of each one's last leaf.
+async fn nodes_by_id(
     conn: &mut AnyConnection,
-    nodes: &[NewNode<'_>],
-    replace: bool,
-) -> Result<(), StoreError> {
+    account_id: &str,
+    ids: &[NodeId],
+) -> Result<HashMap<NodeId, (Hash, i64)>, StoreError> {
+    let mut nodes = HashMap::with_capacity(ids.len());
+    for chunk in ids.chunks(200) {
+        let mut sql = String::from(
+            "SELECT level, idx, hash, global_position FROM merkle_nodes \
+             WHERE account_id = $1 AND (",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push_str(" OR ");
+            }
+            sql.push_str(&format!(
+                "(level = ${} AND idx = ${})",
+                2 + 2 * i,
+                3 + 2 * i
+            ));
+        }
+        sql.push(')');
+        let rows: Vec<(i64, i64, Vec<u8>, Option<i64>)> = chunk
+            .iter()
+            .fold(sqlx::query_as(&sql).bind(account_id), |q, id| {
+                q.bind(i64::from(id.level)).bind(id.index as i64)
+            })
+            .fetch_all(&mut *conn)
+            .await?;
+        for (level, idx, hash, position) in rows {
+            let hash: Hash = hash
+                .try_into()
+                .map_err(|_| corrupt_tree(account_id, "a node is not 32 bytes"))?;
+            nodes.insert(
+                NodeId {
+                    level: level as u32,
+                    index: idx as u64,
+                },
+                (hash, position.unwrap_or(0)),
+            );
+        }
+    }
+    Ok(nodes)
+}
+
+/// Writes new nodes, over any stored at their place: a node is a function of the events
+/// below it, so this writes the same value again, except over the leftovers of a ledger whose
+/// events were removed behind its back, which `verify --digest` reports and the tree then
+/// outgrows.
+async fn write_nodes(conn: &mut AnyConnection, nodes: &[NewNode<'_>]) -> Result<(), StoreError> {
     for chunk in nodes.chunks(NODES_PER_INSERT) {
         let mut sql = String::from(
             "INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) VALUES ",
@@ -147,12 +259,10 @@ async fn write_nodes(
                 b + 5
             ));
         }
-        if replace {
-            sql.push_str(
-                " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
-                 global_position = excluded.global_position",
-            );
-        }
+        sql.push_str(
+            " ON CONFLICT (account_id, level, idx) DO UPDATE SET hash = excluded.hash, \
+             global_position = excluded.global_position",
+        );
         chunk
             .iter()
             .fold(sqlx::query(&sql), |q, n| {
@@ -168,40 +278,6 @@ async fn write_nodes(
     Ok(())
 }
 
-async fn write_heads(
-    conn: &mut AnyConnection,
-    heads: &[(&str, &Frontier, i64)],
-) -> Result<(), StoreError> {
-    if heads.is_empty() {
-        return Ok(());
-    }
-    let mut sql = String::from(
-        "INSERT INTO merkle_heads (account_id, tree_size, last_global_position, frontier) VALUES ",
-    );
-    for r in 0..heads.len() {
-        let b = r * 4;
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("(${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4));
-    }
-    sql.push_str(
-        " ON CONFLICT (account_id) DO UPDATE SET tree_size = excluded.tree_size, \
-         last_global_position = excluded.last_global_position, frontier = excluded.frontier",
-    );
-    heads
-        .iter()
-        .fold(sqlx::query(&sql), |q, (account, frontier, last)| {
-            q.bind(*account)
-                .bind(frontier.size() as i64)
-                .bind(*last)
-                .bind(frontier.to_stored())
-        })
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
 /// An account's frontier and the global position of its last leaf.
 pub(super) type Head = (Frontier, i64);
 
@@ -210,13 +286,14 @@ pub(super) type Head = (Frontier, i64);
 /// back on its next append.
 const REMEMBERED_ACCOUNTS: usize = 10_000;
 /// Values one guarded statement binds at most (PostgreSQL takes 65,535); a larger append
-/// reads the frontiers and writes in separate statements.
+/// reads the heads and writes in separate statements.
 const GUARDED_VALUES: usize = 30_000;
 
-/// The frontiers this process last wrote, per account, so that an append need not read
-/// them. What is remembered is only a guess: the statement that grows a tree from it checks,
-/// under the ledger head lock, that the stored frontier is still that one (another process,
-/// a rolled-back transaction or a rebuild may have changed it), and writes nothing if not.
+/// The tree heads this process last grew, per account, so that an append need not work them
+/// out from the stored nodes and events. What is remembered is only a guess: the statement
+/// that grows a tree from it checks, under the ledger head lock, that the account's last
+/// event before the new ones is still the head's last leaf (another process may have
+/// appended, or a transaction been rolled back), and writes nothing if not.
 #[derive(Debug, Default)]
 pub struct KnownFrontiers {
     heads: HashMap<String, Head>,
@@ -253,17 +330,18 @@ impl KnownFrontiers {
 pub(super) struct Growth<'a> {
     accounts: Vec<GrownAccount<'a>>,
     nodes: Vec<NewNode<'a>>,
-    /// The accounts' heads before, after, and the new nodes, as the guarded statement binds
-    /// them (JSON arrays of rows).
-    json: [String; 3],
+    /// Where each account's tree is expected to end, and the new nodes, as the guarded
+    /// statement binds them (JSON arrays of rows).
+    json: [String; 2],
 }
 
 struct GrownAccount<'a> {
     account_id: &'a str,
-    size_before: i64,
-    stored_before: String,
+    /// The global position of the head's last leaf before the growth (0: no leaf).
+    last_before: i64,
+    /// The global position of the first leaf grown.
+    first_grown: i64,
     after: Head,
-    stored_after: String,
 }
 
 impl<'a> Growth<'a> {
@@ -304,10 +382,9 @@ impl<'a> Growth<'a> {
                         .unwrap_or_else(|| (Frontier::empty(), 0));
                     accounts.push(GrownAccount {
                         account_id: leaf.account_id,
-                        size_before: head.0.size() as i64,
-                        stored_before: head.0.to_stored(),
+                        last_before: head.1,
+                        first_grown: leaf.global_position,
                         after: head,
-                        stored_after: String::new(),
                     });
                     accounts.len() - 1
                 }
@@ -325,27 +402,13 @@ impl<'a> Growth<'a> {
                 });
             }
         }
-        for a in &mut accounts {
-            a.stored_after = a.after.0.to_stored();
-        }
         let before: Vec<serde_json::Value> = accounts
             .iter()
             .map(|a| {
                 serde_json::json!({
                     "account_id": a.account_id,
-                    "tree_size": a.size_before,
-                    "frontier": a.stored_before,
-                })
-            })
-            .collect();
-        let after: Vec<serde_json::Value> = accounts
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "account_id": a.account_id,
-                    "tree_size": a.after.0.size(),
-                    "last_global_position": a.after.1,
-                    "frontier": a.stored_after,
+                    "first": a.first_grown,
+                    "last": a.last_before,
                 })
             })
             .collect();
@@ -361,7 +424,7 @@ impl<'a> Growth<'a> {
                 })
             })
             .collect();
-        let json = [before, after, new_nodes].map(|rows| serde_json::Value::from(rows).to_string());
+        let json = [before, new_nodes].map(|rows| serde_json::Value::from(rows).to_string());
         Ok(Growth {
             accounts,
             nodes,
@@ -382,73 +445,72 @@ impl<'a> Growth<'a> {
     }
 
     /// PostgreSQL common table expressions, to follow `WITH ` or a comma: `mk` (one row, `ok`:
-    /// whether every account's stored tree is the one this growth starts from, a row-less
-    /// account counting as the empty tree), then the new nodes and heads, written only if
-    /// `ok`. Appends hold the ledger head lock, so nothing changes the trees between the
-    /// check and the writes. The rows travel as three JSON values, so the text is the same
-    /// for every growth and PostgreSQL prepares and plans it once per connection.
+    /// whether every account's last event before the grown ones is the last leaf of the head
+    /// this growth starts from, an account with no such event counting as the empty tree),
+    /// then the new nodes if there are any, written only if `ok`. Appends hold the ledger head lock, so
+    /// nothing appends between the check and the writes; the check reads the events before
+    /// the first grown one, so the statement may insert those events too, or follow the one
+    /// that did. The rows travel as two JSON values, so the text is the same for every growth
+    /// and PostgreSQL prepares and plans it once per connection.
     pub(super) fn push_guarded(&'a self, s: &mut Statement<'a>) {
-        s.push("mk AS (SELECT COUNT(*) = ");
-        s.int(Some(self.accounts.len() as i64));
-        s.push(" AS ok FROM json_to_recordset(");
-        s.text(Some(&self.json[0]));
+        if let [one] = &self.accounts[..] {
+            // The common case, one account, without a JSON value to take apart.
+            s.push(
+                "mk AS (SELECT COALESCE((SELECT MAX(x.global_position) FROM events x \
+                 WHERE x.account_id = ",
+            );
+            s.text(Some(one.account_id));
+            s.push(" AND x.global_position < ");
+            s.int(Some(one.first_grown));
+            s.push("), 0) = ");
+            s.int(Some(one.last_before));
+            s.push(" AS ok)");
+        } else {
+            s.push("mk AS (SELECT COUNT(*) = ");
+            s.int(Some(self.accounts.len() as i64));
+            s.push(" AS ok FROM json_to_recordset(");
+            s.text(Some(&self.json[0]));
+            s.push(
+                "::json) AS v (account_id text, first bigint, last bigint) \
+                 WHERE COALESCE((SELECT MAX(x.global_position) FROM events x \
+                 WHERE x.account_id = v.account_id AND x.global_position < v.first), 0) \
+                 = v.last)",
+            );
+        }
+        if self.nodes.is_empty() {
+            // Most appends complete no block of 16 leaves: nothing to write.
+            return;
+        }
         s.push(
-            "::json) AS v (account_id text, tree_size bigint, frontier text) \
-             LEFT JOIN merkle_heads m ON m.account_id = v.account_id \
-             WHERE COALESCE(m.tree_size, 0) = v.tree_size \
-             AND COALESCE(m.frontier, '') = v.frontier), \
-             mh AS (INSERT INTO merkle_heads (account_id, tree_size, last_global_position, \
-             frontier) SELECT account_id, tree_size, last_global_position, frontier \
-             FROM json_to_recordset(",
+            ", mn AS (INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) \
+             SELECT a, l, i, decode(h, 'hex'), g FROM json_to_recordset(",
         );
         s.text(Some(&self.json[1]));
         s.push(
-            "::json) AS v (account_id text, tree_size bigint, last_global_position bigint, \
-             frontier text) WHERE (SELECT ok FROM mk) ON CONFLICT (account_id) DO UPDATE \
-             SET tree_size = excluded.tree_size, \
-             last_global_position = excluded.last_global_position, \
-             frontier = excluded.frontier), \
-             mn AS (INSERT INTO merkle_nodes (account_id, level, idx, hash, global_position) \
-             SELECT a, l, i, decode(h, 'hex'), g FROM json_to_recordset(",
-        );
-        s.text(Some(&self.json[2]));
-        s.push(
             "::json) AS v (a text, l bigint, i bigint, h text, g bigint) \
-             WHERE (SELECT ok FROM mk))",
+             WHERE (SELECT ok FROM mk) ON CONFLICT (account_id, level, idx) DO UPDATE \
+             SET hash = excluded.hash, global_position = excluded.global_position)",
         );
     }
 }
 
 /// Adds appended events (in global order, any accounts) to their accounts' trees as
-/// stored, inside the append transaction: one read of the accounts' frontiers, then the new
-/// stored nodes (an eighth of one per event) and the new frontiers, each in one statement. The accounts'
-/// heads once grown.
+/// stored, inside the append transaction: each account's head worked out from its stored
+/// nodes and the events before its first new one (see [`stored_head`]), then the new stored
+/// nodes (an eighth of one per event) in one statement. The accounts' heads once grown.
 pub(super) async fn append_leaves(
     conn: &mut AnyConnection,
     leaves: &[Leaf<'_>],
 ) -> Result<Vec<(String, Head)>, StoreError> {
-    if leaves.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut accounts: Vec<&str> = Vec::new();
+    let mut starts: HashMap<&str, Head> = HashMap::new();
     for leaf in leaves {
-        if !accounts.contains(&leaf.account_id) {
-            accounts.push(leaf.account_id);
+        if !starts.contains_key(leaf.account_id) {
+            let head = stored_head(conn, leaf.account_id, leaf.global_position, true).await?;
+            starts.insert(leaf.account_id, head);
         }
     }
-    let mut read = read_frontiers(conn, &accounts).await?;
-    let starts: HashMap<&str, Head> = accounts
-        .iter()
-        .filter_map(|a| read.remove(*a).map(|head| (*a, head)))
-        .collect();
     let growth = Growth::from(leaves, starts)?;
-    write_nodes(conn, &growth.nodes, false).await?;
-    let heads: Vec<(&str, &Frontier, i64)> = growth
-        .accounts
-        .iter()
-        .map(|a| (a.account_id, &a.after.0, a.after.1))
-        .collect();
-    write_heads(conn, &heads).await?;
+    write_nodes(conn, &growth.nodes).await?;
     Ok(growth.into_heads().collect())
 }
 
@@ -481,14 +543,11 @@ impl Store {
         self.frontiers.lock().expect("the frontiers lock").reads
     }
 
-    /// The account's tree as of its last append (an empty tree if it has no events).
+    /// The account's tree as of its last append (an empty tree if it has no events): its
+    /// stored nodes and the events of its last block, three reads of a few rows.
     pub async fn tree_head(&self, account_id: &str) -> Result<TreeHead, StoreError> {
         let mut conn = self.pool.acquire().await?;
-        let frontiers = read_frontiers(&mut conn, &[account_id]).await?;
-        let (frontier, last) = frontiers
-            .get(account_id)
-            .cloned()
-            .unwrap_or_else(|| (Frontier::empty(), 0));
+        let (frontier, last) = stored_head(&mut conn, account_id, i64::MAX, false).await?;
         Ok(TreeHead {
             account_id: account_id.to_string(),
             tree_size: frontier.size(),
@@ -531,44 +590,7 @@ impl Store {
         account_id: &str,
         ids: &[NodeId],
     ) -> Result<HashMap<NodeId, (Hash, i64)>, StoreError> {
-        let mut nodes = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(200) {
-            let mut sql = String::from(
-                "SELECT level, idx, hash, global_position FROM merkle_nodes \
-                 WHERE account_id = $1 AND (",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(" OR ");
-                }
-                sql.push_str(&format!(
-                    "(level = ${} AND idx = ${})",
-                    2 + 2 * i,
-                    3 + 2 * i
-                ));
-            }
-            sql.push(')');
-            let rows: Vec<(i64, i64, Vec<u8>, Option<i64>)> = chunk
-                .iter()
-                .fold(sqlx::query_as(&sql).bind(account_id), |q, id| {
-                    q.bind(i64::from(id.level)).bind(id.index as i64)
-                })
-                .fetch_all(&self.pool)
-                .await?;
-            for (level, idx, hash, position) in rows {
-                let hash: Hash = hash
-                    .try_into()
-                    .map_err(|_| corrupt_tree(account_id, "a node is not 32 bytes"))?;
-                nodes.insert(
-                    NodeId {
-                        level: level as u32,
-                        index: idx as u64,
-                    },
-                    (hash, position.unwrap_or(0)),
-                );
-            }
-        }
-        Ok(nodes)
+        nodes_by_id(&mut *self.pool.acquire().await?, account_id, ids).await
     }
 
     /// The leaves of the block that starts after global position `after`: the hashes of the
@@ -682,6 +704,20 @@ impl Store {
         .await?)
     }
 
+    /// Stores the complete blocks of the account's tree that its events have outgrown (a
+    /// store [`Store::without_merkle_trees`] appended them), under the ledger head lock, as
+    /// the account's next append would; the tree's size.
+    pub async fn catch_up_tree(&self, account_id: &str) -> Result<u64, StoreError> {
+        let mut tx = self.begin_append().await?;
+        let (frontier, _) = stored_head(tx.conn(), account_id, i64::MAX, true).await?;
+        tx.commit().await?;
+        self.frontiers
+            .lock()
+            .expect("the frontiers lock")
+            .forget(account_id);
+        Ok(frontier.size())
+    }
+
     /// Builds the trees of a ledger that had events before trees existed, once.
     pub async fn ensure_trees(&self) -> Result<(), StoreError> {
         let complete: i64 = sqlx::query_scalar("SELECT complete FROM merkle_state WHERE id = 1")
@@ -763,7 +799,6 @@ impl Store {
             .execute(tx.conn())
             .await?;
         }
-        write_heads(tx.conn(), &[(account_id, &frontier, last)]).await?;
         tx.commit().await?;
         // What this process remembered of the tree may be what the rebuild replaced.
         self.frontiers
@@ -808,7 +843,7 @@ async fn fold_page(
         }
         *last = *position;
     }
-    write_nodes(conn, &nodes, true).await?;
+    write_nodes(conn, &nodes).await?;
     Ok(rows.len() as u64)
 }
 
@@ -824,11 +859,14 @@ pub struct RecomputedTree {
     pub first_bad_hash: Option<String>,
     /// The first stored subtree the events no longer give.
     pub first_changed_leaves: Option<ChangedLeaves>,
+    /// The leaves of the tree of `at` leaves that no stored subtree covers (those after its
+    /// last complete block), if any: a change the stored blocks do not place is among them.
+    pub unstored_at: Option<ChangedLeaves>,
 }
 
 /// Leaves of which at least one differs from what was appended. Only subtrees of
-/// [`STORED_FROM_LEVEL`] and up are kept, with the frontier's smaller ones at the tree's
-/// right edge, so a change is placed within at most a block of [`BLOCK_LEAVES`] events.
+/// [`STORED_FROM_LEVEL`] and up are kept, so a change is placed within a block of
+/// [`BLOCK_LEAVES`] events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangedLeaves {
     pub first_leaf: u64,
@@ -851,6 +889,7 @@ impl Store {
             root: taskledger_events::merkle::empty_root(),
             first_bad_hash: None,
             first_changed_leaves: None,
+            unstored_at: None,
         };
         let mut after = 0;
         let sql = format!(
@@ -915,55 +954,15 @@ impl Store {
                 }
                 if frontier.size() == at {
                     out.root_at = Some(frontier.root());
+                    out.unstored_at = (!block.is_empty()).then(|| ChangedLeaves {
+                        first_leaf: at - block.len() as u64,
+                        event_ids: block.clone(),
+                    });
                 }
             }
-        }
-        if out.first_changed_leaves.is_none() {
-            out.first_changed_leaves = self
-                .changed_in_last_block(account_id, &frontier, &block)
-                .await?;
         }
         out.events = frontier.size();
         out.root = frontier.root();
         Ok(out)
-    }
-
-    /// The first of the smaller subtrees of the block not yet complete that differs from the
-    /// stored frontier's, when the stored tree has as many leaves as the events (otherwise
-    /// the sizes already say what broke).
-    async fn changed_in_last_block(
-        &self,
-        account_id: &str,
-        frontier: &Frontier,
-        block: &[String],
-    ) -> Result<Option<ChangedLeaves>, StoreError> {
-        let stored = read_frontiers(&mut *self.pool.acquire().await?, &[account_id]).await?;
-        let Some((stored, _)) = stored.get(account_id) else {
-            return Ok(None);
-        };
-        if stored.size() != frontier.size() {
-            return Ok(None);
-        }
-        let size = frontier.size();
-        // The frontier's subtrees, largest first, one per set bit of the size; those below
-        // the stored level cover the block's events in order.
-        let mut first_leaf = size - size % BLOCK_LEAVES;
-        let mut offset = 0usize;
-        for (level, (mine, theirs)) in (0..STORED_FROM_LEVEL)
-            .rev()
-            .filter(|level| size & (1 << level) != 0)
-            .zip(frontier.low_hashes().iter().zip(stored.low_hashes()))
-        {
-            let leaves = 1usize << level;
-            if mine != theirs {
-                return Ok(Some(ChangedLeaves {
-                    first_leaf,
-                    event_ids: block[offset..offset + leaves].to_vec(),
-                }));
-            }
-            first_leaf += leaves as u64;
-            offset += leaves;
-        }
-        Ok(None)
     }
 }

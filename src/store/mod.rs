@@ -32,7 +32,7 @@ pub use key_events::KeyRecord;
 pub use keys::{ApiKey, Principal};
 pub use lease::Leadership;
 pub use list::{ListPage, ListQuery};
-pub use merkle::{RecomputedTree, TreeHead};
+pub use merkle::{ChangedLeaves, RecomputedTree, TreeHead};
 pub use platform::{
     BatchQuery, BatchRecord, Placement, PlatformActor, PlatformCreate, PlatformWriteError,
     ProjectRecord, BATCH_STREAM_PREFIX,

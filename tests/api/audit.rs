@@ -747,6 +747,42 @@ async fn proofs_of_a_tree_of_several_blocks_verify_at_every_size(backend: Backen
     );
 }
 
+/// A tree's head is its stored blocks and the events after them, with no head row: events
+/// appended without the trees (as `bench --merkle` does) leave the tree behind, and the
+/// account's next append stores the blocks it missed.
+async fn a_tree_behind_its_events_catches_up_on_the_accounts_next_append(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    t.store
+        .commit_batch(vec![new_task_write(&t.account_id)])
+        .await
+        .unwrap();
+    let without = t.store.clone().without_merkle_trees();
+    for _ in 0..5 {
+        let writes: Vec<CommandWrite> = (0..7).map(|_| new_task_write(&t.account_id)).collect();
+        let results = without.commit_batch(writes).await.unwrap();
+        assert!(results.iter().all(Result::is_ok));
+    }
+    let nodes = |store: taskledger::store::Store| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM merkle_nodes")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(nodes(t.store.clone()).await, 0, "36 events, no block stored");
+    let results = t
+        .store
+        .commit_batch(vec![new_task_write(&t.account_id)])
+        .await
+        .unwrap();
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(
+        nodes(t.store.clone()).await,
+        2 + 1,
+        "37 events: two blocks of 16 and their pair"
+    );
+    assert_tree_exact(&t.store, &t.account_id, "caught up").await;
+}
+
 async fn replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once(backend: Backend) {
     let t = TestLedger::new(backend).await;
     for _ in 0..5 {
@@ -755,7 +791,7 @@ async fn replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once(backend
     }
     let before = t.store.tree_head(&t.account_id).await.unwrap();
     assert_eq!(before.tree_size, 10);
-    sqlx::raw_sql("DELETE FROM merkle_nodes; DELETE FROM merkle_heads")
+    sqlx::raw_sql("DELETE FROM merkle_nodes")
         .execute(t.store.pool())
         .await
         .unwrap();
@@ -763,12 +799,10 @@ async fn replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once(backend
     assert!(replayed.status.success(), "{replayed:?}");
     assert_eq!(t.store.tree_head(&t.account_id).await.unwrap(), before);
     // As a ledger whose events predate the trees: built once at start.
-    sqlx::raw_sql(
-        "DELETE FROM merkle_nodes; DELETE FROM merkle_heads; UPDATE merkle_state SET complete = 0",
-    )
-    .execute(t.store.pool())
-    .await
-    .unwrap();
+    sqlx::raw_sql("DELETE FROM merkle_nodes; UPDATE merkle_state SET complete = 0")
+        .execute(t.store.pool())
+        .await
+        .unwrap();
     t.store.ensure_trees().await.unwrap();
     assert_eq!(t.store.tree_head(&t.account_id).await.unwrap(), before);
     let task = t.create(None).await;
@@ -989,19 +1023,33 @@ async fn bench_measures_the_trees_cost_and_leaves_them_whole() {
             "--concurrency",
             "4",
             "--merkle",
+            "--merkle-rounds",
+            "3",
         ],
     );
     assert!(out.status.success(), "{out:?}");
     let text = stdout(&out);
-    assert!(text.contains("ledger with the Merkle trees"), "{text}");
-    assert!(text.contains("ledger without the Merkle trees"), "{text}");
-    assert!(text.contains("with trees / without:"), "{text}");
+    assert!(
+        text.contains("ledger with the Merkle trees (3 rounds)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ledger without the Merkle trees (3 rounds)"),
+        "{text}"
+    );
+    let per_round = text
+        .lines()
+        .find_map(|l| l.strip_prefix("with trees / without, per round: "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(per_round.split(' ').count(), 3, "{text}");
+    assert!(text.contains("with trees / without: "), "{text}");
+    assert!(text.contains("(median of the rounds "), "{text}");
     let store = db.store().await;
     let bench = store.find_account("bench").await.unwrap().unwrap();
     let head = store.tree_head(&bench).await.unwrap();
     assert_eq!(
         head.tree_size,
-        60 + 4 * 60,
+        60 + 2 * 3 * 60,
         "every bench event is in the tree"
     );
     let recomputed = store.recompute_tree(&bench, 0).await.unwrap();
@@ -1268,6 +1316,7 @@ on_both_backends!(
     verify_digest_catches_a_rewritten_and_rehashed_tail,
     verify_digest_names_the_block_of_an_event_rewritten_deep_in_the_log,
     proofs_of_a_tree_of_several_blocks_verify_at_every_size,
+    a_tree_behind_its_events_catches_up_on_the_accounts_next_append,
     replay_rebuilds_the_trees_and_an_upgraded_ledger_gets_them_once,
 );
 
