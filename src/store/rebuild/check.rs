@@ -64,7 +64,7 @@ impl Store {
                             }
                         },
                         compare(
-                            Projections::Native(&mut *stored),
+                            Projections::Native(&mut stored),
                             &mut compared,
                             &folded,
                             &mut report.mismatches
@@ -76,7 +76,7 @@ impl Store {
                     progress(report.events);
                     if end {
                         compare(
-                            Projections::Native(&mut *stored),
+                            Projections::Native(&mut stored),
                             &mut compared,
                             &folded,
                             &mut report.mismatches,
@@ -103,7 +103,7 @@ impl Store {
                     };
                     report.tasks += done.len() as u64;
                     compare(
-                        Projections::Any(&mut *tx),
+                        Projections::Any(&mut tx),
                         &mut compared,
                         &done,
                         &mut report.mismatches,
