@@ -161,6 +161,12 @@ pub fn canonical_json(value: &Value) -> String {
     String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
+/// [`canonical_json`] appended to `out`: for a caller that writes many payloads into one
+/// buffer.
+pub fn write_canonical_json(value: &Value, out: &mut Vec<u8>) {
+    write_canonical(value, out);
+}
+
 /// Writes `value` into `out` with serde_json's own escaping and number format, straight into
 /// the buffer: verify and replay write every stored payload again, so nothing is allocated per
 /// key or per scalar.

@@ -46,8 +46,8 @@ pub use digest::{
     DIGEST_MESSAGE_TAG, ED25519,
 };
 pub use envelope::{
-    account_of_ledger, canonical_json, is_test_ledger, ledger_of, Actor, EventEnvelope, Scope,
-    UnknownScope, GENESIS_HASH, TEST_LEDGER_SUFFIX,
+    account_of_ledger, canonical_json, is_test_ledger, ledger_of, write_canonical_json, Actor,
+    EventEnvelope, Scope, UnknownScope, GENESIS_HASH, TEST_LEDGER_SUFFIX,
 };
 pub use event::{
     AuditSource, CallbackDelivered, CallbackFailed, DecodeError, TaskAudited, TaskCanceled,
@@ -60,6 +60,6 @@ pub use platform::{
     ProjectEvent, ProjectParamsSet,
 };
 pub use seal::{
-    seal_events, EnvelopeContext, SealedEvent, UnknownHashVersion, CURRENT_HASH_VERSION, HASH_V1,
-    HASH_V2,
+    seal_events, EnvelopeContext, HashFields, SealedEvent, UnknownHashVersion,
+    CURRENT_HASH_VERSION, HASH_V1, HASH_V2,
 };

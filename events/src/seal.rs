@@ -46,48 +46,113 @@ impl std::fmt::Display for UnknownHashVersion {
 
 impl std::error::Error for UnknownHashVersion {}
 
-impl EventEnvelope {
-    /// The exact bytes whose SHA-256 is `hash`, with the payload as the stored JSON text
-    /// `payload_json`, in the format named by `hash_version`.
-    pub fn hash_input_of(&self, payload_json: &str) -> Result<Vec<u8>, UnknownHashVersion> {
+/// The fields an event's hash covers, borrowed from wherever they are kept: an envelope, or
+/// a stored row that `verify` checks without copying it into an envelope first.
+#[derive(Debug, Clone, Copy)]
+pub struct HashFields<'a> {
+    pub hash_version: u32,
+    pub prev_hash: &'a str,
+    pub event_id: Uuid,
+    pub event_type: &'a str,
+    pub event_version: u32,
+    pub task_id: &'a str,
+    pub account_id: &'a str,
+    pub sequence: i64,
+    pub global_position: i64,
+    pub recorded_at_us: i64,
+    pub actor_account_id: &'a str,
+    pub actor_key_id: Option<&'a str>,
+    pub actor_scope: &'a str,
+    pub request_id: Option<&'a str>,
+    /// The payload exactly as stored.
+    pub payload_json: &'a str,
+}
+
+impl HashFields<'_> {
+    /// Writes the exact bytes whose SHA-256 is the event's hash into `out` (cleared first),
+    /// in the format named by `hash_version`. Numbers are formatted in place: `verify` writes
+    /// the input of every event of the ledger, so nothing is allocated per field.
+    pub fn write_input(&self, out: &mut Vec<u8>) -> Result<(), UnknownHashVersion> {
+        use std::io::Write;
         let tag = match self.hash_version {
             HASH_V1 => "taskledger-event-v1",
             HASH_V2 => "taskledger-event-v2",
             other => return Err(UnknownHashVersion(other)),
         };
-        let event_id = self.event_id.to_string();
-        let event_version = self.event_version.to_string();
-        let sequence = self.sequence.to_string();
-        let global_position = self.global_position.to_string();
-        let recorded_at = self.recorded_at.timestamp_micros().to_string();
-        let fields: [Option<&str>; 15] = [
-            Some(tag),
-            Some(&self.prev_hash),
-            Some(&event_id),
-            Some(&self.event_type),
-            Some(&event_version),
-            Some(&self.task_id),
-            Some(&self.account_id),
-            Some(&sequence),
-            Some(&global_position),
-            Some(&recorded_at),
-            Some(&self.actor.account_id),
-            self.actor.key_id.as_deref(),
-            Some(self.actor.scope.as_str()),
-            self.request_id.as_deref(),
-            Some(payload_json),
-        ];
-        let mut out = Vec::with_capacity(256 + payload_json.len());
-        for field in fields {
-            match (field, self.hash_version) {
-                (Some(text), _) => {
-                    out.extend_from_slice(&(text.len() as u64).to_be_bytes());
-                    out.extend_from_slice(text.as_bytes());
-                }
-                (None, HASH_V1) => out.extend_from_slice(&0u64.to_be_bytes()),
-                (None, _) => out.extend_from_slice(&ABSENT.to_be_bytes()),
-            }
+        out.clear();
+        let text = |out: &mut Vec<u8>, text: &str| {
+            out.extend_from_slice(&(text.len() as u64).to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        };
+        let optional = |out: &mut Vec<u8>, field: Option<&str>| match (field, self.hash_version) {
+            (Some(t), _) => text(out, t),
+            (None, HASH_V1) => out.extend_from_slice(&0u64.to_be_bytes()),
+            (None, _) => out.extend_from_slice(&ABSENT.to_be_bytes()),
+        };
+        // A number's decimal text, its length written once the text is.
+        let number = |out: &mut Vec<u8>, n: i64| {
+            let at = out.len();
+            out.extend_from_slice(&[0; 8]);
+            write!(out, "{n}").expect("writing to a Vec cannot fail");
+            let len = (out.len() - at - 8) as u64;
+            out[at..at + 8].copy_from_slice(&len.to_be_bytes());
+        };
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        text(out, tag);
+        text(out, self.prev_hash);
+        text(out, self.event_id.hyphenated().encode_lower(&mut id));
+        text(out, self.event_type);
+        number(out, i64::from(self.event_version));
+        text(out, self.task_id);
+        text(out, self.account_id);
+        number(out, self.sequence);
+        number(out, self.global_position);
+        number(out, self.recorded_at_us);
+        text(out, self.actor_account_id);
+        optional(out, self.actor_key_id);
+        text(out, self.actor_scope);
+        optional(out, self.request_id);
+        text(out, self.payload_json);
+        Ok(())
+    }
+
+    /// Whether `hash` (hex) is the SHA-256 of the input, written into `scratch`.
+    pub fn hash_is(&self, hash: &str, scratch: &mut Vec<u8>) -> Result<bool, UnknownHashVersion> {
+        self.write_input(scratch)?;
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(Sha256::digest(&scratch[..]), &mut hex)
+            .expect("a SHA-256 is 32 bytes");
+        Ok(hex.as_slice() == hash.as_bytes())
+    }
+}
+
+impl EventEnvelope {
+    /// The fields the hash covers, with the payload as the stored JSON text `payload_json`.
+    pub fn hash_fields<'a>(&'a self, payload_json: &'a str) -> HashFields<'a> {
+        HashFields {
+            hash_version: self.hash_version,
+            prev_hash: &self.prev_hash,
+            event_id: self.event_id,
+            event_type: &self.event_type,
+            event_version: self.event_version,
+            task_id: &self.task_id,
+            account_id: &self.account_id,
+            sequence: self.sequence,
+            global_position: self.global_position,
+            recorded_at_us: self.recorded_at.timestamp_micros(),
+            actor_account_id: &self.actor.account_id,
+            actor_key_id: self.actor.key_id.as_deref(),
+            actor_scope: self.actor.scope.as_str(),
+            request_id: self.request_id.as_deref(),
+            payload_json,
         }
+    }
+
+    /// The exact bytes whose SHA-256 is `hash`, with the payload as the stored JSON text
+    /// `payload_json`, in the format named by `hash_version` (see [`HashFields`]).
+    pub fn hash_input_of(&self, payload_json: &str) -> Result<Vec<u8>, UnknownHashVersion> {
+        let mut out = Vec::with_capacity(256 + payload_json.len());
+        self.hash_fields(payload_json).write_input(&mut out)?;
         Ok(out)
     }
 
@@ -222,6 +287,73 @@ mod tests {
             input.extend_from_slice(f.as_bytes());
         }
         hex::encode(Sha256::digest(input))
+    }
+
+    /// The v2 input written out independently of the code under test: every field
+    /// length-prefixed, an absent key or request id as the length `u64::MAX` alone.
+    fn v2_input_as_documented(e: &EventEnvelope) -> Vec<u8> {
+        let fields = [
+            Some("taskledger-event-v2".to_string()),
+            Some(e.prev_hash.clone()),
+            Some(e.event_id.to_string()),
+            Some(e.event_type.clone()),
+            Some(e.event_version.to_string()),
+            Some(e.task_id.clone()),
+            Some(e.account_id.clone()),
+            Some(e.sequence.to_string()),
+            Some(e.global_position.to_string()),
+            Some(e.recorded_at.timestamp_micros().to_string()),
+            Some(e.actor.account_id.clone()),
+            e.actor.key_id.clone(),
+            Some(e.actor.scope.as_str().to_string()),
+            e.request_id.clone(),
+            Some(canonical_json(&e.payload)),
+        ];
+        let mut input = Vec::new();
+        for f in fields {
+            match f {
+                Some(f) => {
+                    input.extend_from_slice(&(f.len() as u64).to_be_bytes());
+                    input.extend_from_slice(f.as_bytes());
+                }
+                None => input.extend_from_slice(&u64::MAX.to_be_bytes()),
+            }
+        }
+        input
+    }
+
+    #[test]
+    fn the_v2_input_written_in_place_is_the_documented_one_for_any_number_and_absent_field() {
+        let mut e = envelope(HASH_V2);
+        e.event_id = Uuid::parse_str("0190A1B2-C3D4-7E5F-8012-3456789ABCDE").unwrap();
+        for (sequence, position, micros) in [
+            (1, 1, 0),
+            (i64::MAX, i64::MAX, -1_700_000_000_000_000),
+            (42, 9_999_999_999, 1_700_000_000_123_456),
+        ] {
+            for (key_id, request_id) in [(None, None), (Some("k1"), Some("")), (Some(""), None)] {
+                e.sequence = sequence;
+                e.global_position = position;
+                e.recorded_at = DateTime::from_timestamp_micros(micros).unwrap();
+                e.actor.key_id = key_id.map(str::to_string);
+                e.request_id = request_id.map(str::to_string);
+                let mut reused = b"left over from the last event".to_vec();
+                let payload = canonical_json(&e.payload);
+                e.hash_fields(&payload).write_input(&mut reused).unwrap();
+                assert_eq!(reused, v2_input_as_documented(&e));
+                assert_eq!(e.hash_input().unwrap(), reused);
+                let hash = hex::encode(Sha256::digest(&reused));
+                assert_eq!(
+                    e.hash_fields(&payload).hash_is(&hash, &mut reused),
+                    Ok(true)
+                );
+                assert_eq!(
+                    e.hash_fields(&payload)
+                        .hash_is(&"0".repeat(64), &mut reused),
+                    Ok(false)
+                );
+            }
+        }
     }
 
     #[test]

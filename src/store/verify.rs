@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sqlx::AnyConnection;
-use taskledger_events::{canonical_json, GENESIS_HASH};
+use taskledger_events::{write_canonical_json, HashFields, GENESIS_HASH};
 
 use super::read::{EventRow, EVENT_COLUMNS};
 use super::{Store, StoreError};
@@ -117,6 +117,26 @@ impl ChainPager {
         }
     }
 
+    /// The statement reading the next page: `$1..$5` are from, until, the last task and
+    /// sequence returned, and the page size.
+    fn sql() -> String {
+        format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
+             AND global_position <= $2 AND (task_id, sequence) > ($3, $4) \
+             ORDER BY task_id, sequence LIMIT $5"
+        )
+    }
+
+    /// Moves past the page just read.
+    fn advance(&mut self, rows: &[EventRow]) {
+        match rows.last() {
+            Some(last) if rows.len() as i64 == self.page => {
+                self.after = (last.task_id.clone(), last.sequence);
+            }
+            _ => self.done = true,
+        }
+    }
+
     /// The next page; empty once every event was returned.
     pub(super) async fn next<'e>(
         &mut self,
@@ -125,14 +145,9 @@ impl ChainPager {
         if self.done {
             return Ok(Vec::new());
         }
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE global_position >= $1 \
-             AND global_position <= $2 AND (task_id, sequence) > ($3, $4) \
-             ORDER BY task_id, sequence LIMIT $5"
-        );
         // Planned for these values each time (an unnamed statement): a plan made for any
         // range would not know that the range covers nearly every event, and sort them all.
-        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+        let rows: Vec<EventRow> = sqlx::query_as(&Self::sql())
             .persistent(false)
             .bind(self.from)
             .bind(self.until)
@@ -141,13 +156,43 @@ impl ChainPager {
             .bind(self.page)
             .fetch_all(executor)
             .await?;
-        match rows.last() {
-            Some(last) if rows.len() as i64 == self.page => {
-                self.after = (last.task_id.clone(), last.sequence);
-            }
-            _ => self.done = true,
-        }
+        self.advance(&rows);
         Ok(rows)
+    }
+
+    /// [`ChainPager::next`] through the native PostgreSQL driver: the Any driver converts
+    /// every value of every row into its own representation first, which costs as much as
+    /// checking the event.
+    pub(super) async fn next_native<'e>(
+        &mut self,
+        executor: impl sqlx::Executor<'e, Database = sqlx::Postgres>,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EventRow> = sqlx::query_as(&Self::sql())
+            .persistent(false)
+            .bind(self.from)
+            .bind(self.until)
+            .bind(&self.after.0)
+            .bind(self.after.1)
+            .bind(self.page)
+            .fetch_all(executor)
+            .await?;
+        self.advance(&rows);
+        Ok(rows)
+    }
+
+    /// The next page, natively on PostgreSQL when `native` is given, else through `conn`.
+    pub(super) async fn next_from(
+        &mut self,
+        conn: &mut AnyConnection,
+        native: Option<&mut sqlx::PgConnection>,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        match native {
+            Some(pg) => self.next_native(pg).await,
+            None => self.next(conn).await,
+        }
     }
 }
 
@@ -231,18 +276,32 @@ impl Store {
         walk: Walk<'_, impl Fn(u64)>,
     ) -> Result<(u64, u64), StoreError> {
         let mut pager = ChainPager::new(walk.from, walk.until, VERIFY_PAGE);
+        // On PostgreSQL the pages come through the native driver: every committed position
+        // up to `until` is visible to any connection, so the walk need not share `conn`.
+        let mut native = match &self.native {
+            Some(pool) => Some(pool.acquire().await?),
+            None => None,
+        };
         let mut last: Option<ChainEnd> = None;
         let (mut events, mut tasks) = (0u64, 0u64);
-        let mut page = pager.next(&mut *conn).await?;
+        let mut page = pager.next_from(conn, native.as_deref_mut()).await?;
         while !page.is_empty() {
             // Hash this page on every core while the next one is read.
-            let ((rows, problems), next) = tokio::join!(hash_page(page), pager.next(&mut *conn));
+            let ((rows, problems), next) = tokio::join!(
+                hash_page(page),
+                pager.next_from(conn, native.as_deref_mut())
+            );
             let continuing = last.as_ref().map(|l| l.task_id.as_str());
             let starts = chain_starts(&mut *conn, walk.from, &rows, continuing).await?;
+            // Where the chain stands, borrowed from the page: only the page's last event is
+            // copied out, for the next page.
+            let mut previous = last
+                .as_ref()
+                .map(|l| (l.task_id.as_str(), l.sequence, l.hash.as_str()));
             for (row, problem) in rows.iter().zip(problems) {
                 events += 1;
-                let (last_sequence, last_hash) = match &last {
-                    Some(l) if l.task_id == row.task_id => (l.sequence, l.hash.as_str()),
+                let (last_sequence, last_hash) = match previous {
+                    Some((task, sequence, hash)) if task == row.task_id => (sequence, hash),
                     _ => {
                         tasks += 1;
                         starts
@@ -253,6 +312,9 @@ impl Store {
                 if let Some(failure) = check_link(row, problem, last_sequence, last_hash) {
                     walk.findings.record(failure);
                 }
+                previous = Some((row.task_id.as_str(), row.sequence, row.hash.as_str()));
+            }
+            if let Some(row) = rows.last() {
                 last = Some(ChainEnd {
                     task_id: row.task_id.clone(),
                     sequence: row.sequence,
@@ -509,7 +571,14 @@ fn content_problems(rows: &[EventRow]) -> Vec<Option<String>> {
     std::thread::scope(|s| {
         let workers: Vec<_> = rows
             .chunks(chunk)
-            .map(|part| s.spawn(move || part.iter().map(content_problem).collect::<Vec<_>>()))
+            .map(|part| {
+                s.spawn(move || {
+                    let mut scratch = Scratch::default();
+                    part.iter()
+                        .map(|row| content_problem(row, &mut scratch))
+                        .collect::<Vec<_>>()
+                })
+            })
             .collect();
         workers
             .into_iter()
@@ -518,30 +587,84 @@ fn content_problems(rows: &[EventRow]) -> Vec<Option<String>> {
     })
 }
 
+/// Buffers a hashing worker reuses from one event to the next: the hash input and the
+/// payload written again in canonical form.
+#[derive(Default)]
+struct Scratch {
+    input: Vec<u8>,
+    canonical: Vec<u8>,
+}
+
 /// What is wrong with an event's own content, if anything: it does not decode, its hash is
 /// not the hash of what is stored, or its payload is not in the canonical form every reader
 /// recomputes the hash from.
-fn content_problem(row: &EventRow) -> Option<String> {
-    let mut envelope = match row.envelope() {
-        Ok(e) => e,
-        Err(e) => return Some(format!("does not decode: {e}")),
+///
+/// The row is checked where it lies, not copied into an envelope: the fields are decoded
+/// exactly as [`EventRow::envelope`] decodes them (and fail with its words), and the hash
+/// input is written from them into `scratch`.
+fn content_problem(row: &EventRow, scratch: &mut Scratch) -> Option<String> {
+    let corrupt = |message: String| {
+        let e = StoreError::Corrupt {
+            event_id: row.event_id.clone(),
+            message,
+        };
+        Some(format!("does not decode: {e}"))
+    };
+    let event_id = match uuid::Uuid::parse_str(&row.event_id) {
+        Ok(id) => id,
+        Err(e) => return corrupt(e.to_string()),
+    };
+    let event_version = match u32::try_from(row.event_version) {
+        Ok(v) => v,
+        Err(e) => return corrupt(format!("event_version: {e}")),
+    };
+    if chrono::DateTime::from_timestamp_micros(row.recorded_at_us).is_none() {
+        return corrupt(format!("recorded_at {} out of range", row.recorded_at_us));
+    }
+    let scope = match taskledger_events::Scope::parse(&row.actor_scope) {
+        Ok(scope) => scope,
+        Err(e) => return corrupt(e.to_string()),
+    };
+    let payload: serde_json::Value = match serde_json::from_str(&row.payload) {
+        Ok(payload) => payload,
+        Err(e) => return corrupt(e.to_string()),
+    };
+    let hash_version = match u32::try_from(row.hash_version) {
+        Ok(v) => v,
+        Err(e) => return corrupt(format!("hash_version: {e}")),
     };
     // The hash covers the payload exactly as stored.
-    match envelope.expected_hash_of(&row.payload) {
+    let fields = HashFields {
+        hash_version,
+        prev_hash: &row.prev_hash,
+        event_id,
+        event_type: &row.event_type,
+        event_version,
+        task_id: &row.task_id,
+        account_id: &row.account_id,
+        sequence: row.sequence,
+        global_position: row.global_position,
+        recorded_at_us: row.recorded_at_us,
+        actor_account_id: &row.actor_account_id,
+        actor_key_id: row.actor_key_id.as_deref(),
+        actor_scope: scope.as_str(),
+        request_id: row.request_id.as_deref(),
+        payload_json: &row.payload,
+    };
+    match fields.hash_is(&row.hash, &mut scratch.input) {
         Err(e) => return Some(e.to_string()),
-        Ok(hash) if hash != envelope.hash => {
-            return Some("the stored hash does not match the event's content".into())
-        }
-        Ok(_) => {}
+        Ok(false) => return Some("the stored hash does not match the event's content".into()),
+        Ok(true) => {}
     }
-    if canonical_json(&envelope.payload) != row.payload {
+    scratch.canonical.clear();
+    write_canonical_json(&payload, &mut scratch.canonical);
+    if scratch.canonical != row.payload.as_bytes() {
         return Some(
             "the stored payload is not canonical JSON: readers would hash it differently".into(),
         );
     }
     // The payload is moved, not cloned, into the decoder: it is not needed afterwards.
-    let event_type = std::mem::take(&mut envelope.event_type);
-    taskledger_events::LedgerEvent::decode(&event_type, envelope.event_version, envelope.payload)
+    taskledger_events::LedgerEvent::decode(&row.event_type, event_version, payload)
         .err()
         .map(|e| format!("payload does not decode: {e}"))
 }

@@ -196,6 +196,63 @@ async fn verify_goes_on_past_a_broken_event_and_names_every_one(backend: Backend
     assert!(!report.is_intact());
 }
 
+/// `verify` checks each stored row where it lies (no envelope is built of it): every way a
+/// field can be wrong is still found and named, with the same words, whichever hashing
+/// worker the event falls to.
+async fn verify_names_each_way_a_stored_field_is_wrong_whichever_worker_hashes_it(
+    backend: Backend,
+) {
+    let t = TestLedger::new(backend).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        tasks.push(t.create(None).await);
+    }
+    // Position 7: the last event of the first task, so its successor cannot break too.
+    set_metadata(&t, &tasks[0], r#"{"a": 1}"#).await;
+    let events = t.store.events_after(0, 10, None).await.unwrap();
+    let last = &events[6];
+    // The same payload, stored with a space, and hashed as stored: only its form is wrong.
+    let spaced = r#"{"metadata": {"a":1}}"#;
+    let spaced_hash = hex::encode(Sha256::digest(last.hash_input_of(spaced).unwrap()));
+    let rehash = format!(
+        "UPDATE events SET payload = '{spaced}', hash = '{spaced_hash}' WHERE global_position = 7"
+    );
+    behind_the_ledgers_back(
+        &t.db,
+        &t.store,
+        &[
+            "UPDATE events SET actor_scope = 'admin' WHERE global_position = 1",
+            "UPDATE events SET payload = '{\"metadata\":' WHERE global_position = 2",
+            "UPDATE events SET hash_version = 9 WHERE global_position = 4",
+            "UPDATE events SET event_id = 'not-a-uuid' WHERE global_position = 5",
+            "UPDATE events SET recorded_at_us = 9223372036854775807 WHERE global_position = 6",
+            &rehash,
+        ],
+    )
+    .await;
+    let report = t.store.verify(|_| {}).await.unwrap();
+    assert_eq!(report.events, 7);
+    let reasons: Vec<(i64, &str)> = report
+        .failures
+        .iter()
+        .map(|f| (f.global_position, f.reason.as_str()))
+        .collect();
+    assert_eq!(report.broken, 6, "{reasons:?}");
+    let expected = [
+        (1, "does not decode"),
+        (2, "does not decode"),
+        (4, "unknown hash version 9"),
+        (5, "does not decode"),
+        (6, "out of range"),
+        (7, "the stored payload is not canonical JSON"),
+    ];
+    for ((position, reason), (want_position, want)) in reasons.iter().zip(expected) {
+        assert_eq!(*position, want_position, "{reasons:?}");
+        assert!(reason.contains(want), "position {position}: {reason}");
+    }
+    assert_eq!(report.failures[0].task_id, tasks[0].as_str());
+}
+
 async fn verify_counts_every_broken_event_but_names_only_the_first_hundred(backend: Backend) {
     let t = TestLedger::new(backend).await;
     let ctx = t.customer();
@@ -490,6 +547,7 @@ on_both_backends!(
     any_json_goes_through_store_read_verify_and_fold_unchanged,
     verify_goes_on_past_a_broken_event_and_names_every_one,
     verify_counts_every_broken_event_but_names_only_the_first_hundred,
+    verify_names_each_way_a_stored_field_is_wrong_whichever_worker_hashes_it,
     an_event_written_by_the_previous_release_verifies_after_the_upgrade,
     new_events_record_the_current_hash_version_and_the_payload_text_hashed,
     a_tag_given_twice_is_stored_once_alone_and_in_a_batch,

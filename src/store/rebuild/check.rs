@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use sqlx::AnyConnection;
 
 use super::fold::{fold_tasks, Folded, WholeTasks};
-use super::{bind_all, placeholders, RebuildReport, IDS_PER_STATEMENT, LIVE, REPLAY_PAGE};
+use super::{RebuildReport, IDS_PER_STATEMENT, LIVE, REPLAY_PAGE};
 use crate::store::counts::counts_of;
 use crate::store::projection::{TaskRow, TASK_COLUMNS};
 use crate::store::verify::ChainPager;
@@ -18,10 +18,23 @@ impl Store {
     ) -> Result<RebuildReport, StoreError> {
         // One snapshot for events and projections alike, without holding writers up.
         let mut tx = self.pool.begin().await?;
+        let mut native = None;
         if self.backend == Backend::Postgres {
             sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 .execute(&mut *tx)
                 .await?;
+            if let Some(pool) = &self.native {
+                // Two native connections share this snapshot: one reads the events while the
+                // other reads the stored projections, and neither pays the Any driver's
+                // conversion of every value.
+                let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                native = Some((
+                    on_snapshot(pool, &snapshot).await?,
+                    on_snapshot(pool, &snapshot).await?,
+                ));
+            }
         }
         let head: i64 = sqlx::query_scalar("SELECT last_position FROM ledger_head WHERE id = 1")
             .fetch_one(&mut *tx)
@@ -29,24 +42,80 @@ impl Store {
         let mut report = RebuildReport::default();
         let mut pager = ChainPager::new(1, head, REPLAY_PAGE);
         let mut whole = WholeTasks::default();
-        let mut page = pager.next(&mut *tx).await?;
-        loop {
-            let end = page.is_empty();
-            let rows = whole.take(page, end);
-            report.events += rows.len() as u64;
-            // Fold this page while the next one is read.
-            let (done, next) = if end {
-                (fold_tasks(rows).await, Ok(Vec::new()))
-            } else {
-                tokio::join!(fold_tasks(rows), pager.next(&mut *tx))
-            };
-            report.tasks += done.len() as u64;
-            compare(&mut tx, &done, &mut report.mismatches).await?;
-            progress(report.events);
-            if end {
-                break;
+        // The last task id compared: the next comparison reads the stored rows after it.
+        let mut compared = String::new();
+        match native {
+            Some((mut events, mut stored)) => {
+                // Three stages at once: the next page is read while this one is folded and
+                // the page folded before it is compared.
+                let mut page = pager.next_native(&mut *events).await?;
+                let mut folded: Vec<Folded> = Vec::new();
+                loop {
+                    let end = page.is_empty();
+                    let rows = whole.take(page, end);
+                    report.events += rows.len() as u64;
+                    let (done, next, checked) = tokio::join!(
+                        fold_tasks(rows),
+                        async {
+                            if end {
+                                Ok(Vec::new())
+                            } else {
+                                pager.next_native(&mut *events).await
+                            }
+                        },
+                        compare(
+                            Projections::Native(&mut stored),
+                            &mut compared,
+                            &folded,
+                            &mut report.mismatches
+                        )
+                    );
+                    checked?;
+                    report.tasks += done.len() as u64;
+                    folded = done;
+                    progress(report.events);
+                    if end {
+                        compare(
+                            Projections::Native(&mut stored),
+                            &mut compared,
+                            &folded,
+                            &mut report.mismatches,
+                        )
+                        .await?;
+                        break;
+                    }
+                    page = next?;
+                }
+                events.rollback().await?;
+                stored.rollback().await?;
             }
-            page = next?;
+            None => {
+                let mut page = pager.next(&mut *tx).await?;
+                loop {
+                    let end = page.is_empty();
+                    let rows = whole.take(page, end);
+                    report.events += rows.len() as u64;
+                    // Fold this page while the next one is read.
+                    let (done, next) = if end {
+                        (fold_tasks(rows).await, Ok(Vec::new()))
+                    } else {
+                        tokio::join!(fold_tasks(rows), pager.next(&mut *tx))
+                    };
+                    report.tasks += done.len() as u64;
+                    compare(
+                        Projections::Any(&mut tx),
+                        &mut compared,
+                        &done,
+                        &mut report.mismatches,
+                    )
+                    .await?;
+                    progress(report.events);
+                    if end {
+                        break;
+                    }
+                    page = next?;
+                }
+            }
         }
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
             .fetch_one(&mut *tx)
@@ -63,30 +132,73 @@ impl Store {
     }
 }
 
-/// Compares folded tasks with the stored projections (`LIVE`), a page of tasks per query.
+/// A native read-only transaction on the snapshot another transaction exported.
+async fn on_snapshot(
+    pool: &sqlx::PgPool,
+    snapshot: &str,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    // The identifier comes from the server (hex digits and dashes); SET takes no parameters.
+    if !snapshot.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(StoreError::Corrupt {
+            event_id: String::new(),
+            message: format!("unexpected snapshot identifier {snapshot:?}"),
+        });
+    }
+    sqlx::raw_sql(&format!("SET TRANSACTION SNAPSHOT '{snapshot}'"))
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
+/// Where the stored projections are read: the Any connection, or on PostgreSQL a native one.
+enum Projections<'c> {
+    Any(&'c mut AnyConnection),
+    Native(&'c mut sqlx::PgConnection),
+}
+
+/// `query_as($sql)` with each of the binds, fetched on either kind of connection: the
+/// statement and binds are the same, only the driver differs.
+macro_rules! fetch_all {
+    ($conn:expr, $sql:expr, $($bind:expr),*) => {
+        match $conn {
+            Projections::Any(c) => {
+                sqlx::query_as($sql)$(.bind($bind))*.fetch_all(&mut **c).await?
+            }
+            Projections::Native(c) => {
+                sqlx::query_as($sql)$(.bind($bind))*.fetch_all(&mut **c).await?
+            }
+        }
+    };
+}
+
+/// Compares folded tasks with the stored projections (`LIVE`). The tasks come in the
+/// database's task order, so each chunk's stored rows are one range of task ids, read on
+/// the primary key and the task indexes: after the last task compared (`compared`, moved
+/// on here) up to the chunk's last. A stored row in a range without events is not named
+/// here: the count of task views tells it.
 async fn compare(
-    conn: &mut AnyConnection,
+    mut conn: Projections<'_>,
+    compared: &mut String,
     done: &[Folded],
     mismatches: &mut Vec<String>,
 ) -> Result<(), StoreError> {
+    let range = "task_id > $1 AND task_id <= $2";
     for chunk in done.chunks(IDS_PER_STATEMENT) {
-        let ids: Vec<&str> = chunk.iter().map(|f| f.task_id.as_str()).collect();
-        let list = placeholders(1, ids.len());
-        let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN ({list})");
-        let rows: Vec<TaskRow> = bind_all(sqlx::query(&sql), &ids)
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(sqlx::FromRow::from_row)
-            .collect::<Result<_, _>>()?;
+        let Some(last) = chunk.last() else { continue };
+        let (after, until) = (compared.as_str(), last.task_id.as_str());
+        let sql = format!("SELECT {TASK_COLUMNS} FROM {} WHERE {range}", LIVE.tasks);
+        let rows: Vec<TaskRow> = fetch_all!(&mut conn, &sql, after, until);
         let rows: HashMap<&str, &TaskRow> = rows.iter().map(|r| (r.task_id.as_str(), r)).collect();
-        let sql =
-            format!("SELECT task_id, account_id, tag, created_at_us FROM task_tags WHERE task_id IN ({list})");
-        let tag_rows: Vec<(String, String, String, i64)> = ids
-            .iter()
-            .fold(sqlx::query_as(&sql), |q, id| q.bind(*id))
-            .fetch_all(&mut *conn)
-            .await?;
+        let sql = format!(
+            "SELECT task_id, account_id, tag, created_at_us FROM {} WHERE {range}",
+            LIVE.tags
+        );
+        let tag_rows: Vec<(String, String, String, i64)> =
+            fetch_all!(&mut conn, &sql, after, until);
         let mut tags: HashMap<(&str, &str), HashSet<(&str, i64)>> = HashMap::new();
         for (task, account, tag, created) in &tag_rows {
             tags.entry((task.as_str(), account.as_str()))
@@ -94,13 +206,11 @@ async fn compare(
                 .insert((tag.as_str(), *created));
         }
         let sql = format!(
-            "SELECT task_id, account_id, unique_id FROM unique_ids WHERE task_id IN ({list})"
+            "SELECT task_id, account_id, unique_id FROM {} WHERE {range}",
+            LIVE.unique_ids
         );
-        let reserved_rows: Vec<(String, String, String)> = ids
-            .iter()
-            .fold(sqlx::query_as(&sql), |q, id| q.bind(*id))
-            .fetch_all(&mut *conn)
-            .await?;
+        let reserved_rows: Vec<(String, String, String)> =
+            fetch_all!(&mut conn, &sql, after, until);
         let mut reserved: HashMap<(&str, &str), Vec<&str>> = HashMap::new();
         for (task, account, unique_id) in &reserved_rows {
             reserved
@@ -135,6 +245,7 @@ async fn compare(
                 mismatches.push(task.task_id.clone());
             }
         }
+        compared.clone_from(&last.task_id);
     }
     Ok(())
 }

@@ -33,6 +33,8 @@ impl Store {
         &self,
         progress: &impl Fn(u64),
     ) -> Result<RebuildReport, StoreError> {
+        // Each phase's time is logged (debug): where a slow rebuild spends it.
+        let started = std::time::Instant::now();
         let mut conn = self.pool.acquire().await?;
         clear(&mut conn, self.backend).await?;
         // Rows load faster into tables without their secondary indexes; they are built
@@ -50,53 +52,68 @@ impl Store {
         let mut pager = ChainPager::new(1, snapshot, REPLAY_PAGE);
         let mut whole = WholeTasks::default();
         let mut page = pager.next(&mut *conn).await?;
+        // The tasks folded from the previous page, written while this one is folded.
+        let mut folded: Vec<Folded> = Vec::new();
         loop {
             let end = page.is_empty();
             let rows = whole.take(page, end);
             report.events += rows.len() as u64;
-            let done = fold_tasks(rows).await;
-            report.tasks += done.len() as u64;
+            let next = if let Some(native) = &self.native {
+                // Three stages at once on PostgreSQL: the next page is read on a connection
+                // of its own (through the native driver: the Any driver would convert every
+                // value first) while this page is folded and the previous one written.
+                let (done, written, next) = tokio::join!(
+                    fold_tasks(rows),
+                    write_tasks(
+                        &mut conn,
+                        SHADOW,
+                        &folded,
+                        &mut report.mismatches,
+                        Some(native)
+                    ),
+                    async {
+                        if end {
+                            Ok(Vec::new())
+                        } else {
+                            pager.next_native(native).await
+                        }
+                    }
+                );
+                written?;
+                report.tasks += done.len() as u64;
+                folded = done;
+                next
+            } else {
+                let done = fold_tasks(rows).await;
+                report.tasks += done.len() as u64;
+                if end {
+                    folded = done;
+                    Ok(Vec::new())
+                } else {
+                    write_tasks(&mut conn, SHADOW, &done, &mut report.mismatches, None).await?;
+                    pager.next(&mut *conn).await
+                }
+            };
             if end {
                 write_tasks(
                     &mut conn,
                     SHADOW,
-                    &done,
+                    &folded,
                     &mut report.mismatches,
                     self.native.as_ref(),
                 )
                 .await?;
                 break;
             }
-            let next = if self.backend == Backend::Postgres {
-                // Read the next page on another connection while this one is written.
-                let (written, next) = tokio::join!(
-                    write_tasks(
-                        &mut conn,
-                        SHADOW,
-                        &done,
-                        &mut report.mismatches,
-                        self.native.as_ref()
-                    ),
-                    pager.next(&self.pool)
-                );
-                written?;
-                next
-            } else {
-                write_tasks(
-                    &mut conn,
-                    SHADOW,
-                    &done,
-                    &mut report.mismatches,
-                    self.native.as_ref(),
-                )
-                .await?;
-                pager.next(&mut *conn).await
-            };
             progress(report.events);
             page = next?;
         }
+        let events = report.events;
+        tracing::debug!(events, elapsed = ?started.elapsed(), "replay: shadow written");
         fill_counts(&mut conn, SHADOW.tasks, SHADOW.tags, SHADOW.counts).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "replay: counts filled");
         build_secondary_indexes(self, &mut conn).await?;
+        tracing::debug!(elapsed = ?started.elapsed(), "replay: indexes built");
         if self.backend == Backend::Postgres {
             // Statistics belong to the table: the planner must know the shadow's before it
             // serves lists.
@@ -107,6 +124,7 @@ impl Store {
             }
         }
         progress(report.events);
+        tracing::debug!(elapsed = ?started.elapsed(), "replay: shadow analyzed");
 
         let mut caught_up = snapshot;
         loop {
@@ -119,6 +137,8 @@ impl Store {
             progress(report.events);
         }
         drop(conn);
+        let events = report.events;
+        tracing::debug!(events, elapsed = ?started.elapsed(), "replay: caught up");
 
         // The last stretch and the swap under the ledger head: appends wait meanwhile, so
         // nothing is committed between the last event caught up and the swap.
@@ -127,6 +147,8 @@ impl Store {
         catch_up(tx.conn(), caught_up, head, &mut report).await?;
         swap(tx.conn(), self.backend).await?;
         tx.commit().await?;
+        let events = report.events;
+        tracing::debug!(events, elapsed = ?started.elapsed(), "replay: swapped in");
         // The shadow now holds the old projections.
         let mut conn = self.pool.acquire().await?;
         clear(&mut conn, self.backend).await?;
