@@ -68,27 +68,36 @@ impl TailRow {
     }
 }
 
+/// [`Store::task_tail`]'s statement. The events' lower bound is an uncorrelated subquery
+/// (evaluated once, before the scan), not the joined snapshot row: the bound is then part of
+/// the index condition on `(task_id, sequence)` whatever plan is chosen. Joined, it could end
+/// up a join filter applied after an index scan on `task_id` alone, which reads the task's
+/// whole history; PostgreSQL chose that plan whenever its statistics dated from before the
+/// task grew (it then expects about one event per task, as in any large ledger), and a
+/// command on a 10,000-event task read all of them to keep a few dozen.
+const TAIL_SQL: &str = "SELECT s.sequence AS snapshot_sequence, \
+     CASE WHEN e.sequence IS NULL OR e.sequence = s.sequence + 1 THEN s.state END \
+       AS snapshot_state, \
+     e.global_position, e.event_id, e.task_id, e.account_id, e.sequence, e.event_type, \
+     e.event_version, e.payload, e.recorded_at_us, e.actor_account_id, e.actor_key_id, \
+     e.actor_scope, e.request_id, e.prev_hash, e.hash, e.hash_version \
+     FROM (SELECT CAST($1 AS TEXT) AS task_id) k \
+     LEFT JOIN task_snapshots s ON s.task_id = k.task_id AND s.account_id = $2 \
+     LEFT JOIN events e ON e.task_id = k.task_id AND e.account_id = $2 \
+       AND e.sequence > COALESCE((SELECT b.sequence FROM task_snapshots b \
+         WHERE b.task_id = $1 AND b.account_id = $2), 0) \
+     ORDER BY e.sequence";
+
 impl Store {
     /// The task's newest snapshot and the events after it, in one indexed read whatever the
-    /// length of the history. The snapshot's text rides on the first row only.
+    /// length of the history (see [`TAIL_SQL`]). The snapshot's text rides on the first row
+    /// only.
     pub async fn task_tail(&self, account_id: &str, task_id: &str) -> Result<TaskTail, StoreError> {
-        let rows: Vec<TailRow> = sqlx::query_as(
-            "SELECT s.sequence AS snapshot_sequence, \
-             CASE WHEN e.sequence IS NULL OR e.sequence = s.sequence + 1 THEN s.state END \
-               AS snapshot_state, \
-             e.global_position, e.event_id, e.task_id, e.account_id, e.sequence, e.event_type, \
-             e.event_version, e.payload, e.recorded_at_us, e.actor_account_id, e.actor_key_id, \
-             e.actor_scope, e.request_id, e.prev_hash, e.hash, e.hash_version \
-             FROM (SELECT CAST($1 AS TEXT) AS task_id) k \
-             LEFT JOIN task_snapshots s ON s.task_id = k.task_id AND s.account_id = $2 \
-             LEFT JOIN events e ON e.task_id = k.task_id AND e.account_id = $2 \
-               AND e.sequence > COALESCE(s.sequence, 0) \
-             ORDER BY e.sequence",
-        )
-        .bind(task_id)
-        .bind(account_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows: Vec<TailRow> = sqlx::query_as(TAIL_SQL)
+            .bind(task_id)
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await?;
         let mut tail = TaskTail::default();
         for row in rows {
             if let (Some(sequence), Some(state)) = (row.snapshot_sequence, &row.snapshot_state) {
@@ -99,6 +108,35 @@ impl Store {
             }
         }
         Ok(tail)
+    }
+
+    /// How the database runs [`Store::task_tail`] for the task, one line per step: on
+    /// PostgreSQL the statement is run under `EXPLAIN ANALYZE`, so each step shows the rows it
+    /// produced and the rows it read only to drop them; on SQLite, `EXPLAIN QUERY PLAN` (each
+    /// index search with its constraints). What the tests check that a command reads a bounded
+    /// part of a long task's history with, whatever the statistics.
+    pub async fn task_tail_plan(
+        &self,
+        account_id: &str,
+        task_id: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let explain = match self.backend {
+            super::Backend::Postgres => "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)",
+            super::Backend::Sqlite => "EXPLAIN QUERY PLAN",
+        };
+        let rows = sqlx::query(&format!("{explain} {TAIL_SQL}"))
+            .bind(task_id)
+            .bind(account_id)
+            .fetch_all(&self.pool)
+            .await?;
+        use sqlx::Row;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                let last = row.len() - 1;
+                row.try_get::<String, _>(last).unwrap_or_default()
+            })
+            .collect())
     }
 
     /// Keeps `state` as the task's snapshot at `sequence`, unless a newer one is kept already;
