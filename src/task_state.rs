@@ -106,6 +106,34 @@ impl TaskStates {
 }
 
 impl TaskStates {
+    /// The task object after `event`, one of a task's events, folded as
+    /// [`TaskStates::after_each`] folds a task it has not kept: from the task's newest
+    /// snapshot before the event and the events between, a page at a time, so what it costs
+    /// does not grow with the task's history. `None` if the history does not decode or fold
+    /// up to the event.
+    pub async fn view_after(
+        store: &Store,
+        event: &EventEnvelope,
+    ) -> Result<Option<TaskView>, StoreError> {
+        let task = event.task_id.as_str();
+        let mut folding: HashMap<&str, Folding> = HashMap::new();
+        if event.sequence <= 1 {
+            folding.insert(task, Folding::View(None, 0));
+        } else {
+            TaskStates::default()
+                .catch_up(store, &[(task, event.sequence)], &mut folding)
+                .await?;
+        }
+        let Some(state) = folding.get_mut(task) else {
+            return Ok(None);
+        };
+        step(state, event);
+        Ok(match folding.remove(task) {
+            Some(Folding::View(Some(view), _)) => Some(*view),
+            _ => None,
+        })
+    }
+
     /// Brings each of `unknown` (a task and the sequence of its first event in the batch)
     /// to its view just before that event: from the task's newest snapshot before that event
     /// (of the two the ledger keeps), so only the events after it are read, else from the

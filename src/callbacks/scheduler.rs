@@ -8,10 +8,9 @@
 //! Either way the checkpoint moves on. Only a store that is unavailable makes it wait and
 //! read the same events again (scheduling is idempotent).
 
-use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use taskledger_events::{AuditSource, EventEnvelope, TaskEvent};
-use taskledger_projections::{fold_all, TaskView};
+use taskledger_projections::TaskView;
 
 use super::{record, Recorded};
 use crate::domain::TaskAction;
@@ -19,6 +18,7 @@ use crate::follower::Follower;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::store::{Delivery, Store, StoreError};
+use crate::task_state::TaskStates;
 
 const READER: &str = "callbacks";
 const BATCH: i64 = 200;
@@ -225,45 +225,24 @@ impl Scheduler {
     }
 
     /// The task as of `envelope`, or `None` (logged and counted) when its history cannot be
-    /// decoded or folded.
+    /// decoded or folded. Folded from the task's newest snapshot before the event, as the
+    /// relay folds task states: the completion of a task with a long history costs what a
+    /// short one's does, and never holds that history in memory.
     async fn task_as_of(&self, envelope: &EventEnvelope) -> Result<Option<TaskView>, Unavailable> {
-        let history = match self
-            .store()
-            // Nothing recorded after this event is needed to fold the task as of it.
-            .task_events(
-                &envelope.account_id,
-                &envelope.task_id,
-                Some(envelope.recorded_at.timestamp_micros()),
-            )
-            .await
-        {
-            Ok(history) => history,
-            Err(e @ StoreError::Corrupt { .. }) => {
-                self.undecodable(envelope, &e.to_string());
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut upto: Vec<(DateTime<Utc>, TaskEvent)> = Vec::new();
-        for e in history.iter().filter(|e| e.sequence <= envelope.sequence) {
-            match e.event() {
-                Ok(event) => upto.push((e.recorded_at, event)),
-                Err(error) => {
-                    self.undecodable(e, &error.to_string());
-                    return Ok(None);
-                }
-            }
-        }
-        match fold_all(&envelope.task_id, upto.iter().map(|(t, e)| (*t, e))) {
+        match TaskStates::view_after(self.store(), envelope).await {
             Ok(Some(view)) => Ok(Some(view)),
             Ok(None) => {
-                self.undecodable(envelope, "the task's history has no creation");
+                self.undecodable(
+                    envelope,
+                    "the task's history does not decode or fold up to this event",
+                );
                 Ok(None)
             }
-            Err(e) => {
+            Err(e @ StoreError::Corrupt { .. }) => {
                 self.undecodable(envelope, &e.to_string());
                 Ok(None)
             }
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -768,7 +768,11 @@ async fn a_tree_behind_its_events_catches_up_on_the_accounts_next_append(backend
             .await
             .unwrap()
     };
-    assert_eq!(nodes(t.store.clone()).await, 0, "36 events, no block stored");
+    assert_eq!(
+        nodes(t.store.clone()).await,
+        0,
+        "36 events, no block stored"
+    );
     let results = t
         .store
         .commit_batch(vec![new_task_write(&t.account_id)])
