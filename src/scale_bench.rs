@@ -262,14 +262,15 @@ fn filters(
 }
 
 /// Median latency of the first page and of the next page (its `next_token`), each asked
-/// `repeats` times in a row.
+/// `repeats` times in a row, `limit` tasks a page.
 async fn page_latencies(
     http: &Http,
     query: &[(&'static str, String)],
+    limit: i64,
     repeats: usize,
 ) -> anyhow::Result<(Duration, Option<Duration>, i64)> {
     let mut query: Vec<(&str, String)> = query.to_vec();
-    query.push(("limit", "100".into()));
+    query.push(("limit", limit.to_string()));
     let mut first = Vec::new();
     let mut page = Value::Null;
     for _ in 0..repeats {
@@ -296,13 +297,28 @@ async fn page_latencies(
     Ok((median(first), Some(median(next)), total))
 }
 
-type Pages = Vec<(&'static str, Duration, Option<Duration>, i64)>;
+/// Per filter: its name, first and next page latencies, total, and the page size asked.
+type Pages = Vec<(&'static str, Duration, Option<Duration>, i64, i64)>;
 
-async fn all_pages(http: &Http, from: DateTime<Utc>, to: DateTime<Utc>) -> anyhow::Result<Pages> {
+/// Tasks a page, unless a filter matches fewer on the small ledger.
+const PAGE: i64 = 100;
+
+/// Every filter's pages. `like` (the small ledger's pages) sets each filter's page size to
+/// what its page held there, so that both ledgers' pages return as many tasks: a filter that
+/// matches 10 tasks of 1,000 is compared on pages of 10, not on 10 against 100.
+async fn all_pages(
+    http: &Http,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    like: Option<&Pages>,
+) -> anyhow::Result<Pages> {
     let mut out = Vec::new();
-    for (name, query) in filters(from, to) {
-        let (first, next, total) = page_latencies(http, &query, 15).await?;
-        out.push((name, first, next, total));
+    for (i, (name, query)) in filters(from, to).into_iter().enumerate() {
+        let limit = like
+            .and_then(|pages| pages.get(i))
+            .map_or(PAGE, |p| p.3.clamp(1, PAGE));
+        let (first, next, total) = page_latencies(http, &query, limit, 15).await?;
+        out.push((name, first, next, total, limit));
     }
     Ok(out)
 }
@@ -663,14 +679,14 @@ pub async fn run(db: &DatabaseSettings, s: &ScaleSettings) -> anyhow::Result<Vec
     let from = Utc::now();
     fill(&ledger, &actors, 0, s.small_tasks).await?;
     analyze(&store).await?;
-    let small = all_pages(&http, from, Utc::now()).await?;
+    let small = all_pages(&http, from, Utc::now(), None).await?;
     let filled = fill(&ledger, &actors, s.small_tasks, s.tasks).await?;
     analyze(&store).await?;
-    let large = all_pages(&http, from, Utc::now()).await?;
-    for ((name, f1, n1, t1), (_, f2, n2, t2)) in small.iter().zip(&large) {
+    let large = all_pages(&http, from, Utc::now(), Some(&small)).await?;
+    for ((name, f1, n1, t1, _), (_, f2, n2, t2, limit)) in small.iter().zip(&large) {
         let ratio = |a: Duration, b: Duration| format!("{:.2}", b.as_secs_f64() / a.as_secs_f64());
         figure(
-            format!("list, {name}, first page (total {t1} / {t2})"),
+            format!("list, {name}, first page of {limit} (total {t1} / {t2})"),
             ms(*f1),
             ms(*f2),
             ratio(*f1, *f2),

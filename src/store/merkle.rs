@@ -596,16 +596,29 @@ impl Store {
     /// The leaves of the block that starts after global position `after`: the hashes of the
     /// account's next [`BLOCK_LEAVES`] events (fewer for the block not yet complete).
     async fn block_leaves(&self, account_id: &str, after: i64) -> Result<Vec<Hash>, StoreError> {
-        let hashes: Vec<String> = sqlx::query_scalar(
-            "SELECT hash FROM events WHERE account_id = $1 AND global_position > $2 \
-             ORDER BY global_position LIMIT $3",
+        self.block_events(account_id, after)
+            .await?
+            .iter()
+            .map(|(_, hash)| leaf_of(account_id, hash))
+            .collect()
+    }
+
+    /// The global positions and hashes of the events of the block that starts after global
+    /// position `after`.
+    async fn block_events(
+        &self,
+        account_id: &str,
+        after: i64,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(sqlx::query_as(
+            "SELECT global_position, hash FROM events WHERE account_id = $1 \
+             AND global_position > $2 ORDER BY global_position LIMIT $3",
         )
         .bind(account_id)
         .bind(after)
         .bind(BLOCK_LEAVES as i64)
         .fetch_all(&self.pool)
-        .await?;
-        hashes.iter().map(|h| leaf_of(account_id, h)).collect()
+        .await?)
     }
 
     /// The leaf index and global position of one of the account's events, if it is in the
@@ -670,18 +683,10 @@ impl Store {
                 .ok_or_else(|| corrupt_tree(account_id, "a stored node is missing"))?
                 .1;
         }
-        let positions: Vec<i64> = sqlx::query_scalar(
-            "SELECT global_position FROM events WHERE account_id = $1 AND global_position > $2 \
-             ORDER BY global_position LIMIT $3",
-        )
-        .bind(account_id)
-        .bind(before)
-        .bind(BLOCK_LEAVES as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(positions
+        let block_events = self.block_events(account_id, before).await?;
+        Ok(block_events
             .iter()
-            .position(|p| *p == position)
+            .position(|(p, _)| *p == position)
             .map(|offset| block * BLOCK_LEAVES + offset as u64)
             .filter(|leaf| *leaf < size)
             .map(|leaf| (leaf, position)))

@@ -521,6 +521,28 @@ async fn behind_the_ledgers_back(t: &TestLedger, statements: &[(&str, Vec<Value>
     }
 }
 
+/// Rewrites a task's last event (its metadata forged) and recomputes its hash, so that its
+/// task's chain still holds and plain `verify` passes, as someone with write access could.
+async fn forge_and_rehash(t: &TestLedger, target: &mut EventEnvelope) {
+    target.payload = json!({"metadata": {"x": "forged"}});
+    let payload = canonical_json(&target.payload);
+    let hash = target.expected_hash_of(&payload).unwrap();
+    behind_the_ledgers_back(
+        t,
+        &[(
+            "UPDATE events SET payload = $1, hash = $2 WHERE global_position = $3",
+            vec![json!(payload), json!(hash), json!(target.global_position)],
+        )],
+    )
+    .await;
+    let plain = taskledger(&t.db.url, &["verify"]);
+    assert!(
+        plain.status.success(),
+        "plain verify passes: {}",
+        stdout(&plain)
+    );
+}
+
 async fn verify_digest_catches_a_truncated_log_that_plain_verify_passes(backend: Backend) {
     let (t, dir, saved) = digested_ledger(backend).await;
     let key_file = dir.path().join("signing-key.json");
@@ -567,23 +589,7 @@ async fn verify_digest_catches_a_rewritten_and_rehashed_tail(backend: Backend) {
         .find(|e| e.event_type == "TaskMetadataSet")
         .unwrap()
         .clone();
-    target.payload = json!({"metadata": {"x": "forged"}});
-    let payload = canonical_json(&target.payload);
-    let hash = target.expected_hash_of(&payload).unwrap();
-    behind_the_ledgers_back(
-        &t,
-        &[(
-            "UPDATE events SET payload = $1, hash = $2 WHERE global_position = $3",
-            vec![json!(payload), json!(hash), json!(target.global_position)],
-        )],
-    )
-    .await;
-    let plain = taskledger(&t.db.url, &["verify"]);
-    assert!(
-        plain.status.success(),
-        "plain verify passes: {}",
-        stdout(&plain)
-    );
+    forge_and_rehash(&t, &mut target).await;
     let caught = run(
         &t.db,
         &key_file,
@@ -630,24 +636,7 @@ async fn verify_digest_names_the_block_of_an_event_rewritten_deep_in_the_log(bac
         .map(|(i, e)| (i, e.clone()))
         .unwrap();
     assert!(leaf < 16, "leaf {leaf}");
-    let mut forged = target.clone();
-    forged.payload = json!({"metadata": {"x": "forged"}});
-    let payload = canonical_json(&forged.payload);
-    let hash = forged.expected_hash_of(&payload).unwrap();
-    behind_the_ledgers_back(
-        &t,
-        &[(
-            "UPDATE events SET payload = $1, hash = $2 WHERE global_position = $3",
-            vec![json!(payload), json!(hash), json!(target.global_position)],
-        )],
-    )
-    .await;
-    let plain = taskledger(&t.db.url, &["verify"]);
-    assert!(
-        plain.status.success(),
-        "plain verify passes: {}",
-        stdout(&plain)
-    );
+    forge_and_rehash(&t, &mut target.clone()).await;
     let recomputed = t.store.recompute_tree(&t.account_id, 0).await.unwrap();
     let changed = recomputed
         .first_changed_leaves

@@ -32,15 +32,15 @@ async fn bench_scale_prints_every_figure_beside_its_anchor_and_leaves_the_ledger
         String::from_utf8_lossy(&out.stderr)
     );
     let mut figures = vec![
-        "| list, no filter, first page (total 120 / 260) |",
+        "| list, no filter, first page of 100 (total 120 / 260) |",
         "| list, no filter, next page |",
-        "| list, status, first page (total 12 / 26) |",
-        "| list, type, first page (total 120 / 260) |",
-        "| list, project, first page (total 12 / 26) |",
-        "| list, batch, first page (total 2 / 3) |",
-        "| list, customer_review_status, first page (total 6 / 13) |",
-        "| list, time range, first page (total 120 / 260) |",
-        "| list, tags, first page (total 24 / 52) |",
+        "| list, status, first page of 12 (total 12 / 26) |",
+        "| list, type, first page of 100 (total 120 / 260) |",
+        "| list, project, first page of 12 (total 12 / 26) |",
+        "| list, batch, first page of 2 (total 2 / 3) |",
+        "| list, customer_review_status, first page of 6 (total 6 / 13) |",
+        "| list, time range, first page of 100 (total 120 / 260) |",
+        "| list, tags, first page of 24 (total 24 / 52) |",
         "| ceiling: creations in-process, 64 clients vs one-row transactions |",
         "| single-client create, in-process vs one-row transactions |",
         "| HTTP create, 4 clients vs one-row transactions",
