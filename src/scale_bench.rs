@@ -643,7 +643,9 @@ async fn relay_backlog(store: &Store, brokers: &str) -> anyhow::Result<(u64, Dur
 /// while the next figures are taken, and whichever figure met it would carry its cost.
 async fn analyze(store: &Store) -> anyhow::Result<()> {
     if store.backend() == Backend::Postgres {
-        sqlx::query("VACUUM (ANALYZE)").execute(store.pool()).await?;
+        sqlx::query("VACUUM (ANALYZE)")
+            .execute(store.pool())
+            .await?;
     }
     Ok(())
 }
