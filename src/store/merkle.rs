@@ -56,6 +56,32 @@ fn leaf_of(account_id: &str, hash: &str) -> Result<Hash, StoreError> {
     event_leaf_hash(hash).map_err(|e| corrupt_tree(account_id, e))
 }
 
+/// Appends one event's leaf to `frontier`, adding to `nodes` the stored subtrees it completes
+/// (`scratch` takes every subtree it completes, stored or not).
+fn push_leaf<'a>(
+    frontier: &mut Frontier,
+    account_id: &'a str,
+    position: i64,
+    hash: &str,
+    scratch: &mut Vec<(NodeId, Hash)>,
+    nodes: &mut Vec<NewNode<'a>>,
+) -> Result<(), StoreError> {
+    scratch.clear();
+    frontier.push(leaf_of(account_id, hash)?, scratch);
+    nodes.extend(
+        scratch
+            .iter()
+            .filter(|(id, _)| is_stored(*id))
+            .map(|(id, hash)| NewNode {
+                account_id,
+                id: *id,
+                hash: *hash,
+                global_position: position,
+            }),
+    );
+    Ok(())
+}
+
 /// Where a block's leaves start: after the last leaf of the stored node before it, which
 /// `fetched` must hold.
 fn block_start(
@@ -141,53 +167,25 @@ async fn stored_head(
         .collect::<Result<Vec<Hash>, StoreError>>()?;
     let mut frontier =
         Frontier::from_parts(size, hashes).map_err(|e| corrupt_tree(account_id, e))?;
-    let mut last_position = after;
-    let mut stored = Vec::new();
-    loop {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "SELECT global_position, hash FROM events WHERE account_id = $1 \
-             AND global_position > $2 AND global_position < $3 ORDER BY global_position LIMIT $4",
-        )
-        .bind(account_id)
-        .bind(after)
-        .bind(before)
-        .bind(PAGE)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut nodes = Vec::new();
-        for (position, hash) in &rows {
-            stored.clear();
-            frontier.push(leaf_of(account_id, hash)?, &mut stored);
-            nodes.extend(
-                stored
-                    .iter()
-                    .filter(|(id, _)| is_stored(*id))
-                    .map(|(id, hash)| NewNode {
-                        account_id,
-                        id: *id,
-                        hash: *hash,
-                        global_position: *position,
-                    }),
-            );
-            last_position = *position;
-        }
-        if !nodes.is_empty() {
-            if write {
-                write_nodes(conn, &nodes).await?;
-            } else {
-                tracing::warn!(
-                    account_id,
-                    "the account's stored tree is behind its events; `taskledger replay` \
-                     rebuilds it (its next append catches it up)"
-                );
-            }
-        }
-        after = last_position;
-        if (rows.len() as i64) < PAGE {
-            break;
-        }
+    while fold_page(
+        conn,
+        account_id,
+        &mut frontier,
+        &mut after,
+        before - 1,
+        write,
+    )
+    .await?
+        == PAGE as u64
+    {}
+    if !write && frontier.size() - size >= BLOCK_LEAVES {
+        tracing::warn!(
+            account_id,
+            "the account's stored tree is behind its events; `taskledger replay` rebuilds it \
+             (its next append catches it up)"
+        );
     }
-    Ok((frontier, last_position))
+    Ok((frontier, after))
 }
 
 /// The stored nodes among `ids`, with the global position of each one's last leaf.
@@ -368,8 +366,8 @@ impl<'a> Growth<'a> {
         mut starts: HashMap<&'a str, Head>,
     ) -> Result<Growth<'a>, StoreError> {
         let mut accounts: Vec<GrownAccount> = Vec::new();
-        let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() / 4 + 1);
-        let mut stored: Vec<(NodeId, Hash)> = Vec::new();
+        let mut nodes: Vec<NewNode> = Vec::with_capacity(leaves.len() / 8 + 1);
+        let mut scratch: Vec<(NodeId, Hash)> = Vec::new();
         for leaf in leaves {
             let i = match accounts
                 .iter()
@@ -390,28 +388,31 @@ impl<'a> Growth<'a> {
                 }
             };
             let (frontier, last) = &mut accounts[i].after;
-            stored.clear();
-            frontier.push(leaf_of(leaf.account_id, leaf.hash)?, &mut stored);
+            push_leaf(
+                frontier,
+                leaf.account_id,
+                leaf.global_position,
+                leaf.hash,
+                &mut scratch,
+                &mut nodes,
+            )?;
             *last = leaf.global_position;
-            for (id, hash) in stored.iter().filter(|(id, _)| is_stored(*id)) {
-                nodes.push(NewNode {
-                    account_id: leaf.account_id,
-                    id: *id,
-                    hash: *hash,
-                    global_position: leaf.global_position,
-                });
-            }
         }
-        let before: Vec<serde_json::Value> = accounts
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "account_id": a.account_id,
-                    "first": a.first_grown,
-                    "last": a.last_before,
+        // Only what the guarded statement binds is written out (see `push_guarded`): the
+        // accounts when there are several, the nodes when there are any.
+        let before: Vec<serde_json::Value> = match accounts.len() {
+            1 => Vec::new(),
+            _ => accounts
+                .iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "account_id": a.account_id,
+                        "first": a.first_grown,
+                        "last": a.last_before,
+                    })
                 })
-            })
-            .collect();
+                .collect(),
+        };
         let new_nodes: Vec<serde_json::Value> = nodes
             .iter()
             .map(|n| {
@@ -447,11 +448,11 @@ impl<'a> Growth<'a> {
     /// PostgreSQL common table expressions, to follow `WITH ` or a comma: `mk` (one row, `ok`:
     /// whether every account's last event before the grown ones is the last leaf of the head
     /// this growth starts from, an account with no such event counting as the empty tree),
-    /// then the new nodes if there are any, written only if `ok`. Appends hold the ledger head lock, so
-    /// nothing appends between the check and the writes; the check reads the events before
-    /// the first grown one, so the statement may insert those events too, or follow the one
-    /// that did. The rows travel as two JSON values, so the text is the same for every growth
-    /// and PostgreSQL prepares and plans it once per connection.
+    /// then the new nodes if there are any, written only if `ok`. Appends hold the ledger
+    /// head lock, so nothing appends between the check and the writes; the check reads the
+    /// events before the first grown one, so the statement may insert those events too, or
+    /// follow the one that did. The rows travel as JSON values, so the text is the same for
+    /// every growth of a shape and PostgreSQL prepares and plans it once per connection.
     pub(super) fn push_guarded(&'a self, s: &mut Statement<'a>) {
         if let [one] = &self.accounts[..] {
             // The common case, one account, without a JSON value to take apart.
@@ -741,7 +742,7 @@ impl Store {
 
     /// Rebuilds every account's tree from its events (`replay`). Each account's events are
     /// streamed a page at a time while writers run; only the few events appended meanwhile
-    /// are folded in under the ledger head lock, where the account's frontier is written.
+    /// are folded in under the ledger head lock, where the nodes beyond the tree are removed.
     pub async fn rebuild_trees(&self, progress: impl Fn(u64)) -> Result<u64, StoreError> {
         let accounts: Vec<String> =
             sqlx::query_scalar("SELECT account_id FROM accounts ORDER BY account_id")
@@ -773,7 +774,8 @@ impl Store {
                 account_id,
                 &mut frontier,
                 &mut last,
-                Some(snapshot),
+                snapshot,
+                true,
             )
             .await?;
             done += page;
@@ -785,14 +787,23 @@ impl Store {
         drop(conn);
         let mut tx = self.begin_append().await?;
         loop {
-            let page = fold_page(tx.conn(), account_id, &mut frontier, &mut last, None).await?;
+            let page = fold_page(
+                tx.conn(),
+                account_id,
+                &mut frontier,
+                &mut last,
+                i64::MAX,
+                true,
+            )
+            .await?;
             done += page;
             if page == 0 {
                 break;
             }
         }
-        // Nodes beyond the rebuilt tree (left by events removed behind the ledger's back)
-        // would collide with the next appends: one range of each level.
+        // Nodes beyond the rebuilt tree (left by events removed behind the ledger's back, whose
+        // positions new events may take again) would be read as the tree's: one range of
+        // each level.
         for level in 0..64u32 {
             let first_beyond = (frontier.size() >> level) as i64;
             sqlx::query(
@@ -814,14 +825,15 @@ impl Store {
     }
 }
 
-/// Folds the account's next page of events (after `last`, up to `until`) into `frontier`,
-/// writing every node it completes; the number of events folded.
+/// Folds the account's next page of events (after `last`, up to `until` included) into
+/// `frontier`, writing the stored nodes it completes if `write`; the number of events folded.
 async fn fold_page(
     conn: &mut AnyConnection,
     account_id: &str,
     frontier: &mut Frontier,
     last: &mut i64,
-    until: Option<i64>,
+    until: i64,
+    write: bool,
 ) -> Result<u64, StoreError> {
     let rows: Vec<(i64, String)> = sqlx::query_as(
         "SELECT global_position, hash FROM events WHERE account_id = $1 \
@@ -829,26 +841,26 @@ async fn fold_page(
     )
     .bind(account_id)
     .bind(*last)
-    .bind(until.unwrap_or(i64::MAX))
+    .bind(until)
     .bind(PAGE)
     .fetch_all(&mut *conn)
     .await?;
-    let mut stored = Vec::new();
-    let mut nodes = Vec::with_capacity(rows.len() / 4 + 1);
+    let mut scratch = Vec::new();
+    let mut nodes = Vec::with_capacity(rows.len() / 8 + 1);
     for (position, hash) in &rows {
-        stored.clear();
-        frontier.push(leaf_of(account_id, hash)?, &mut stored);
-        for (id, hash) in stored.iter().filter(|(id, _)| is_stored(*id)) {
-            nodes.push(NewNode {
-                account_id,
-                id: *id,
-                hash: *hash,
-                global_position: *position,
-            });
-        }
+        push_leaf(
+            frontier,
+            account_id,
+            *position,
+            hash,
+            &mut scratch,
+            &mut nodes,
+        )?;
         *last = *position;
     }
-    write_nodes(conn, &nodes).await?;
+    if write {
+        write_nodes(conn, &nodes).await?;
+    }
     Ok(rows.len() as u64)
 }
 
