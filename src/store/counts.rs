@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use sqlx::AnyConnection;
 use taskledger_projections::{ListRow, TaskView};
 
-use super::StoreError;
+use super::{Backend, StoreError};
 
 /// Rows per upsert: 4 parameters each.
 const COUNTS_PER_STATEMENT: usize = 1000;
@@ -272,7 +272,58 @@ async fn insert_rows_then(
 
 /// The counts `tasks_table` and `tags_table` hold, as one query: (account, dimension,
 /// value, n).
-pub(super) fn counts_of(tasks_table: &str, tags_table: &str) -> String {
+pub(super) fn counts_of(tasks_table: &str, tags_table: &str, backend: Backend) -> String {
+    match backend {
+        Backend::Postgres => counts_in_one_scan(tasks_table, tags_table),
+        Backend::Sqlite => counts_scan_by_scan(tasks_table, tags_table),
+    }
+}
+
+/// [`counts_of`] on PostgreSQL: one scan of the tasks, grouped two ways at once (by every
+/// listed column together, and by the finest creation-time bucket), each dimension and the
+/// coarser buckets then summed from those few groups. A scan per dimension and level read
+/// the tasks 17 times: at 1 M tasks, 9 s against 2.2 s.
+fn counts_in_one_scan(tasks_table: &str, tags_table: &str) -> String {
+    let finest = format!("created_at_us / {}", created_width(0));
+    let listed = DIMENSIONS.iter().map(|(dimension, column)| {
+        let (present, group) = if *column == "''" {
+            (String::new(), String::new())
+        } else {
+            (format!(" AND {column} IS NOT NULL"), format!(", {column}"))
+        };
+        format!(
+            "SELECT account_id, '{dimension}' AS dimension, {column} AS value, \
+             CAST(SUM(n) AS BIGINT) AS n FROM g WHERE listed = 1{present} \
+             GROUP BY account_id{group}"
+        )
+    });
+    // A coarser bucket is the finest one divided again: nested truncating divisions by
+    // positive widths are one division by their product.
+    let levels = CREATED_LEVELS.len() - 1;
+    let coarser = format!("c0 / (CAST(1 AS BIGINT) << ({CREATED_FANOUT_SHIFT} * k))");
+    let created = format!(
+        "SELECT account_id, 'created.' || k AS dimension, CAST({coarser} AS TEXT) AS value, \
+         CAST(SUM(n) AS BIGINT) AS n FROM g, generate_series(0, {levels}) AS k \
+         WHERE listed = 0 GROUP BY account_id, k, {coarser}"
+    );
+    let tags = format!(
+        "SELECT account_id, 'tag' AS dimension, tag AS value, COUNT(*) AS n FROM {tags_table} \
+         GROUP BY account_id, tag"
+    );
+    format!(
+        "WITH g AS (SELECT account_id, task_type, status, project, batch, \
+         customer_review_status, {finest} AS c0, GROUPING({finest}) AS listed, COUNT(*) AS n \
+         FROM {tasks_table} GROUP BY GROUPING SETS ((account_id, task_type, status, project, \
+         batch, customer_review_status), (account_id, {finest}))) {}",
+        listed
+            .chain([created, tags])
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ")
+    )
+}
+
+/// [`counts_of`] on SQLite, which has no grouping sets: a scan per dimension and level.
+fn counts_scan_by_scan(tasks_table: &str, tags_table: &str) -> String {
     let created = CREATED_LEVELS.iter().enumerate().map(|(level, dimension)| {
         // The same integer division as [`CountDeltas::created`] (both truncate).
         let bucket = format!("CAST(created_at_us / {} AS TEXT)", created_width(level));
@@ -311,13 +362,14 @@ pub(super) fn counts_of(tasks_table: &str, tags_table: &str) -> String {
 /// Fills `counts_table` (empty) from `tasks_table` and `tags_table`, set-based.
 pub(super) async fn fill_counts(
     conn: &mut AnyConnection,
+    backend: Backend,
     tasks_table: &str,
     tags_table: &str,
     counts_table: &str,
 ) -> Result<(), StoreError> {
     sqlx::query(&format!(
         "INSERT INTO {counts_table} (account_id, dimension, value, n) {}",
-        counts_of(tasks_table, tags_table)
+        counts_of(tasks_table, tags_table, backend)
     ))
     .execute(conn)
     .await?;

@@ -51,3 +51,43 @@ async fn two_processes_taking_turns_each_find_the_head_moved_and_append_without_
     assert_eq!(t.store.head_position().await.unwrap(), 23);
     assert_ledger_intact(&t.store).await;
 }
+
+#[tokio::test]
+async fn lone_commands_after_the_first_are_each_written_by_one_statement_and_keep_the_ledger_whole()
+{
+    let t = TestLedger::new(Backend::Postgres).await;
+    let mut tasks: Vec<TaskId> = Vec::new();
+    for _ in 0..20 {
+        let created = t
+            .ledger
+            .create(&t.customer(), categorization(None), None)
+            .await
+            .expect("create");
+        tasks.push(TaskId::parse(&created.view.task_id).unwrap());
+    }
+    for (round, task) in tasks.iter().enumerate() {
+        let metadata = taskledger::domain::Metadata::parse(json!({ "round": round })).unwrap();
+        let done = t
+            .ledger
+            .execute(
+                &t.customer(),
+                task,
+                taskledger::domain::TaskCommand::new(
+                    Scope::Customer,
+                    TaskAction::SetMetadata { metadata },
+                ),
+                None,
+            )
+            .await
+            .expect("set metadata");
+        assert_eq!(done.view.metadata, json!({ "round": round }));
+    }
+    // The first command learns the head and the tree's head the ordinary way; every later
+    // one is sealed after them and written alone.
+    assert_eq!(t.store.appends_in_one_statement(), 39);
+    let events = t.store.events_after(0, 1000, None).await.unwrap();
+    let positions: Vec<i64> = events.iter().map(|e| e.global_position).collect();
+    assert_eq!(positions, (1..=40).collect::<Vec<i64>>());
+    assert_eq!(t.store.head_position().await.unwrap(), 40);
+    assert_ledger_intact(&t.store).await;
+}

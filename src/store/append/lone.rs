@@ -1,6 +1,9 @@
-//! A command alone in its transaction, on PostgreSQL, in three round trips like the plain
-//! one-insert transaction it is measured against: BEGIN with the head taken in the same
-//! statement, every write in one statement (data-modifying CTEs), COMMIT.
+//! A command alone, on PostgreSQL, in one round trip: one statement outside any transaction
+//! (PostgreSQL commits it by itself) moves the head, writes the task row, the counts, the
+//! events and the tree's nodes (data-modifying CTEs), and refuses itself, writing nothing,
+//! if the ledger is not as the command was sealed for. A command that needs more (a
+//! unique_id, tags, an idempotency record, a batch) takes three: BEGIN with the head taken
+//! in the same statement, every write in one statement, COMMIT.
 //!
 //! Taking the head in the BEGIN statement means not reading it back before the events are
 //! sealed (their hashes cover their positions): the process seals them after the head it last
@@ -18,8 +21,8 @@ use sqlx::AnyConnection;
 use taskledger_projections::UniqueIdChange;
 
 use super::{
-    is_refusal, known_head_of, leaves_of, name_refusal, push_events_cte, AppendTx, CommandWrite,
-    Committed, Prepared, Refused, WriteError,
+    is_refusal, known_head_of, leaves_of, name_refusal, prepare, push_events_cte, AppendTx,
+    CommandWrite, Committed, Prepared, Refused, WriteError,
 };
 use crate::store::counts::CountDeltas;
 use crate::store::merkle::Growth;
@@ -39,6 +42,8 @@ pub struct KnownHead {
     /// (last position, its recorded_at in microseconds).
     head: Option<(i64, i64)>,
     skip: u32,
+    /// How many commands were written by one statement ([`Store::commit_alone`]).
+    alone: u64,
 }
 
 impl KnownHead {
@@ -78,6 +83,18 @@ impl Store {
             return Ok(None);
         };
         let recorded_us = now_micros().max(recorded_us);
+        let prepared = match prepare(write.clone(), position, recorded_us)? {
+            Ok(p) => p,
+            Err(refused) => return Ok(Some(Err(refused))),
+        };
+        match self.commit_alone(&prepared, position).await? {
+            Alone::Committed => return Ok(Some(Ok(prepared.into_committed()))),
+            Alone::Refused => {
+                self.head.lock().expect("the head lock").missed();
+                return Ok(None);
+            }
+            Alone::Unfit => {}
+        }
         // Integers only are formatted into the statement. The head is moved exactly as
         // `begin_reserving` moves it; whether it was where this process left it is
         // found out by the events' primary key.
@@ -99,13 +116,6 @@ impl Store {
             backend: self.backend,
             known_frontiers: self.frontiers.clone(),
             grown: Default::default(),
-        };
-        let prepared = match tx.prepare(write.clone())? {
-            Ok(p) => p,
-            Err(refused) => {
-                tx.rollback().await?;
-                return Ok(Some(Err(refused)));
-            }
         };
         let applied = if prepared.fits_one_statement() {
             tx.apply_in_one_statement(&prepared).await?
@@ -148,31 +158,68 @@ impl Prepared {
             // A new task in a batch checks the batch first (`AppendTx::apply`).
             && !(self.write.expected_sequence == 0 && self.view.batch.is_some())
             && UniqueIdChange::between(self.write.prior_view.as_ref(), &self.view).is_empty()
-            && prior_tags.unwrap_or(&[]) == self.view.tags.as_slice()
+            // A new task's tags are inserted with it; changing a task's tags replaces them,
+            // which takes a statement of its own.
+            && match prior_tags {
+                None => self.view.tags.len() <= TAGS_IN_ONE_STATEMENT,
+                Some(prior) => prior == self.view.tags.as_slice(),
+            }
     }
 }
 
-impl AppendTx {
-    /// Writes one command (one that [`Prepared::fits_one_statement`]) with a single
-    /// statement: the task row (inserted, or updated if still at the expected version), the
-    /// counts and the events. A refusal leaves the transaction to be rolled back.
-    pub(super) async fn apply_in_one_statement(
-        &mut self,
-        p: &Prepared,
-    ) -> Result<Result<(), Refused>, StoreError> {
-        let row = TaskRow::of(&p.write.account_id, p.version(), &p.view);
+/// A new task with more tags than this is written statement by statement, so that the one
+/// statement's bound values stay far below PostgreSQL's limit.
+const TAGS_IN_ONE_STATEMENT: usize = 100;
+
+/// The rows of a command written by one statement, owned here so that the statement can
+/// borrow them: the task row, a new task's tags, the count changes and the events.
+struct OneStatement<'p> {
+    p: &'p Prepared,
+    row: TaskRow,
+    /// A new task's tags, each once.
+    tags: Vec<&'p str>,
+    deltas: Vec<((String, &'static str, String), i64)>,
+    event_ids: Vec<String>,
+    events: Vec<&'p SealedEvent>,
+}
+
+impl<'p> OneStatement<'p> {
+    fn of(p: &'p Prepared) -> OneStatement<'p> {
         let mut counts = CountDeltas::default();
         counts.change(&p.write.account_id, p.write.prior_view.as_ref(), &p.view);
-        let deltas = counts.nonzero();
-        let event_ids: Vec<String> = p
-            .sealed
-            .iter()
-            .map(|s| s.envelope.event_id.to_string())
-            .collect();
-        let mut s = Statement::default();
+        OneStatement {
+            p,
+            row: TaskRow::of(&p.write.account_id, p.version(), &p.view),
+            tags: match p.write.prior_view {
+                Some(_) => Vec::new(),
+                None => {
+                    let mut seen = std::collections::HashSet::new();
+                    p.view
+                        .tags
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|tag| seen.insert(*tag))
+                        .collect()
+                }
+            },
+            deltas: counts.nonzero(),
+            event_ids: p
+                .sealed
+                .iter()
+                .map(|s| s.envelope.event_id.to_string())
+                .collect(),
+            events: p.sealed.iter().collect(),
+        }
+    }
+
+    /// `t` (the task row, inserted, or updated if still at the expected version; one row
+    /// when written), `g` (a new task's tags), `c` (the counts) and `e` (the events), to
+    /// follow `WITH ` or a comma.
+    fn push_writes<'s>(&'s self, s: &mut Statement<'s>) {
+        let (p, row) = (self.p, &self.row);
         if p.write.expected_sequence == 0 {
             s.push(&format!(
-                "WITH t AS (INSERT INTO tasks ({TASK_COLUMNS}) VALUES ("
+                "t AS (INSERT INTO tasks ({TASK_COLUMNS}) VALUES ("
             ));
             s.text(Some(&row.task_id)).push(", ");
             s.text(Some(&row.account_id)).push(", ");
@@ -188,7 +235,7 @@ impl AppendTx {
             s.int(Some(row.updated_at_us)).push(", ");
             s.int(row.completed_at_us).push(") RETURNING 1)");
         } else {
-            s.push("WITH t AS (UPDATE tasks SET version = ");
+            s.push("t AS (UPDATE tasks SET version = ");
             s.int(Some(row.version)).push(", body = ");
             s.text(Some(&row.body)).push(", status = ");
             s.text(Some(&row.status))
@@ -201,9 +248,22 @@ impl AppendTx {
             s.text(Some(&row.task_id)).push(" AND version = ");
             s.int(Some(p.write.expected_sequence)).push(" RETURNING 1)");
         }
-        if !deltas.is_empty() {
+        if !self.tags.is_empty() {
+            s.push(
+                ", g AS (INSERT INTO task_tags (task_id, account_id, tag, created_at_us) VALUES ",
+            );
+            for (i, tag) in self.tags.iter().enumerate() {
+                s.push(if i == 0 { "(" } else { ", (" });
+                s.text(Some(&row.task_id)).push(", ");
+                s.text(Some(&row.account_id)).push(", ");
+                s.text(Some(tag)).push(", ");
+                s.int(Some(row.created_at_us)).push(")");
+            }
+            s.push(")");
+        }
+        if !self.deltas.is_empty() {
             s.push(", c AS (INSERT INTO task_counts (account_id, dimension, value, n) VALUES ");
-            for (i, ((account, dimension, value), n)) in deltas.iter().enumerate() {
+            for (i, ((account, dimension, value), n)) in self.deltas.iter().enumerate() {
                 s.push(if i == 0 { "(" } else { ", (" });
                 s.text(Some(account)).push(", ");
                 s.text(Some(dimension)).push(", ");
@@ -216,12 +276,130 @@ impl AppendTx {
             );
         }
         s.push(", ");
-        let events: Vec<&SealedEvent> = p.sealed.iter().collect();
-        push_events_cte(&mut s, &events, &event_ids);
+        push_events_cte(s, &self.events, &self.event_ids);
+    }
+}
+
+impl Store {
+    /// How many commands this store (and its clones) wrote with one statement, in one round
+    /// trip.
+    pub fn appends_in_one_statement(&self) -> u64 {
+        self.head.lock().expect("the head lock").alone
+    }
+
+    /// Records a lone command with one statement outside any transaction (PostgreSQL
+    /// commits it on its own), in one round trip: the head moved, the task row, the counts,
+    /// the events and the tree's new nodes. The statement refuses itself, and so writes
+    /// nothing, unless the head it moved ends where this process expected and the task row
+    /// was written (and the tree's head was the one known). [`Alone::Unfit`] when the
+    /// command needs more than that statement ([`Prepared::fits_one_statement`], a task
+    /// finishing in a batch, a tree whose head this process does not know); the caller then
+    /// writes it in a transaction.
+    async fn commit_alone(&self, prepared: &Prepared, position: i64) -> Result<Alone, StoreError> {
+        let Some(last) = prepared.sealed.last() else {
+            return Ok(Alone::Unfit);
+        };
+        if !prepared.fits_one_statement() || prepared.finishes_in_batch() {
+            return Ok(Alone::Unfit);
+        }
+        let (last_position, recorded_us) = (
+            last.envelope.global_position,
+            last.envelope.recorded_at.timestamp_micros(),
+        );
+        let parts = OneStatement::of(prepared);
+        let mut s = Statement::default();
+        // The head first: its row lock orders this append after every other one, as the
+        // transaction path's first statement does.
+        s.push("WITH h AS (UPDATE ledger_head SET last_position = last_position + ");
+        s.int(Some(last_position - position))
+            .push(", last_recorded_us = GREATEST(last_recorded_us, ");
+        s.int(Some(recorded_us))
+            .push(") WHERE id = 1 RETURNING last_position), ");
+        parts.push_writes(&mut s);
+        let leaves = leaves_of(&parts.events);
+        let growth = if self.merkle_trees {
+            let known = &self.frontiers;
+            let growth = Growth::from_known(&leaves, |account_id| {
+                known
+                    .lock()
+                    .expect("the frontiers lock")
+                    .get(account_id)
+                    .cloned()
+            })?
+            .filter(|g| g.fits_one_statement(s.values()));
+            match growth {
+                Some(growth) => Some(growth),
+                None => return Ok(Alone::Unfit),
+            }
+        } else {
+            None
+        };
+        if let Some(growth) = &growth {
+            s.push(", ");
+            growth.push_guarded(&mut s);
+        }
+        s.push(" SELECT CASE WHEN (SELECT last_position FROM h) = ");
+        s.int(Some(last_position))
+            .push(" AND (SELECT COUNT(*) FROM t) = 1");
+        if growth.is_some() {
+            s.push(" AND (SELECT ok FROM mk)");
+        }
+        s.push(" THEN true ELSE taskledger_refuse('moved') END");
+        match s.query().fetch_one(&self.pool).await {
+            Ok(_) => {}
+            // Another process appended, the task moved on, or the tree is not where this
+            // process left it: nothing was written.
+            Err(sqlx::Error::Database(e))
+                if is_refusal(e.as_ref()) || e.code().as_deref() == Some(REFUSED) =>
+            {
+                return Ok(Alone::Refused)
+            }
+            Err(e) => return Err(e.into()),
+        }
+        {
+            let mut head = self.head.lock().expect("the head lock");
+            head.committed(last_position, recorded_us);
+            head.alone += 1;
+        }
+        if let Some(growth) = growth {
+            let mut known = self.frontiers.lock().expect("the frontiers lock");
+            for (account_id, head) in growth.into_heads() {
+                known.remember(account_id, head);
+            }
+        }
+        Ok(Alone::Committed)
+    }
+}
+
+/// What [`Store::commit_alone`] did.
+enum Alone {
+    Committed,
+    /// Nothing was written: the ledger was not as the command was sealed for.
+    Refused,
+    /// The command needs more than the one statement.
+    Unfit,
+}
+
+/// The SQLSTATE of `taskledger_refuse` (migration 0051): a statement that found the ledger
+/// not as its command was sealed for.
+const REFUSED: &str = "TLR01";
+
+impl AppendTx {
+    /// Writes one command (one that [`Prepared::fits_one_statement`]) with a single
+    /// statement: the task row (inserted, or updated if still at the expected version), the
+    /// counts and the events. A refusal leaves the transaction to be rolled back.
+    pub(super) async fn apply_in_one_statement(
+        &mut self,
+        p: &Prepared,
+    ) -> Result<Result<(), Refused>, StoreError> {
+        let parts = OneStatement::of(p);
+        let mut s = Statement::default();
+        s.push("WITH ");
+        parts.push_writes(&mut s);
         // The account's Merkle tree grows in the same statement when this process knows its
         // head: the statement checks that it is still the stored one, and writes the tree
         // only then.
-        let leaves = leaves_of(&events);
+        let leaves = leaves_of(&parts.events);
         let growth = if self.merkle_trees {
             let (grown, known) = (&self.grown, &self.known_frontiers);
             Growth::from_known(&leaves, |account_id| {

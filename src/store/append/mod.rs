@@ -380,7 +380,6 @@ impl AppendTx {
         view: &TaskView,
         mut events: impl Iterator<Item = &'a EventEnvelope>,
     ) {
-        const FINISHING: [&str; 3] = ["TaskCompleted", "TaskErrored", "TaskCanceled"];
         if view.batch.is_none() || !events.any(|e| FINISHING.contains(&e.event_type.as_str())) {
             return;
         }
@@ -788,6 +787,9 @@ async fn insert_events(
     Ok(true)
 }
 
+/// The events that finish a task: its batch may be complete once one is recorded.
+const FINISHING: [&str; 3] = ["TaskCompleted", "TaskErrored", "TaskCanceled"];
+
 /// A command with its events sealed and its resulting view folded, ready to be written.
 struct Prepared {
     write: CommandWrite,
@@ -799,6 +801,16 @@ impl Prepared {
     /// The task's version once the command is recorded.
     fn version(&self) -> i64 {
         self.write.expected_sequence + self.sealed.len() as i64
+    }
+
+    /// Whether the command finishes a task of a batch, which the transaction checks for
+    /// completion before it commits.
+    fn finishes_in_batch(&self) -> bool {
+        self.view.batch.is_some()
+            && self
+                .sealed
+                .iter()
+                .any(|s| FINISHING.contains(&s.envelope.event_type.as_str()))
     }
 
     /// The unique_id the command reserves, if any.

@@ -120,7 +120,7 @@ impl Store {
         let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
             .fetch_one(&mut *tx)
             .await?;
-        compare_counts(&mut tx, &mut report.mismatches).await?;
+        compare_counts(&mut tx, self.backend, &mut report.mismatches).await?;
         if stored as u64 != report.tasks {
             report.mismatches.push(format!(
                 "{stored} task views are stored but the events describe {}",
@@ -256,6 +256,7 @@ async fn compare(
 /// creation-time bucket, tag, project or batch).
 async fn compare_counts(
     conn: &mut AnyConnection,
+    backend: Backend,
     mismatches: &mut Vec<String>,
 ) -> Result<(), StoreError> {
     let same = "s.account_id = e.account_id AND s.dimension = e.dimension AND s.value = e.value";
@@ -266,7 +267,7 @@ async fn compare_counts(
          UNION ALL \
          SELECT s.account_id, s.dimension, s.value, s.n, 0 FROM task_counts s \
          WHERE s.n <> 0 AND NOT EXISTS (SELECT 1 FROM e WHERE {same})",
-        expected = counts_of(LIVE.tasks, LIVE.tags)
+        expected = counts_of(LIVE.tasks, LIVE.tags, backend)
     );
     let differing: Vec<(String, String, String, i64, i64)> =
         sqlx::query_as(&sql).fetch_all(&mut *conn).await?;

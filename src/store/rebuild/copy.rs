@@ -18,15 +18,22 @@ fn field(out: &mut String, value: Option<&str>) {
         out.push_str("\\N");
         return;
     };
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c => out.push(c),
-        }
+    // Copied a run at a time between escapes (most values have none): pushing char by char
+    // was a tenth of a rebuild's CPU. The four are ASCII, so every cut is a char boundary.
+    let mut start = 0;
+    for (i, byte) in value.bytes().enumerate() {
+        let escaped = match byte {
+            b'\\' => "\\\\",
+            b'\t' => "\\t",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            _ => continue,
+        };
+        out.push_str(&value[start..i]);
+        out.push_str(escaped);
+        start = i + 1;
     }
+    out.push_str(&value[start..]);
 }
 
 fn int(out: &mut String, value: Option<i64>) {
@@ -130,5 +137,12 @@ mod tests {
         out.push('|');
         field(&mut out, None);
         assert_eq!(out, "a\\\\b\\tc\\nd\\re\"f|\\N");
+    }
+
+    #[test]
+    fn copy_text_keeps_characters_of_several_bytes_whole_around_escapes() {
+        let mut out = String::new();
+        field(&mut out, Some("é\t日本\\ü"));
+        assert_eq!(out, "é\\t日本\\\\ü");
     }
 }

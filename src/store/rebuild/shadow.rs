@@ -110,7 +110,14 @@ impl Store {
         }
         let events = report.events;
         tracing::debug!(events, elapsed = ?started.elapsed(), "replay: shadow written");
-        fill_counts(&mut conn, SHADOW.tasks, SHADOW.tags, SHADOW.counts).await?;
+        fill_counts(
+            &mut conn,
+            self.backend,
+            SHADOW.tasks,
+            SHADOW.tags,
+            SHADOW.counts,
+        )
+        .await?;
         tracing::debug!(elapsed = ?started.elapsed(), "replay: counts filled");
         build_secondary_indexes(self, &mut conn).await?;
         tracing::debug!(elapsed = ?started.elapsed(), "replay: indexes built");
