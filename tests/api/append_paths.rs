@@ -91,3 +91,76 @@ async fn lone_commands_after_the_first_are_each_written_by_one_statement_and_kee
     assert_eq!(t.store.head_position().await.unwrap(), 40);
     assert_ledger_intact(&t.store).await;
 }
+
+/// `replay` swaps the projection tables in while appends go on. Its transaction takes the
+/// tables first, then the ledger head; every append takes the tables before the head too (a
+/// lone command's one statement when it starts, a transaction with BEGIN). Were any append to
+/// hold the head and then wait for a table, or hold a table and wait for the head the swap
+/// holds, the two would deadlock. Here a transaction does what the swap does while a lone
+/// command and a transaction's command wait on it, and all three commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn commands_waiting_on_a_swap_of_the_projection_tables_commit_after_it_without_a_deadlock() {
+    let t = TestLedger::new(Backend::Postgres).await;
+    let other = t.second_ledger().await;
+    // This process learns the head: its next create is a lone statement.
+    t.create(None).await;
+
+    let mut swap = t.store.pool().begin().await.unwrap();
+    sqlx::raw_sql(
+        "SET LOCAL lock_timeout = '60s'; \
+         LOCK TABLE tasks, task_tags, unique_ids, task_counts IN ACCESS EXCLUSIVE MODE; \
+         UPDATE ledger_head SET last_position = last_position WHERE id = 1",
+    )
+    .execute(&mut *swap)
+    .await
+    .unwrap();
+    let lone = {
+        let (ledger, ctx) = (t.ledger.clone(), t.customer());
+        tokio::spawn(async move { ledger.create(&ctx, categorization(None), None).await })
+    };
+    // The other process does not know the head, and a unique_id takes the transaction path.
+    let in_transaction = {
+        let ctx = t.customer();
+        tokio::spawn(async move {
+            other
+                .create(&ctx, categorization(Some("waits-on-the-swap")), None)
+                .await
+        })
+    };
+    // Both wait on a lock before the swap goes on (polled, never timed).
+    let mut waiting = 0;
+    for _ in 0..600 {
+        waiting = sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(t.store.pool())
+        .await
+        .unwrap();
+        if waiting >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting, 2, "both commands wait on the swap");
+    for table in ["tasks", "task_tags", "unique_ids", "task_counts"] {
+        sqlx::raw_sql(&format!(
+            "ALTER TABLE {table} RENAME TO {table}_swapping; \
+             ALTER TABLE {table}_swapping RENAME TO {table}"
+        ))
+        .execute(&mut *swap)
+        .await
+        .unwrap();
+    }
+    swap.commit().await.unwrap();
+
+    lone.await
+        .unwrap()
+        .expect("the lone command commits after the swap");
+    in_transaction
+        .await
+        .unwrap()
+        .expect("the transaction's command commits after the swap");
+    assert_eq!(t.store.head_position().await.unwrap(), 3);
+    assert_ledger_intact(&t.store).await;
+}

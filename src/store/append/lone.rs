@@ -22,7 +22,7 @@ use taskledger_projections::UniqueIdChange;
 
 use super::{
     is_refusal, known_head_of, leaves_of, name_refusal, prepare, push_events_cte, AppendTx,
-    CommandWrite, Committed, Prepared, Refused, WriteError,
+    CommandWrite, Committed, Prepared, Refused, WriteError, APPEND_LOCKS,
 };
 use crate::store::counts::CountDeltas;
 use crate::store::merkle::Growth;
@@ -99,7 +99,8 @@ impl Store {
         // `begin_reserving` moves it; whether it was where this process left it is
         // found out by the events' primary key.
         let begin = format!(
-            "BEGIN; UPDATE ledger_head SET last_position = last_position + {events}, \
+            "BEGIN; {APPEND_LOCKS}; \
+             UPDATE ledger_head SET last_position = last_position + {events}, \
              last_recorded_us = GREATEST(last_recorded_us, {recorded_us}) WHERE id = 1"
         );
         let mut tx = AppendTx {
@@ -309,7 +310,9 @@ impl Store {
         let parts = OneStatement::of(prepared);
         let mut s = Statement::default();
         // The head first: its row lock orders this append after every other one, as the
-        // transaction path's first statement does.
+        // transaction path's first statement does. The tables are named (and so locked, when
+        // the statement starts, before any row) in `APPEND_LOCKS`'s order: ledger_head,
+        // then tasks, task_tags, task_counts.
         s.push("WITH h AS (UPDATE ledger_head SET last_position = last_position + ");
         s.int(Some(last_position - position))
             .push(", last_recorded_us = GREATEST(last_recorded_us, ");

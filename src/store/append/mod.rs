@@ -135,16 +135,45 @@ pub struct AppendTx {
     grown: HashMap<String, Head>,
 }
 
+/// What every append transaction on PostgreSQL takes before the head row: the projection
+/// tables a `replay` swaps, in the order the swap locks them ([`SWAP_LOCKS`]). A lock on a
+/// table is always taken before the head's row lock, by every append and by the swap, so
+/// no append can hold the head while it waits for a table the swap holds. A lone command's
+/// single statement takes its tables' locks when it starts, before its head update runs,
+/// and names them in the same order.
+pub(crate) const APPEND_LOCKS: &str =
+    "LOCK TABLE tasks, task_tags, unique_ids, task_counts IN ROW EXCLUSIVE MODE";
+
+/// What `replay`'s swap takes before the head (see [`APPEND_LOCKS`]); a long reader of the
+/// live tables makes it fail after 10 s rather than keep writers waiting behind it.
+pub(crate) const SWAP_LOCKS: &str = "SET LOCAL lock_timeout = '10s'; \
+     LOCK TABLE tasks, task_tags, unique_ids, task_counts IN ACCESS EXCLUSIVE MODE";
+
 impl Store {
     pub async fn begin_append(&self) -> Result<AppendTx, StoreError> {
         self.begin_reserving(0).await
+    }
+
+    /// An append transaction that holds the projection tables alone, for `replay`'s swap.
+    pub(crate) async fn begin_swap(&self) -> Result<AppendTx, StoreError> {
+        self.begin_locking(0, SWAP_LOCKS).await
     }
 
     /// Begins an append transaction, taking the head lock. With `events > 0` the head is moved
     /// over that many positions in the same statement (one round trip fewer for a transaction
     /// that carries one command); a refusal rolls the whole transaction back.
     async fn begin_reserving(&self, events: i64) -> Result<AppendTx, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        self.begin_locking(events, APPEND_LOCKS).await
+    }
+
+    /// [`Store::begin_reserving`], taking `locks` (PostgreSQL statements) with BEGIN, in its
+    /// round trip.
+    async fn begin_locking(&self, events: i64, locks: &str) -> Result<AppendTx, StoreError> {
+        let mut tx = match self.backend {
+            Backend::Postgres => self.pool.begin_with(format!("BEGIN; {locks}")).await?,
+            // One writer at a time: the write lock is all there is to take.
+            Backend::Sqlite => self.pool.begin().await?,
+        };
         // Writing the head row first takes its lock (the row lock on PostgreSQL, the write
         // lock on SQLite) before any other row, so appends cannot deadlock on each other.
         // recorded_at never goes back, even if the clock does.

@@ -149,7 +149,7 @@ impl Store {
 
         // The last stretch and the swap under the ledger head: appends wait meanwhile, so
         // nothing is committed between the last event caught up and the swap.
-        let mut tx = self.begin_append().await?;
+        let mut tx = self.begin_swap().await?;
         let head = tx.next_position() - 1;
         catch_up(tx.conn(), caught_up, head, &mut report).await?;
         swap(tx.conn(), self.backend).await?;
