@@ -5,7 +5,7 @@ use uuid::Uuid;
 /// Drops the redeliveries that at-least-once delivery allows, by event id.
 ///
 /// It remembers the last `capacity` ids: a redelivery follows its original closely (a relay
-/// restart republishes at most its last unacknowledged batch, 4,000 events), so a window of
+/// restart republishes at most its last unacknowledged batch, 2,000 events), so a window of
 /// some thousands is plenty for the stream, at a bounded memory cost.
 #[derive(Debug, Clone)]
 pub struct Deduplicator {
