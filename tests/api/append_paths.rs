@@ -9,6 +9,28 @@ use taskledger::domain::{TaskAction, TaskId};
 use crate::helpers::{assert_ledger_intact, categorization, Backend, TestLedger};
 use taskledger_events::Scope;
 
+/// Sets the task's metadata to `{"round": round}` through `ledger`.
+async fn set_round(
+    ledger: &taskledger::ledger::Ledger,
+    t: &TestLedger,
+    task: &TaskId,
+    round: usize,
+) -> taskledger::store::Committed {
+    let metadata = taskledger::domain::Metadata::parse(json!({ "round": round })).unwrap();
+    ledger
+        .execute(
+            &t.customer(),
+            task,
+            taskledger::domain::TaskCommand::new(
+                Scope::Customer,
+                TaskAction::SetMetadata { metadata },
+            ),
+            None,
+        )
+        .await
+        .expect("set metadata")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_processes_taking_turns_each_find_the_head_moved_and_append_without_a_gap() {
     let t = TestLedger::new(Backend::Postgres).await;
@@ -23,19 +45,7 @@ async fn two_processes_taking_turns_each_find_the_head_moved_and_append_without_
         tasks.push(TaskId::parse(&created.view.task_id).unwrap());
         // A command on the task the other process created last (its head is stale now).
         if round > 0 {
-            let metadata = taskledger::domain::Metadata::parse(json!({ "round": round })).unwrap();
-            ledger
-                .execute(
-                    &t.customer(),
-                    &tasks[round - 1],
-                    taskledger::domain::TaskCommand::new(
-                        Scope::Customer,
-                        TaskAction::SetMetadata { metadata },
-                    ),
-                    None,
-                )
-                .await
-                .expect("set metadata");
+            set_round(ledger, &t, &tasks[round - 1], round).await;
         }
     }
     let events = t.store.events_after(0, 1000, None).await.unwrap();
@@ -66,20 +76,7 @@ async fn lone_commands_after_the_first_are_each_written_by_one_statement_and_kee
         tasks.push(TaskId::parse(&created.view.task_id).unwrap());
     }
     for (round, task) in tasks.iter().enumerate() {
-        let metadata = taskledger::domain::Metadata::parse(json!({ "round": round })).unwrap();
-        let done = t
-            .ledger
-            .execute(
-                &t.customer(),
-                task,
-                taskledger::domain::TaskCommand::new(
-                    Scope::Customer,
-                    TaskAction::SetMetadata { metadata },
-                ),
-                None,
-            )
-            .await
-            .expect("set metadata");
+        let done = set_round(&t.ledger, &t, task, round).await;
         assert_eq!(done.view.metadata, json!({ "round": round }));
     }
     // The first command learns the head and the tree's head the ordinary way; every later
