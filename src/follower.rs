@@ -20,6 +20,11 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 /// store that did not answer.
 const LEAD_RETRY: Duration = Duration::from_secs(1);
 
+/// The payload characters one round of a follower reads at most (beyond its first event):
+/// events may be up to a megabyte each, and one account's large events must not make the
+/// relay or the callbacks hold thousands of them at once.
+pub const ROUND_PAYLOAD_CHARS: i64 = 8_000_000;
+
 pub struct Follower {
     store: Store,
     reader: String,
@@ -67,7 +72,9 @@ impl Follower {
     /// Up to `limit` events after the checkpoint, in global order.
     pub async fn next_batch(&self, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
         let checkpoint = self.checkpoint().await?;
-        self.store.events_after(checkpoint, limit, None).await
+        self.store
+            .events_after_within(checkpoint, limit, ROUND_PAYLOAD_CHARS)
+            .await
     }
 
     /// Every event up to `position` is handled.

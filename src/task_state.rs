@@ -39,11 +39,15 @@ enum Folding {
 
 impl TaskStates {
     /// For each event of `events` (a batch in global order), the task object after it as
-    /// JSON text, or `None` for an event that belongs to no task the fold knows.
+    /// JSON text, or `None` for an event that belongs to no task the fold knows. It stops
+    /// once the values add up to `max_bytes` (always giving the first): the states of
+    /// small events on large tasks may be far larger than the events, and the caller
+    /// handles the events of the values it got, the rest in its next batch.
     pub async fn after_each(
         &mut self,
         store: &Store,
         events: &[EventEnvelope],
+        max_bytes: usize,
     ) -> Result<Vec<Option<String>>, StoreError> {
         if events.is_empty() {
             return Ok(Vec::new());
@@ -78,15 +82,23 @@ impl TaskStates {
         }
         self.catch_up(store, &unknown, &mut folding).await?;
         let mut values = Vec::with_capacity(events.len());
+        let mut bytes = 0;
         for e in events {
+            if bytes >= max_bytes && !values.is_empty() {
+                // The tasks not stepped on stay at the events before this one: what is kept
+                // below is still the view after its sequence.
+                break;
+            }
             let state = folding
                 .get_mut(e.task_id.as_str())
                 .expect("every task of the batch is folding");
             step(state, e);
-            values.push(match state {
+            let value = match state {
                 Folding::View(Some(view), _) => Some(view.to_json()),
                 _ => None,
-            });
+            };
+            bytes += value.as_ref().map_or(0, String::len);
+            values.push(value);
         }
         if self.kept.len() > KEPT_TASKS {
             self.kept.clear();

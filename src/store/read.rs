@@ -156,6 +156,34 @@ impl Store {
         rows.iter().map(EventRow::envelope).collect()
     }
 
+    /// The events after `after` in global order, at most `limit` of them, and only as many
+    /// as keep their payloads' total within `max_payload_chars` (counted in characters, which
+    /// both backends measure in the database; the first event always comes, whatever its
+    /// size). A follower's round is bounded this way, so large events cannot make it hold
+    /// `limit` of them at once.
+    pub async fn events_after_within(
+        &self,
+        after: i64,
+        limit: i64,
+        max_payload_chars: i64,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
+        // The running total is taken over the index scan the limit stops, so the database
+        // reads at most `limit` rows and sends only the prefix.
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS}, \
+             SUM(length(payload)) OVER (ORDER BY global_position) - length(payload) AS before \
+             FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2) e \
+             WHERE before < $3 ORDER BY global_position"
+        );
+        let rows: Vec<EventRow> = sqlx::query_as(&sql)
+            .bind(after)
+            .bind(limit)
+            .bind(max_payload_chars)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(EventRow::envelope).collect()
+    }
+
     /// The last committed global position (0 for an empty ledger).
     pub async fn head_position(&self) -> Result<i64, StoreError> {
         Ok(

@@ -456,6 +456,15 @@ fn stdout(output: &std::process::Output) -> String {
 }
 
 /// Runs the binary with the test's signing key file.
+/// `taskledger verify --digest FILE`.
+fn verify_digest(db: &TestDb, key_file: &Path, digest: &Path) -> std::process::Output {
+    run(
+        db,
+        key_file,
+        &["verify", "--digest", digest.to_str().unwrap()],
+    )
+}
+
 fn run(db: &TestDb, key_file: &Path, args: &[&str]) -> std::process::Output {
     let mut all: Vec<&str> = args.to_vec();
     all.extend(["--signing-key-file", key_file.to_str().unwrap()]);
@@ -494,11 +503,7 @@ async fn digested_ledger_of(
     assert_eq!(shown["keys"].as_array().unwrap().len(), 3);
     assert!(!shown.to_string().contains("secret"));
     t.create(None).await;
-    let holds = run(
-        &t.db,
-        &key_file,
-        &["verify", "--digest", saved.to_str().unwrap()],
-    );
+    let holds = verify_digest(&t.db, &key_file, &saved);
     assert!(holds.status.success(), "{}", stdout(&holds));
     assert!(stdout(&holds).starts_with("ok:"), "{}", stdout(&holds));
     (t, dir, saved)
@@ -568,11 +573,7 @@ async fn verify_digest_catches_a_truncated_log_that_plain_verify_passes(backend:
         "plain verify passes: {}",
         stdout(&plain)
     );
-    let caught = run(
-        &t.db,
-        &key_file,
-        &["verify", "--digest", saved.to_str().unwrap()],
-    );
+    let caught = verify_digest(&t.db, &key_file, &saved);
     assert_eq!(caught.status.code(), Some(1), "{}", stdout(&caught));
     assert!(stdout(&caught).contains("TRUNCATED"), "{}", stdout(&caught));
 }
@@ -590,11 +591,7 @@ async fn verify_digest_catches_a_rewritten_and_rehashed_tail(backend: Backend) {
         .unwrap()
         .clone();
     forge_and_rehash(&t, &mut target).await;
-    let caught = run(
-        &t.db,
-        &key_file,
-        &["verify", "--digest", saved.to_str().unwrap()],
-    );
+    let caught = verify_digest(&t.db, &key_file, &saved);
     assert_eq!(caught.status.code(), Some(1), "{}", stdout(&caught));
     let said = stdout(&caught);
     assert!(said.contains("REWRITTEN"), "{said}");
@@ -607,11 +604,7 @@ async fn verify_digest_catches_a_rewritten_and_rehashed_tail(backend: Backend) {
         serde_json::from_str(std::fs::read_to_string(&saved).unwrap().trim()).unwrap();
     forged.tree_size -= 1;
     std::fs::write(&saved, serde_json::to_string(&forged).unwrap()).unwrap();
-    let refused = run(
-        &t.db,
-        &key_file,
-        &["verify", "--digest", saved.to_str().unwrap()],
-    );
+    let refused = verify_digest(&t.db, &key_file, &saved);
     assert_eq!(refused.status.code(), Some(1));
     assert!(stdout(&refused).contains("signature") || stdout(&refused).contains("tree_size"));
 }
@@ -644,11 +637,7 @@ async fn verify_digest_names_the_block_of_an_event_rewritten_deep_in_the_log(bac
     assert_eq!(changed.first_leaf, 0);
     assert_eq!(changed.event_ids.len(), 16);
     assert!(changed.event_ids.contains(&target.event_id.to_string()));
-    let caught = run(
-        &t.db,
-        &key_file,
-        &["verify", "--digest", saved.to_str().unwrap()],
-    );
+    let caught = verify_digest(&t.db, &key_file, &saved);
     assert_eq!(caught.status.code(), Some(1), "{}", stdout(&caught));
     let said = stdout(&caught);
     assert!(said.contains("REWRITTEN"), "{said}");

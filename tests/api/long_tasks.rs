@@ -255,7 +255,7 @@ async fn a_command_on_a_long_task_reads_only_the_events_after_its_snapshot(backe
 async fn relayed_states(store: &Store, batch: &[EventEnvelope]) -> (Vec<Option<String>>, u64) {
     let before = store.task_state_events_read();
     let values = TaskStates::default()
-        .after_each(store, batch)
+        .after_each(store, batch, usize::MAX)
         .await
         .expect("the task-state step");
     (values, store.task_state_events_read() - before)
@@ -339,7 +339,71 @@ async fn the_relay_states_a_long_task_from_its_snapshot_with_a_bounded_read(back
     }
 }
 
+/// Creates `n` tasks of about 60 kB each (their instructions) and returns the ledger's
+/// events.
+async fn large_tasks(t: &TestLedger, n: usize) -> Vec<EventEnvelope> {
+    for i in 0..n {
+        let mut create = crate::helpers::categorization(None);
+        create.instruction = Some(format!("{i} {}", "x".repeat(60_000)).try_into().unwrap());
+        t.ledger.create(&t.customer(), create, None).await.unwrap();
+    }
+    t.store.events_after(0, 1000, None).await.unwrap()
+}
+
+/// A follower's round (the relay's, the callbacks') reads only as many events as keep their
+/// payloads within its bound, and always the first: one account's large events cannot make
+/// a round hold thousands of them.
+async fn a_followers_round_stops_where_the_payloads_reach_its_bound(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let all = large_tasks(&t, 6).await;
+    assert_eq!(all.len(), 6);
+    let size = |e: &EventEnvelope| e.payload.to_string().len() as i64;
+    assert!(all.iter().all(|e| (60_000..61_000).contains(&size(e))));
+    let within = |chars: i64| {
+        let store = t.store.clone();
+        async move { store.events_after_within(0, 1000, chars).await.unwrap() }
+    };
+    // The first three payloads start below 150,000 characters; the fourth does not.
+    let three = within(150_000).await;
+    assert_eq!(three.len(), 3);
+    assert_eq!(three, all[..3].to_vec());
+    assert_eq!(within(1).await, all[..1].to_vec(), "the first always comes");
+    assert_eq!(within(i64::MAX).await, all);
+    assert_eq!(
+        t.store.events_after_within(2, 2, i64::MAX).await.unwrap(),
+        all[2..4].to_vec(),
+        "after a position, at most the limit"
+    );
+}
+
+/// The task-state step stops at its byte bound; the events it did not state get theirs in
+/// the next batch, the same as in one batch.
+async fn the_task_state_step_stops_at_its_bound_and_the_next_batch_goes_on(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let all = large_tasks(&t, 5).await;
+    let whole = TaskStates::default()
+        .after_each(&t.store, &all, usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(whole.len(), 5);
+    let mut states = TaskStates::default();
+    let first = states.after_each(&t.store, &all, 100_000).await.unwrap();
+    assert_eq!(first.len(), 2, "stops once 100 kB of states are made");
+    let rest = states
+        .after_each(&t.store, &all[first.len()..], usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!([first, rest].concat(), whole);
+    let one = TaskStates::default()
+        .after_each(&t.store, &all, 0)
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1, "the first always comes");
+}
+
 on_both_backends!(
+    a_followers_round_stops_where_the_payloads_reach_its_bound,
+    the_task_state_step_stops_at_its_bound_and_the_next_batch_goes_on,
     the_relay_states_a_long_task_from_its_snapshot_with_a_bounded_read,
     a_task_with_thousands_of_events_takes_commands_on_its_exact_version,
     an_unreadable_snapshot_is_ignored_and_replaced,
