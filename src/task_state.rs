@@ -17,17 +17,28 @@ use taskledger_projections::{fold, TaskView};
 use crate::ledger::view_of_snapshot;
 use crate::store::{HistoryRange, Store, StoreError};
 
-/// How many tasks' latest views are kept between batches; beyond, all are dropped and read
-/// again when needed, which costs a query, never a wrong value.
+/// How many tasks' latest views are kept between batches, and how many bytes their JSON may
+/// add up to; beyond either, all are dropped and read again when needed, which costs a
+/// query, never a wrong value. The bytes bound is what holds when tasks are large: 20,000
+/// views near the 1 MB limit would be 20 GB. What is kept is then at most this bound plus
+/// one batch's views, which the batch's own byte bound limits.
 const KEPT_TASKS: usize = 20_000;
+pub const KEPT_BYTES: usize = 32_000_000;
 /// Events read per query when tasks are brought up to a batch: the memory bound of a batch's
 /// catch-up, whatever the tasks' histories.
 const HISTORY_PAGE: i64 = 1000;
 
-#[derive(Default)]
 pub struct TaskStates {
-    /// task id -> (sequence of the last event folded, the view after it).
-    kept: HashMap<String, (i64, TaskView)>,
+    /// task id -> (sequence of the last event folded, the view after it, its JSON's length).
+    kept: HashMap<String, (i64, TaskView, usize)>,
+    kept_bytes: usize,
+    max_kept_bytes: usize,
+}
+
+impl Default for TaskStates {
+    fn default() -> Self {
+        TaskStates::keeping(KEPT_BYTES)
+    }
 }
 
 /// A task being folded through a batch: its view so far, or broken (an event that does not
@@ -38,6 +49,21 @@ enum Folding {
 }
 
 impl TaskStates {
+    /// States that keep views between batches up to `max_kept_bytes` of JSON (and
+    /// [`KEPT_TASKS`] tasks).
+    pub fn keeping(max_kept_bytes: usize) -> Self {
+        TaskStates {
+            kept: HashMap::new(),
+            kept_bytes: 0,
+            max_kept_bytes,
+        }
+    }
+
+    /// The JSON bytes of the views kept for the next batch.
+    pub fn kept_bytes(&self) -> usize {
+        self.kept_bytes
+    }
+
     /// For each event of `events` (a batch in global order), the task object after it as
     /// JSON text, or `None` for an event that belongs to no task the fold knows. It stops
     /// once the values add up to `max_bytes` (always giving the first): the states of
@@ -74,7 +100,7 @@ impl TaskStates {
                 _ if e.sequence <= 1 => {
                     folding.insert(task, Folding::View(None, 0));
                 }
-                Some((sequence, view)) if *sequence == e.sequence - 1 => {
+                Some((sequence, view, _)) if *sequence == e.sequence - 1 => {
                     folding.insert(task, Folding::View(Some(Box::new(view.clone())), *sequence));
                 }
                 _ => unknown.push((task, e.sequence)),
@@ -83,6 +109,8 @@ impl TaskStates {
         self.catch_up(store, &unknown, &mut folding).await?;
         let mut values = Vec::with_capacity(events.len());
         let mut bytes = 0;
+        // The length of each stepped task's last value: what keeping its view costs.
+        let mut last_len: HashMap<&str, usize> = HashMap::new();
         for e in events {
             if bytes >= max_bytes && !values.is_empty() {
                 // The tasks not stepped on stay at the events before this one: what is kept
@@ -97,20 +125,30 @@ impl TaskStates {
                 Folding::View(Some(view), _) => Some(view.to_json()),
                 _ => None,
             };
-            bytes += value.as_ref().map_or(0, String::len);
+            let len = value.as_ref().map_or(0, String::len);
+            bytes += len;
+            last_len.insert(e.task_id.as_str(), len);
             values.push(value);
         }
-        if self.kept.len() > KEPT_TASKS {
+        if self.kept.len() > KEPT_TASKS || self.kept_bytes > self.max_kept_bytes {
             self.kept.clear();
+            self.kept_bytes = 0;
         }
         for (task, state) in folding {
-            match state {
+            // A task the step stopped before keeps what it had: that is still its view
+            // after the sequence kept.
+            let Some(len) = last_len.get(task) else {
+                continue;
+            };
+            let replaced = match state {
                 Folding::View(Some(view), sequence) => {
-                    self.kept.insert(task.to_string(), (sequence, *view));
+                    self.kept_bytes += len;
+                    self.kept.insert(task.to_string(), (sequence, *view, *len))
                 }
-                _ => {
-                    self.kept.remove(task);
-                }
+                _ => self.kept.remove(task),
+            };
+            if let Some((_, _, old)) = replaced {
+                self.kept_bytes -= old;
             }
         }
         Ok(values)

@@ -205,6 +205,15 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+impl DecodeError {
+    pub(crate) fn payload(event_type: &str, error: serde_json::Error) -> DecodeError {
+        DecodeError::Payload {
+            event_type: event_type.to_string(),
+            message: error.to_string(),
+        }
+    }
+}
+
 impl TaskEvent {
     /// Every event type this crate knows, with the version it writes today.
     pub const CURRENT_VERSIONS: &'static [(&'static str, u32)] = &[
@@ -266,6 +275,30 @@ impl TaskEvent {
         version: u32,
         payload: Value,
     ) -> Result<TaskEvent, DecodeError> {
+        let current = Self::current_version_of(event_type, version)?;
+        let payload = upcast(event_type, version, current, payload);
+        crate::tagged::from_value(event_type, payload)
+    }
+
+    /// [`TaskEvent::decode`] from the payload's text: a payload of the current version
+    /// goes from text to event with no `Value` in between; an older one is parsed and
+    /// upcast.
+    pub fn decode_text(
+        event_type: &str,
+        version: u32,
+        text: &str,
+    ) -> Result<TaskEvent, DecodeError> {
+        let current = Self::current_version_of(event_type, version)?;
+        if version == current {
+            return crate::tagged::from_text(event_type, text);
+        }
+        let payload =
+            serde_json::from_str(text).map_err(|e| DecodeError::payload(event_type, e))?;
+        Self::decode(event_type, version, payload)
+    }
+
+    /// The version written today of `event_type`, if `version` is one this build reads.
+    fn current_version_of(event_type: &str, version: u32) -> Result<u32, DecodeError> {
         let current = Self::CURRENT_VERSIONS
             .iter()
             .find(|(name, _)| *name == event_type)
@@ -277,12 +310,7 @@ impl TaskEvent {
                 version,
             });
         }
-        let payload = upcast(event_type, version, current, payload);
-        let tagged = serde_json::json!({ "event_type": event_type, "payload": payload });
-        serde_json::from_value(tagged).map_err(|e| DecodeError::Payload {
-            event_type: event_type.to_string(),
-            message: e.to_string(),
-        })
+        Ok(current)
     }
 }
 

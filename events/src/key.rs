@@ -73,20 +73,16 @@ impl KeyEvent {
     }
 
     pub fn decode(event_type: &str, version: u32, payload: Value) -> Result<KeyEvent, DecodeError> {
-        if !Self::is_key_event_type(event_type) {
-            return Err(DecodeError::UnknownType(event_type.to_string()));
-        }
-        if version != 1 {
-            return Err(DecodeError::UnsupportedVersion {
-                event_type: event_type.to_string(),
-                version,
-            });
-        }
-        let tagged = serde_json::json!({ "event_type": event_type, "payload": payload });
-        serde_json::from_value(tagged).map_err(|e| DecodeError::Payload {
-            event_type: event_type.to_string(),
-            message: e.to_string(),
-        })
+        crate::platform::decode_v1(Self::CURRENT_VERSIONS, event_type, version, payload)
+    }
+
+    /// [`KeyEvent::decode`] from the payload's text, with no `Value` in between.
+    pub fn decode_text(
+        event_type: &str,
+        version: u32,
+        text: &str,
+    ) -> Result<KeyEvent, DecodeError> {
+        crate::platform::decode_v1_text(Self::CURRENT_VERSIONS, event_type, version, text)
     }
 }
 
@@ -130,6 +126,25 @@ impl LedgerEvent {
             BatchEvent::decode(event_type, version, payload).map(LedgerEvent::Batch)
         } else {
             TaskEvent::decode(event_type, version, payload).map(LedgerEvent::Task)
+        }
+    }
+
+    /// [`LedgerEvent::decode`] from the payload's text, with no `Value` in between. Its
+    /// errors may word a bad payload differently (with a line and column); a caller that
+    /// reports them can take [`LedgerEvent::decode`] when this fails.
+    pub fn decode_text(
+        event_type: &str,
+        version: u32,
+        text: &str,
+    ) -> Result<LedgerEvent, DecodeError> {
+        if KeyEvent::is_key_event_type(event_type) {
+            KeyEvent::decode_text(event_type, version, text).map(LedgerEvent::Key)
+        } else if ProjectEvent::is_project_event_type(event_type) {
+            ProjectEvent::decode_text(event_type, version, text).map(LedgerEvent::Project)
+        } else if BatchEvent::is_batch_event_type(event_type) {
+            BatchEvent::decode_text(event_type, version, text).map(LedgerEvent::Batch)
+        } else {
+            TaskEvent::decode_text(event_type, version, text).map(LedgerEvent::Task)
         }
     }
 }

@@ -29,6 +29,7 @@
 //! `f64` its text denotes, and is written back in the shortest form that parses to it again,
 //! so a payload's canonical text, and therefore its hash, is the same in every reader.
 
+mod canonical;
 mod dedup;
 mod digest;
 mod envelope;
@@ -39,7 +40,9 @@ mod platform;
 #[cfg(feature = "schema")]
 pub mod schema;
 mod seal;
+mod tagged;
 
+pub use canonical::is_canonical_json;
 pub use dedup::Deduplicator;
 pub use digest::{
     digest_message, parse_public_key, verify_signature, DigestError, SignedDigest,

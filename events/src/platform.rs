@@ -104,13 +104,9 @@ pub struct BatchCompleted {
     pub canceled: u64,
 }
 
-/// Decodes an adjacently tagged event of version 1 (the only version of these types).
-fn decode_v1<E: serde::de::DeserializeOwned>(
-    known: &[(&str, u32)],
-    event_type: &str,
-    version: u32,
-    payload: Value,
-) -> Result<E, DecodeError> {
+/// Checks that `event_type` is one of `known` at version 1 (the only version of these
+/// types).
+fn check_v1(known: &[(&str, u32)], event_type: &str, version: u32) -> Result<(), DecodeError> {
     if !known.iter().any(|(t, _)| *t == event_type) {
         return Err(DecodeError::UnknownType(event_type.to_string()));
     }
@@ -120,11 +116,29 @@ fn decode_v1<E: serde::de::DeserializeOwned>(
             version,
         });
     }
-    let tagged = serde_json::json!({ "event_type": event_type, "payload": payload });
-    serde_json::from_value(tagged).map_err(|e| DecodeError::Payload {
-        event_type: event_type.to_string(),
-        message: e.to_string(),
-    })
+    Ok(())
+}
+
+/// Decodes an adjacently tagged event of version 1.
+pub(crate) fn decode_v1<E: serde::de::DeserializeOwned>(
+    known: &[(&str, u32)],
+    event_type: &str,
+    version: u32,
+    payload: Value,
+) -> Result<E, DecodeError> {
+    check_v1(known, event_type, version)?;
+    crate::tagged::from_value(event_type, payload)
+}
+
+/// [`decode_v1`] from the payload's text.
+pub(crate) fn decode_v1_text<E: serde::de::DeserializeOwned>(
+    known: &[(&str, u32)],
+    event_type: &str,
+    version: u32,
+    text: &str,
+) -> Result<E, DecodeError> {
+    check_v1(known, event_type, version)?;
+    crate::tagged::from_text(event_type, text)
 }
 
 /// The payload alone of an adjacently tagged event.
@@ -165,6 +179,15 @@ impl ProjectEvent {
     ) -> Result<ProjectEvent, DecodeError> {
         decode_v1(Self::CURRENT_VERSIONS, event_type, version, payload)
     }
+
+    /// [`ProjectEvent::decode`] from the payload's text, with no `Value` in between.
+    pub fn decode_text(
+        event_type: &str,
+        version: u32,
+        text: &str,
+    ) -> Result<ProjectEvent, DecodeError> {
+        decode_v1_text(Self::CURRENT_VERSIONS, event_type, version, text)
+    }
 }
 
 impl BatchEvent {
@@ -202,6 +225,15 @@ impl BatchEvent {
         payload: Value,
     ) -> Result<BatchEvent, DecodeError> {
         decode_v1(Self::CURRENT_VERSIONS, event_type, version, payload)
+    }
+
+    /// [`BatchEvent::decode`] from the payload's text, with no `Value` in between.
+    pub fn decode_text(
+        event_type: &str,
+        version: u32,
+        text: &str,
+    ) -> Result<BatchEvent, DecodeError> {
+        decode_v1_text(Self::CURRENT_VERSIONS, event_type, version, text)
     }
 }
 

@@ -11,8 +11,9 @@ pub(super) const EVENT_COLUMNS: &str = "global_position, event_id, task_id, acco
      event_type, event_version, payload, recorded_at_us, actor_account_id, actor_key_id, \
      actor_scope, request_id, prev_hash, hash, hash_version";
 
-/// One row of `events`, as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// One row of `events`, as stored. Read by position, in [`EVENT_COLUMNS`]' order: looking
+/// every column up by name was a tenth of what `verify` spent in this process.
+#[derive(Debug, Clone)]
 pub(super) struct EventRow {
     pub global_position: i64,
     pub event_id: String,
@@ -31,6 +32,65 @@ pub(super) struct EventRow {
     pub prev_hash: String,
     pub hash: String,
     pub hash_version: i64,
+}
+
+/// The names [`EVENT_COLUMNS`] lists, in order.
+const EVENT_COLUMN_NAMES: [&str; 16] = [
+    "global_position",
+    "event_id",
+    "task_id",
+    "account_id",
+    "sequence",
+    "event_type",
+    "event_version",
+    "payload",
+    "recorded_at_us",
+    "actor_account_id",
+    "actor_key_id",
+    "actor_scope",
+    "request_id",
+    "prev_hash",
+    "hash",
+    "hash_version",
+];
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for EventRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        // Every statement selects `EVENT_COLUMNS` first; the debug builds the tests run
+        // check it on every row they read.
+        debug_assert!(
+            {
+                use sqlx::Column;
+                let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+                names.len() >= 16 && names[..16] == EVENT_COLUMN_NAMES
+            },
+            "a statement reading events does not select EVENT_COLUMNS first"
+        );
+        Ok(EventRow {
+            global_position: row.try_get(0)?,
+            event_id: row.try_get(1)?,
+            task_id: row.try_get(2)?,
+            account_id: row.try_get(3)?,
+            sequence: row.try_get(4)?,
+            event_type: row.try_get(5)?,
+            event_version: row.try_get(6)?,
+            payload: row.try_get(7)?,
+            recorded_at_us: row.try_get(8)?,
+            actor_account_id: row.try_get(9)?,
+            actor_key_id: row.try_get(10)?,
+            actor_scope: row.try_get(11)?,
+            request_id: row.try_get(12)?,
+            prev_hash: row.try_get(13)?,
+            hash: row.try_get(14)?,
+            hash_version: row.try_get(15)?,
+        })
+    }
 }
 
 impl EventRow {
@@ -264,5 +324,16 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_column_names_are_the_columns_listed() {
+        let listed: Vec<&str> = EVENT_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(listed, EVENT_COLUMN_NAMES);
     }
 }

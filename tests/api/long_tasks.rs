@@ -401,7 +401,55 @@ async fn the_task_state_step_stops_at_its_bound_and_the_next_batch_goes_on(backe
     assert_eq!(one.len(), 1, "the first always comes");
 }
 
+/// The views kept between batches are bounded by bytes, not only by count: with large tasks
+/// the relay holds at most the bound and one batch's views, and a task whose view was
+/// dropped is folded again from the ledger to the same state.
+async fn the_views_kept_between_batches_stay_within_their_byte_bound(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let created = large_tasks(&t, 6).await;
+    let first_task = TaskId::parse(&created[0].task_id).unwrap();
+    grow(&t, &first_task, 1).await;
+    let all = t.store.events_after(0, 1000, None).await.unwrap();
+    assert_eq!(all.len(), 7);
+    let whole = TaskStates::default()
+        .after_each(&t.store, &all, usize::MAX)
+        .await
+        .unwrap();
+    let bound = 100_000;
+    let mut states = TaskStates::keeping(bound);
+    let mut one_by_one = Vec::new();
+    for event in &all {
+        let value = states
+            .after_each(&t.store, std::slice::from_ref(event), usize::MAX)
+            .await
+            .unwrap();
+        let batch_bytes = value[0].as_ref().map_or(0, String::len);
+        assert!(batch_bytes > 60_000, "each task's view is large");
+        assert!(
+            states.kept_bytes() <= bound + batch_bytes,
+            "kept {} bytes after a batch of {batch_bytes}",
+            states.kept_bytes()
+        );
+        assert!(
+            states.kept_bytes() >= batch_bytes,
+            "the batch's view is kept"
+        );
+        one_by_one.extend(value);
+    }
+    assert_eq!(
+        one_by_one, whole,
+        "the first task's view was dropped and folded again"
+    );
+    let mut unbounded = TaskStates::default();
+    unbounded
+        .after_each(&t.store, &all[..6], usize::MAX)
+        .await
+        .unwrap();
+    assert!(unbounded.kept_bytes() > 6 * 60_000, "all six are kept");
+}
+
 on_both_backends!(
+    the_views_kept_between_batches_stay_within_their_byte_bound,
     a_followers_round_stops_where_the_payloads_reach_its_bound,
     the_task_state_step_stops_at_its_bound_and_the_next_batch_goes_on,
     the_relay_states_a_long_task_from_its_snapshot_with_a_bounded_read,
