@@ -143,7 +143,7 @@ fn first_hash_version() -> u32 {
 
 impl EventEnvelope {
     pub fn event(&self) -> Result<TaskEvent, DecodeError> {
-        TaskEvent::decode(&self.event_type, self.event_version, self.payload.clone())
+        TaskEvent::decode_ref(&self.event_type, self.event_version, &self.payload)
     }
 
     /// The event, whether about a task or about an API key ([`crate::KeyEvent`]).

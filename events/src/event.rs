@@ -297,6 +297,20 @@ impl TaskEvent {
         Self::decode(event_type, version, payload)
     }
 
+    /// [`TaskEvent::decode`] of a payload it only borrows: one of the current version is not
+    /// copied first.
+    pub(crate) fn decode_ref(
+        event_type: &str,
+        version: u32,
+        payload: &Value,
+    ) -> Result<TaskEvent, DecodeError> {
+        let current = Self::current_version_of(event_type, version)?;
+        if version == current {
+            return crate::tagged::from_ref(event_type, payload);
+        }
+        Self::decode(event_type, version, payload.clone())
+    }
+
     /// The version written today of `event_type`, if `version` is one this build reads.
     fn current_version_of(event_type: &str, version: u32) -> Result<u32, DecodeError> {
         let current = Self::CURRENT_VERSIONS

@@ -3,7 +3,7 @@
 //! text.
 
 use serde::de::value::{MapAccessDeserializer, StrDeserializer};
-use serde::de::{DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess};
+use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess};
 use serde_json::{Map, Value};
 
 use crate::DecodeError;
@@ -27,23 +27,40 @@ pub(crate) fn from_text<E: DeserializeOwned>(
     text: &str,
 ) -> Result<E, DecodeError> {
     let mut payload = serde_json::Deserializer::from_str(text);
-    E::deserialize(MapAccessDeserializer::new(Tagged {
-        event_type,
-        payload: &mut payload,
-        next: 0,
-    }))
-    .and_then(|event| payload.end().map(|()| event))
-    .map_err(|e| DecodeError::payload(event_type, e))
+    from_deserializer(event_type, &mut payload)
+        .and_then(|event| payload.end().map(|()| event))
+        .map_err(|e| DecodeError::payload(event_type, e))
 }
 
-/// The two entries of the tagged form: the type, then the payload read from its text.
-struct Tagged<'a, 'de> {
+/// `E` from the event type and a parsed payload it only borrows: nothing of the tree is
+/// copied but the strings the event keeps.
+pub(crate) fn from_ref<E: DeserializeOwned>(
+    event_type: &str,
+    payload: &Value,
+) -> Result<E, DecodeError> {
+    from_deserializer(event_type, payload).map_err(|e| DecodeError::payload(event_type, e))
+}
+
+fn from_deserializer<'de, E, D>(event_type: &str, payload: D) -> Result<E, serde_json::Error>
+where
+    E: DeserializeOwned,
+    D: Deserializer<'de, Error = serde_json::Error>,
+{
+    E::deserialize(MapAccessDeserializer::new(Tagged {
+        event_type,
+        payload: Some(payload),
+        next: 0,
+    }))
+}
+
+/// The two entries of the tagged form: the type, then the payload from its deserializer.
+struct Tagged<'a, D> {
     event_type: &'a str,
-    payload: &'a mut serde_json::Deserializer<serde_json::de::StrRead<'de>>,
+    payload: Option<D>,
     next: u8,
 }
 
-impl<'de> MapAccess<'de> for Tagged<'_, 'de> {
+impl<'de, D: Deserializer<'de, Error = serde_json::Error>> MapAccess<'de> for Tagged<'_, D> {
     type Error = serde_json::Error;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(
@@ -66,9 +83,12 @@ impl<'de> MapAccess<'de> for Tagged<'_, 'de> {
         seed: V,
     ) -> Result<V::Value, Self::Error> {
         self.next += 1;
-        match self.next {
-            1 => seed.deserialize(StrDeserializer::<serde_json::Error>::new(self.event_type)),
-            _ => seed.deserialize(&mut *self.payload),
+        if self.next == 1 {
+            return seed.deserialize(StrDeserializer::<serde_json::Error>::new(self.event_type));
+        }
+        match self.payload.take() {
+            Some(payload) => seed.deserialize(payload),
+            None => Err(serde::de::Error::custom("the payload was read already")),
         }
     }
 }
@@ -84,6 +104,18 @@ mod tests {
     fn both_ways(event_type: &str, payload: serde_json::Value) -> LedgerEvent {
         let text = canonical_json(&payload);
         let from_text = LedgerEvent::decode_text(event_type, 1, &text).unwrap();
+        if let LedgerEvent::Task(from_text) = &from_text {
+            let envelope = crate::EventEnvelope {
+                event_type: event_type.into(),
+                payload: payload.clone(),
+                ..crate::envelope::sample_envelope(1)
+            };
+            assert_eq!(
+                &envelope.event().unwrap(),
+                from_text,
+                "{event_type} by reference"
+            );
+        }
         let from_value = LedgerEvent::decode(event_type, 1, payload).unwrap();
         assert_eq!(from_text, from_value, "{event_type}");
         from_text

@@ -21,8 +21,9 @@ const TASK_ROWS_PER_INSERT: usize = 400;
 /// Rows of three or four parameters per INSERT (tags, unique_ids).
 const SMALL_ROWS_PER_INSERT: usize = 1000;
 
-/// One row of `tasks`.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+/// One row of `tasks`, read by position in [`TASK_COLUMNS`]' order (`replay --check` reads
+/// every row, and looking each column up by name was a tenth of its work).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct TaskRow {
     pub task_id: String,
     pub account_id: String,
@@ -37,6 +38,54 @@ pub(super) struct TaskRow {
     pub created_at_us: i64,
     pub updated_at_us: i64,
     pub completed_at_us: Option<i64>,
+}
+
+/// The names [`TASK_COLUMNS`] lists, in order.
+const TASK_COLUMN_NAMES: [&str; 13] = [
+    "task_id",
+    "account_id",
+    "version",
+    "body",
+    "task_type",
+    "status",
+    "project",
+    "batch",
+    "customer_review_status",
+    "unique_id",
+    "created_at_us",
+    "updated_at_us",
+    "completed_at_us",
+];
+
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for TaskRow
+where
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        debug_assert!(
+            super::read::selects_first(row, &TASK_COLUMN_NAMES),
+            "a statement reading tasks does not select TASK_COLUMNS first"
+        );
+        Ok(TaskRow {
+            task_id: row.try_get(0)?,
+            account_id: row.try_get(1)?,
+            version: row.try_get(2)?,
+            body: row.try_get(3)?,
+            task_type: row.try_get(4)?,
+            status: row.try_get(5)?,
+            project: row.try_get(6)?,
+            batch: row.try_get(7)?,
+            customer_review_status: row.try_get(8)?,
+            unique_id: row.try_get(9)?,
+            created_at_us: row.try_get(10)?,
+            updated_at_us: row.try_get(11)?,
+            completed_at_us: row.try_get(12)?,
+        })
+    }
 }
 
 impl TaskRow {
@@ -233,4 +282,15 @@ pub(super) async fn insert_tags_into(
         .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_task_column_names_are_the_columns_listed() {
+        let listed: Vec<&str> = TASK_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(listed, TASK_COLUMN_NAMES);
+    }
 }

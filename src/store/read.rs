@@ -65,11 +65,7 @@ where
         // Every statement selects `EVENT_COLUMNS` first; the debug builds the tests run
         // check it on every row they read.
         debug_assert!(
-            {
-                use sqlx::Column;
-                let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
-                names.len() >= 16 && names[..16] == EVENT_COLUMN_NAMES
-            },
+            selects_first(row, &EVENT_COLUMN_NAMES),
             "a statement reading events does not select EVENT_COLUMNS first"
         );
         Ok(EventRow {
@@ -91,6 +87,13 @@ where
             hash_version: row.try_get(15)?,
         })
     }
+}
+
+/// Whether `row`'s first columns are `names`, in order: what a row read by position needs.
+pub(super) fn selects_first<R: sqlx::Row>(row: &R, names: &[&str]) -> bool {
+    use sqlx::Column;
+    let columns = row.columns();
+    columns.len() >= names.len() && columns.iter().zip(names).all(|(c, n)| c.name() == *n)
 }
 
 impl EventRow {

@@ -49,9 +49,16 @@ impl Folder {
                     .ok_or_else(|| format!("recorded_at {} out of range", row.recorded_at_us))?;
                 let version =
                     u32::try_from(row.event_version).map_err(|e| format!("event_version: {e}"))?;
-                let payload = serde_json::from_str(&row.payload).map_err(|e| e.to_string())?;
-                let event = TaskEvent::decode(&row.event_type, version, payload)
-                    .map_err(|e| e.to_string())?;
+                // Straight from the stored text; a payload that path refuses (one not in
+                // canonical form, say) is read as every other reader reads it, which also
+                // words the error.
+                let event = TaskEvent::decode_text(&row.event_type, version, &row.payload)
+                    .or_else(|_| {
+                        let payload: serde_json::Value =
+                            serde_json::from_str(&row.payload).map_err(|e| e.to_string())?;
+                        TaskEvent::decode(&row.event_type, version, payload)
+                            .map_err(|e| e.to_string())
+                    })?;
                 fold(prior, &row.task_id, recorded_at, &event).map_err(|e| e.to_string())
             })();
             match folded {
