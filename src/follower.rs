@@ -72,8 +72,18 @@ impl Follower {
     /// Up to `limit` events after the checkpoint, in global order.
     pub async fn next_batch(&self, limit: i64) -> Result<Vec<EventEnvelope>, StoreError> {
         let checkpoint = self.checkpoint().await?;
+        self.batch_after(checkpoint, limit).await
+    }
+
+    /// Up to `limit` events after `position`, in global order: the round after one still
+    /// being handled, read ahead of the checkpoint.
+    pub async fn batch_after(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> Result<Vec<EventEnvelope>, StoreError> {
         self.store
-            .events_after_within(checkpoint, limit, ROUND_PAYLOAD_CHARS)
+            .events_after_within(position, limit, ROUND_PAYLOAD_CHARS)
             .await
     }
 

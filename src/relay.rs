@@ -83,6 +83,35 @@ pub struct Relay {
     settings: RelaySettings,
     metrics: Metrics,
     states: TaskStates,
+    /// The round after the checkpoint, read while the last one was delivered: used only if
+    /// the checkpoint then moved over all of that one, and never across leases.
+    ahead: Option<Round>,
+}
+
+/// The events of a round and their task states (as many states as events).
+struct Round {
+    events: Vec<EventEnvelope>,
+    states: Vec<Option<String>>,
+}
+
+impl Round {
+    /// The events after `after` (after the checkpoint if `None`) and their states.
+    async fn read(
+        follower: &Follower,
+        states: &mut TaskStates,
+        after: Option<i64>,
+    ) -> Result<Round, StoreError> {
+        let mut events = match after {
+            Some(position) => follower.batch_after(position, BATCH).await?,
+            None => follower.next_batch(BATCH).await?,
+        };
+        let states = states
+            .after_each(follower.store(), &events, ROUND_STATE_BYTES)
+            .await?;
+        // The events whose states did not fit go in the next round.
+        events.truncate(states.len());
+        Ok(Round { events, states })
+    }
 }
 
 /// Events read and published per round. Each round waits for the broker twice (the events,
@@ -111,6 +140,7 @@ impl Relay {
             settings,
             metrics,
             states: TaskStates::default(),
+            ahead: None,
         }
     }
 
@@ -146,6 +176,8 @@ impl Relay {
     }
 
     async fn lead(&mut self, mut lease: Leadership) {
+        // Another process may have moved the checkpoint since this one last led.
+        self.ahead = None;
         let mut backoff = Duration::from_millis(100);
         let producer = loop {
             match self.prepare().await {
@@ -253,64 +285,89 @@ impl Relay {
     /// record go out, so the state topic is never ahead of the event topic. The checkpoint then
     /// moves over the events whose records (event and state) were all acknowledged.
     async fn publish_next(&mut self, producer: &FutureProducer) -> Result<u64, RelayError> {
-        let mut events = self.follower.next_batch(BATCH).await?;
-        if events.is_empty() {
+        let round = match self.ahead.take() {
+            Some(round) => round,
+            None => Round::read(&self.follower, &mut self.states, None).await?,
+        };
+        let Some(last) = round.events.last().map(|e| e.global_position) else {
             return Ok(0);
-        }
-        let states = self
-            .states
-            .after_each(self.follower.store(), &events, ROUND_STATE_BYTES)
-            .await?;
-        // The events whose states did not fit go in the next round.
-        events.truncate(states.len());
-        let source = self.settings.ce_source.as_str();
-        let records = events.iter().map(|envelope| {
-            let (value, headers) = record_parts(envelope);
-            let headers = crate::cloudevents::event_headers(headers, envelope, source);
-            (envelope, value, headers)
-        });
-        let sent = deliver(producer, &self.settings.kafka_topic, records).await;
-        let mut handled = sent.through;
-        let mut failure = sent.failure;
-        if let Some(through) = sent.through {
-            let limit = self.settings.kafka_message_max_bytes;
-            let records = events
-                .iter()
-                .zip(states)
-                .take_while(|(e, _)| e.global_position <= through)
-                .filter_map(|(envelope, state)| {
-                    let state = state?;
-                    if state.len()
-                        + envelope.task_id.len()
-                        + crate::task_state::STATE_RECORD_OVERHEAD_BYTES
-                        > limit
-                    {
-                        // Commands cannot grow a task past the limit; a task stored larger by
-                        // an earlier release must not stop the stream.
-                        tracing::error!(task_id = %envelope.task_id, size = state.len(),
-                            "task state too large for a Kafka record; no state record");
-                        return None;
-                    }
-                    let headers = crate::cloudevents::state_headers(envelope, source);
-                    Some((envelope, state, headers))
-                });
-            let state = deliver(producer, &self.settings.kafka_state_topic, records).await;
-            if let Some((failed_at, e)) = state.failure {
-                handled = Some(failed_at - 1).filter(|p| *p >= events[0].global_position);
-                failure = failure.or(Some((failed_at, e)));
-            }
-        }
+        };
+        // The next round is read and stated while this one is delivered: the broker's
+        // acknowledgements are most of a round's time.
+        let (delivered, next) = tokio::join!(
+            deliver_round(producer, &self.settings, &round),
+            Round::read(&self.follower, &mut self.states, Some(last))
+        );
+        let (handled, failure) = delivered;
         let count = handled.map_or(0, |p| {
-            events.iter().filter(|e| e.global_position <= p).count() as u64
+            round
+                .events
+                .iter()
+                .filter(|e| e.global_position <= p)
+                .count() as u64
         });
         if let Some(position) = handled {
             self.follower.advance(position).await?;
         }
-        match failure {
-            Some((_, e)) => Err(RelayError::Delivery(e)),
-            None => Ok(count),
+        if let Some(e) = failure {
+            return Err(RelayError::Delivery(e));
+        }
+        if handled == Some(last) {
+            // A failed read of the next round is read again from the checkpoint.
+            self.ahead = next.ok().filter(|next| !next.events.is_empty());
+        }
+        Ok(count)
+    }
+}
+
+/// Produces a round: the events first; only once the broker has acknowledged an event does
+/// its task-state record go out, so the state topic is never ahead of the event topic.
+/// Returns the last position whose records (event and state) were all acknowledged, and
+/// the first failure.
+async fn deliver_round(
+    producer: &FutureProducer,
+    settings: &RelaySettings,
+    round: &Round,
+) -> (Option<i64>, Option<DeliveryError>) {
+    let Round { events, states } = round;
+    let source = settings.ce_source.as_str();
+    let records = events.iter().map(|envelope| {
+        let (value, headers) = record_parts(envelope);
+        let headers = crate::cloudevents::event_headers(headers, envelope, source);
+        (envelope, value, headers)
+    });
+    let sent = deliver(producer, &settings.kafka_topic, records).await;
+    let mut handled = sent.through;
+    let mut failure = sent.failure;
+    if let Some(through) = sent.through {
+        let limit = settings.kafka_message_max_bytes;
+        let records = events
+            .iter()
+            .zip(states)
+            .take_while(|(e, _)| e.global_position <= through)
+            .filter_map(|(envelope, state)| {
+                let state = state.as_ref()?;
+                if state.len()
+                    + envelope.task_id.len()
+                    + crate::task_state::STATE_RECORD_OVERHEAD_BYTES
+                    > limit
+                {
+                    // Commands cannot grow a task past the limit; a task stored larger by
+                    // an earlier release must not stop the stream.
+                    tracing::error!(task_id = %envelope.task_id, size = state.len(),
+                        "task state too large for a Kafka record; no state record");
+                    return None;
+                }
+                let headers = crate::cloudevents::state_headers(envelope, source);
+                Some((envelope, state, headers))
+            });
+        let state = deliver(producer, &settings.kafka_state_topic, records).await;
+        if let Some((failed_at, e)) = state.failure {
+            handled = Some(failed_at - 1).filter(|p| *p >= events[0].global_position);
+            failure = failure.or(Some((failed_at, e)));
         }
     }
+    (handled, failure.map(|(_, e)| e))
 }
 
 /// What the broker acknowledged of a run of records.
@@ -322,17 +379,17 @@ struct Delivered {
 }
 
 /// Produces the records (keyed by their task id) and awaits their deliveries in order.
-async fn deliver<'a>(
+async fn deliver<'a, V: AsRef<str>>(
     producer: &FutureProducer,
     topic: &str,
-    records: impl Iterator<Item = (&'a EventEnvelope, String, rdkafka::message::OwnedHeaders)>,
+    records: impl Iterator<Item = (&'a EventEnvelope, V, rdkafka::message::OwnedHeaders)>,
 ) -> Delivered {
     let mut pending = Vec::new();
     let mut failure = None;
     for (envelope, value, headers) in records {
         let record = FutureRecord::to(topic)
             .key(envelope.task_id.as_str())
-            .payload(value.as_str())
+            .payload(value.as_ref())
             .headers(headers);
         match producer.send_result(record) {
             Ok(delivery) => pending.push((envelope.global_position, delivery)),

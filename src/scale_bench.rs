@@ -686,13 +686,23 @@ pub async fn run(db: &DatabaseSettings, s: &ScaleSettings) -> anyhow::Result<Vec
         key,
     };
     let mut out = Vec::new();
+    // Where this process's peak grew: the peak after each figure that raised it by 5 MB or
+    // more, so a run over the memory goal shows which load took it there.
+    let mut grew: Vec<(usize, u64)> = Vec::new();
     let mut figure = |what: String, anchor: String, measured: String, ratio: String| {
         out.push(Figure {
             what,
             anchor,
             measured,
             ratio,
-        })
+        });
+        let peak = memory_kb("self").0;
+        if grew
+            .last()
+            .is_none_or(|(_, before)| peak >= before + 5 * 1024)
+        {
+            grew.push((out.len(), peak));
+        }
     };
 
     // List pages on a small ledger, then on the large one.
@@ -897,6 +907,16 @@ pub async fn run(db: &DatabaseSettings, s: &ScaleSettings) -> anyhow::Result<Vec
         format!("{} / {}", mb(hwm), mb(rss)),
         String::new(),
     );
+    let steps: Vec<String> = grew
+        .iter()
+        .map(|(figure, peak)| format!("{} after figure {figure}", mb(*peak)))
+        .collect();
+    out.push(Figure {
+        what: "this process: where its peak RSS grew (figures counted from 1)".into(),
+        anchor: String::new(),
+        measured: steps.join(", "),
+        ratio: String::new(),
+    });
     served.server.stop().await?;
     store.close().await;
     if !verify_ok || !check.mismatches.is_empty() || writer_errors > 0 {

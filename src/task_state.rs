@@ -83,6 +83,8 @@ impl TaskStates {
         // event in the batch.
         let mut unknown: Vec<(&str, i64)> = Vec::new();
         let mut seen = HashSet::new();
+        // Views taken out of `kept` for the batch, with their JSON's length.
+        let mut taken: HashMap<&str, usize> = HashMap::new();
         for e in events {
             let task = e.task_id.as_str();
             if !seen.insert(task) {
@@ -96,14 +98,21 @@ impl TaskStates {
                 folding.insert(task, Folding::Broken);
                 continue;
             }
-            match self.kept.get(task) {
-                _ if e.sequence <= 1 => {
-                    folding.insert(task, Folding::View(None, 0));
-                }
-                Some((sequence, view, _)) if *sequence == e.sequence - 1 => {
-                    folding.insert(task, Folding::View(Some(Box::new(view.clone())), *sequence));
-                }
-                _ => unknown.push((task, e.sequence)),
+            let continues = self
+                .kept
+                .get(task)
+                .is_some_and(|(sequence, _, _)| *sequence == e.sequence - 1);
+            if e.sequence <= 1 {
+                folding.insert(task, Folding::View(None, 0));
+            } else if let Some((sequence, view, len)) =
+                continues.then(|| self.kept.remove(task)).flatten()
+            {
+                // Taken, not copied: it goes back below, stepped or as it was.
+                self.kept_bytes -= len;
+                taken.insert(task, len);
+                folding.insert(task, Folding::View(Some(Box::new(view)), sequence));
+            } else {
+                unknown.push((task, e.sequence));
             }
         }
         self.catch_up(store, &unknown, &mut folding).await?;
@@ -137,7 +146,7 @@ impl TaskStates {
         for (task, state) in folding {
             // A task the step stopped before keeps what it had: that is still its view
             // after the sequence kept.
-            let Some(len) = last_len.get(task) else {
+            let Some(len) = last_len.get(task).or_else(|| taken.get(task)) else {
                 continue;
             };
             let replaced = match state {

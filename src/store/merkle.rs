@@ -945,6 +945,7 @@ impl Store {
             for e in &rows {
                 after = e.global_position;
                 let content_matches = e
+                    .clone()
                     .envelope()
                     .ok()
                     .and_then(|env| env.expected_hash_of(&e.payload).ok())

@@ -964,7 +964,7 @@ impl Store {
             .await?;
             let mut project: Option<ProjectRecord> = None;
             let mut batch: Option<BatchRecord> = None;
-            for row in &rows {
+            for row in rows {
                 let envelope = row.envelope()?;
                 match decode(&envelope)? {
                     LedgerEvent::Project(e) => {

@@ -97,35 +97,43 @@ pub(super) fn selects_first<R: sqlx::Row>(row: &R, names: &[&str]) -> bool {
 }
 
 impl EventRow {
-    pub(super) fn envelope(&self) -> Result<EventEnvelope, StoreError> {
+    /// The envelope of the row, which it is taken apart for: the strings move, not copy.
+    pub(super) fn envelope(self) -> Result<EventEnvelope, StoreError> {
         let corrupt = |message: String| StoreError::Corrupt {
             event_id: self.event_id.clone(),
             message,
         };
         let recorded_us = self.recorded_at_us;
+        let event_id = Uuid::parse_str(&self.event_id).map_err(|e| corrupt(e.to_string()))?;
+        let event_version = u32::try_from(self.event_version)
+            .map_err(|e| corrupt(format!("event_version: {e}")))?;
+        let recorded_at = DateTime::from_timestamp_micros(recorded_us)
+            .ok_or_else(|| corrupt(format!("recorded_at {recorded_us} out of range")))?;
+        let scope = Scope::parse(&self.actor_scope).map_err(|e| corrupt(e.to_string()))?;
+        let payload = serde_json::from_str(&self.payload).map_err(|e| corrupt(e.to_string()))?;
+        let hash_version =
+            u32::try_from(self.hash_version).map_err(|e| corrupt(format!("hash_version: {e}")))?;
+        let is_test = taskledger_events::is_test_ledger(&self.account_id);
         Ok(EventEnvelope {
-            event_id: Uuid::parse_str(&self.event_id).map_err(|e| corrupt(e.to_string()))?,
-            event_type: self.event_type.clone(),
-            event_version: u32::try_from(self.event_version)
-                .map_err(|e| corrupt(format!("event_version: {e}")))?,
-            task_id: self.task_id.clone(),
-            account_id: self.account_id.clone(),
+            event_id,
+            event_type: self.event_type,
+            event_version,
+            task_id: self.task_id,
+            account_id: self.account_id,
             sequence: self.sequence,
             global_position: self.global_position,
-            recorded_at: DateTime::from_timestamp_micros(recorded_us)
-                .ok_or_else(|| corrupt(format!("recorded_at {recorded_us} out of range")))?,
+            recorded_at,
             actor: Actor {
-                account_id: self.actor_account_id.clone(),
-                key_id: self.actor_key_id.clone(),
-                scope: Scope::parse(&self.actor_scope).map_err(|e| corrupt(e.to_string()))?,
+                account_id: self.actor_account_id,
+                key_id: self.actor_key_id,
+                scope,
             },
-            request_id: self.request_id.clone(),
-            payload: serde_json::from_str(&self.payload).map_err(|e| corrupt(e.to_string()))?,
-            prev_hash: self.prev_hash.clone(),
-            hash: self.hash.clone(),
-            hash_version: u32::try_from(self.hash_version)
-                .map_err(|e| corrupt(format!("hash_version: {e}")))?,
-            is_test: taskledger_events::is_test_ledger(&self.account_id),
+            request_id: self.request_id,
+            payload,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            hash_version,
+            is_test,
         })
     }
 }
@@ -156,7 +164,7 @@ impl Store {
             .bind(until_us.unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(EventRow::envelope).collect()
+        rows.into_iter().map(EventRow::envelope).collect()
     }
 
     /// A page of a task's history: at most `limit` events with a sequence above `after`,
@@ -180,7 +188,7 @@ impl Store {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(EventRow::envelope).collect()
+        rows.into_iter().map(EventRow::envelope).collect()
     }
 
     /// Events after a global position, in global order. Because appends are serialized on the
@@ -216,7 +224,7 @@ impl Store {
                     .await?
             }
         };
-        rows.iter().map(EventRow::envelope).collect()
+        rows.into_iter().map(EventRow::envelope).collect()
     }
 
     /// The events after `after` in global order, at most `limit` of them, and only as many
@@ -244,7 +252,7 @@ impl Store {
             .bind(max_payload_chars)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(EventRow::envelope).collect()
+        rows.into_iter().map(EventRow::envelope).collect()
     }
 
     /// The last committed global position (0 for an empty ledger).

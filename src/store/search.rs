@@ -78,7 +78,7 @@ impl Store {
         // the first `limit` of them all.
         rows.sort_by_key(|r| r.global_position);
         rows.truncate(limit as usize);
-        rows.iter().map(EventRow::envelope).collect()
+        rows.into_iter().map(EventRow::envelope).collect()
     }
 
     /// The database's plan for a search (PostgreSQL's `EXPLAIN`, SQLite's `EXPLAIN QUERY

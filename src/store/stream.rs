@@ -91,7 +91,7 @@ impl Store {
             .await?;
         self.task_state_reads
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        rows.iter().map(EventRow::envelope).collect()
+        rows.into_iter().map(EventRow::envelope).collect()
     }
 
     /// How many events [`Store::task_history_page`] has read through this store (and its

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use taskledger::consume::Seen;
-use taskledger_events::{EventEnvelope, Scope};
+use taskledger::domain::TaskId;
+use taskledger_events::{EventEnvelope, Scope, TaskEvent, TaskMetadataSet};
 
 use crate::helpers::kafka::{
     feed, ids_of, records_on_topic, relayed, relayed_app, small_stream, topic, wait_for_relay,
@@ -17,7 +18,7 @@ use crate::helpers::kafka::{
 pub use crate::helpers::kafka::{read_until, Broker, Record};
 use crate::helpers::{
     eventually, free_port, metric_value, ok_if, on_both_backends, within, Backend, ServerProcess,
-    TestApp, TestDb, PATIENCE,
+    TestApp, TestDb, TestLedger, PATIENCE,
 };
 
 /// Per task, the sequences in the order a consumer read them, duplicates dropped by event id.
@@ -346,6 +347,72 @@ async fn a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up(backend:
     assert_in_task_order(&records);
 }
 
+/// A backlog of several relay rounds, one task's thousands of events among them, is
+/// published whole and in each task's order: every round is read ahead while the one before
+/// it is delivered, and the long task's view is carried from round to round.
+async fn a_backlog_of_several_rounds_is_published_whole_and_in_task_order(backend: Backend) {
+    let t = TestLedger::new(backend).await;
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let created = t
+            .ledger
+            .create(&t.customer(), crate::helpers::categorization(None), None)
+            .await
+            .unwrap();
+        tasks.push(TaskId::parse(&created.view.task_id).unwrap());
+    }
+    // 4,500 more events in turns of 500, so the rounds of 2,000 cut through every task.
+    for turn in 0..9 {
+        let task = &tasks[turn % tasks.len()];
+        let events = (0..500)
+            .map(|i| {
+                TaskEvent::TaskMetadataSet(TaskMetadataSet {
+                    metadata: json!({ "turn": turn, "i": i }),
+                })
+            })
+            .collect();
+        let write = t.decided_write(task, events).await;
+        let mut results = t.store.commit_batch(vec![write]).await.unwrap();
+        results.pop().unwrap().expect("the events are appended");
+    }
+    let mut wanted = HashSet::new();
+    let mut after = 0;
+    loop {
+        let page = t.store.events_after(after, 1000, None).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.global_position;
+        wanted.extend(page.iter().map(|e| e.event_id.to_string()));
+    }
+    assert!(wanted.len() > 4500);
+    let broker = Broker::start().await;
+    let topic = topic();
+    let settings = taskledger::relay::RelaySettings {
+        kafka_topic: topic.clone(),
+        kafka_partitions: 3,
+        kafka_replication: 1,
+        kafka_message_max_bytes: 1_000_000,
+        kafka_message_timeout_ms: 30_000,
+        kafka_state_topic: format!("{topic}.state"),
+        ce_source: "urn:taskledger:test".into(),
+    };
+    let (_wake, wake) = tokio::sync::watch::channel(0u64);
+    let relay = taskledger::relay::Relay::new(
+        t.store.clone(),
+        broker.addr.clone(),
+        settings,
+        taskledger::metrics::Metrics::new(),
+        wake,
+    );
+    let running = tokio::spawn(relay.run());
+    let records = read_until(&broker.addr, &topic, &wanted, Duration::from_secs(120)).await;
+    running.abort();
+    assert_in_task_order(&records);
+    let order = per_task_order(&records);
+    for task in &tasks {
+        assert_eq!(order[task.as_str()].len(), 1501, "task {task}");
+    }
+}
+
 /// An event larger than the stream takes cannot be created, so no tenant can put one in the
 /// relay's way: the create answers 413 and everything after it is published.
 async fn an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publishing(
@@ -443,6 +510,7 @@ async fn the_example_consumer_prints_each_event_once_despite_redeliveries() {
 }
 
 on_both_backends!(
+    a_backlog_of_several_rounds_is_published_whole_and_in_task_order,
     an_event_too_large_for_the_stream_is_refused_and_the_relay_keeps_publishing,
     a_broker_down_at_start_gets_the_whole_backlog_when_it_comes_up,
     every_committed_event_arrives_keyed_by_task_in_order_with_headers,

@@ -446,6 +446,36 @@ async fn the_views_kept_between_batches_stay_within_their_byte_bound(backend: Ba
         .await
         .unwrap();
     assert!(unbounded.kept_bytes() > 6 * 60_000, "all six are kept");
+
+    // A task's view goes on from batch to batch (taken from what is kept, stepped, put
+    // back), and one the step stopped before keeps its view for the next batch.
+    let second_task = TaskId::parse(&created[1].task_id).unwrap();
+    grow(&t, &second_task, 3).await;
+    let all = t.store.events_after(0, 1000, None).await.unwrap();
+    assert_eq!(all.len(), 10);
+    let whole = TaskStates::default()
+        .after_each(&t.store, &all, usize::MAX)
+        .await
+        .unwrap();
+    let mut states = TaskStates::default();
+    let mut in_threes = Vec::new();
+    for batch in all.chunks(3) {
+        in_threes.extend(
+            states
+                .after_each(&t.store, batch, usize::MAX)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(in_threes, whole);
+    let mut states = TaskStates::default();
+    let (mut stopped, mut rest) = (Vec::new(), &all[..]);
+    while !rest.is_empty() {
+        let values = states.after_each(&t.store, rest, 150_000).await.unwrap();
+        rest = &rest[values.len()..];
+        stopped.extend(values);
+    }
+    assert_eq!(stopped, whole);
 }
 
 on_both_backends!(

@@ -44,50 +44,67 @@ impl Store {
         let mut whole = WholeTasks::default();
         // The last task id compared: the next comparison reads the stored rows after it.
         let mut compared = String::new();
-        match native {
+        let (stored, count_mismatches) = match native {
             Some((mut events, mut stored)) => {
                 // Three stages at once: the next page is read while this one is folded and
                 // the page folded before it is compared.
-                let mut page = pager.next_native(&mut *events).await?;
-                let mut folded: Vec<Folded> = Vec::new();
-                loop {
-                    let end = page.is_empty();
-                    let rows = whole.take(page, end);
-                    report.events += rows.len() as u64;
-                    let (done, next, checked) = tokio::join!(
-                        fold_tasks(rows),
-                        async {
-                            if end {
+                let streaming = async {
+                    let mut page = pager.next_native(&mut *events).await?;
+                    let mut folded: Vec<Folded> = Vec::new();
+                    loop {
+                        let end = page.is_empty();
+                        let rows = whole.take(page, end);
+                        report.events += rows.len() as u64;
+                        // The next page is read in a task of its own: decoding its rows is work
+                        // of this process, which would otherwise wait for the comparison's on
+                        // the same thread.
+                        let reading = tokio::spawn(async move {
+                            let next = if end {
                                 Ok(Vec::new())
                             } else {
                                 pager.next_native(&mut *events).await
-                            }
-                        },
-                        compare(
-                            Projections::Native(&mut stored),
-                            &mut compared,
-                            &folded,
-                            &mut report.mismatches
-                        )
-                    );
-                    checked?;
-                    report.tasks += done.len() as u64;
-                    folded = done;
-                    progress(report.events);
-                    if end {
-                        compare(
-                            Projections::Native(&mut stored),
-                            &mut compared,
-                            &folded,
-                            &mut report.mismatches,
-                        )
-                        .await?;
-                        break;
+                            };
+                            (pager, events, next)
+                        });
+                        let (done, checked) = tokio::join!(
+                            fold_tasks(rows),
+                            compare(
+                                Projections::Native(&mut stored),
+                                &mut compared,
+                                &folded,
+                                &mut report.mismatches
+                            )
+                        );
+                        let next;
+                        (pager, events, next) = reading
+                            .await
+                            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+                        checked?;
+                        report.tasks += done.len() as u64;
+                        folded = done;
+                        progress(report.events);
+                        if end {
+                            compare(
+                                Projections::Native(&mut stored),
+                                &mut compared,
+                                &folded,
+                                &mut report.mismatches,
+                            )
+                            .await?;
+                            break;
+                        }
+                        page = next?;
                     }
-                    page = next?;
-                }
-                events.rollback().await?;
-                stored.rollback().await?;
+                    events.rollback().await?;
+                    stored.rollback().await?;
+                    Ok::<_, StoreError>(())
+                };
+                // Meanwhile the counts are compared on the first connection, on the same
+                // snapshot: that is PostgreSQL's work alone.
+                let (streamed, counted) =
+                    tokio::join!(streaming, counts_checked(&mut tx, self.backend));
+                streamed?;
+                counted?
             }
             None => {
                 let mut page = pager.next(&mut *tx).await?;
@@ -115,12 +132,10 @@ impl Store {
                     }
                     page = next?;
                 }
+                counts_checked(&mut tx, self.backend).await?
             }
-        }
-        let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
-            .fetch_one(&mut *tx)
-            .await?;
-        compare_counts(&mut tx, self.backend, &mut report.mismatches).await?;
+        };
+        report.mismatches.extend(count_mismatches);
         if stored as u64 != report.tasks {
             report.mismatches.push(format!(
                 "{stored} task views are stored but the events describe {}",
@@ -130,6 +145,20 @@ impl Store {
         tx.rollback().await?;
         Ok(report)
     }
+}
+
+/// How many task views are stored, and where the counts projection differs from what the
+/// stored rows add up to.
+async fn counts_checked(
+    conn: &mut AnyConnection,
+    backend: Backend,
+) -> Result<(i64, Vec<String>), StoreError> {
+    let stored: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tasks")
+        .fetch_one(&mut *conn)
+        .await?;
+    let mut mismatches = Vec::new();
+    compare_counts(conn, backend, &mut mismatches).await?;
+    Ok((stored, mismatches))
 }
 
 /// A native read-only transaction on the snapshot another transaction exported.
