@@ -308,6 +308,27 @@ mod tests {
         }
     }
 
+    /// Pins the escaping the check expects to the serde_json this build writes with: every
+    /// ASCII character and a few wider ones, alone in a string, written canonically, is
+    /// recognised, and the other ways of writing it are not.
+    #[test]
+    fn every_character_is_recognised_as_the_writer_escapes_it() {
+        let wide = ['é', '\u{2028}', '\u{ffff}', '😀'];
+        for c in (0u8..0x80).map(char::from).chain(wide) {
+            let text = canonical_text(&json!(c.to_string()));
+            assert!(is_canonical_json(&text), "{text:?}");
+            for other in [
+                format!("\"\\u{:04x}\"", u32::from(c)),
+                format!("\"\\u{:04X}\"", u32::from(c)),
+                format!("\"{c}\""),
+            ] {
+                if other != text {
+                    assert!(!is_canonical_json(&other), "{other:?} for {text:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn nesting_beyond_the_limit_is_left_to_the_slow_path() {
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 2), "]".repeat(MAX_DEPTH + 2));
