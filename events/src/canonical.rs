@@ -387,7 +387,7 @@ mod tests {
         let keys = ["a", "b", "Z", "é", "/", " ", "0"];
         match next() % if depth > 3 { 5 } else { 7 } {
             0 => Value::Null,
-            1 => Value::Bool(next() % 2 == 0),
+            1 => Value::Bool(next().is_multiple_of(2)),
             2 => json!((next() % 2_000) as i64 - 1_000),
             3 => json!(f64::from_bits(next() % (1 << 62)) / 1e10),
             4 => Value::String(text(next, &values)),
